@@ -1,0 +1,263 @@
+//! The RoBERTa byte-level BPE tokenizer, from `tokenizer.json` or from `vocab.json` +
+//! `merges.txt` (the only files projecte-aina/roberta-*-ca-v2 ship).
+//!
+//! Both paths end in the same `tokenizers` pipeline that transformers builds
+//! (`convert_slow_tokenizer.RobertaConverter`): ByteLevel pre-tokenizer and decoder,
+//! `RobertaProcessing` post-processor, BPE without continuing-subword prefix. `add_prefix_space`
+//! is forced on, as the notebook passes `add_prefix_space=True`, so every pre-split word gets
+//! a `Ġ`. Offsets are returned in Unicode code points (the `tokenizers` crate counts bytes).
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+use tokenizers::Tokenizer;
+
+use super::DataError;
+
+/// One encoded sequence with special tokens (`<s> … </s>`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Encoded {
+    pub ids: Vec<u32>,
+    /// Index of the word each token comes from; `None` for special tokens.
+    pub word_ids: Vec<Option<usize>>,
+    /// Code-point offsets `[start, end)`: into each word for pre-split input, into the text for
+    /// raw text; `(0, 0)` for special tokens.
+    pub offsets: Vec<(usize, usize)>,
+    /// Token strings (`Ġ`-prefixed pieces).
+    pub tokens: Vec<String>,
+}
+
+impl Encoded {
+    /// Number of tokens, special tokens included.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// True when there are no tokens at all.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+}
+
+/// A loaded tokenizer plus the special-token ids the model code needs.
+#[derive(Clone)]
+pub struct RobertaTokenizer {
+    inner: Tokenizer,
+    pub pad_id: u32,
+    pub cls_id: u32,
+    pub sep_id: u32,
+    /// `model_max_length` from tokenizer_config.json, when it is a sane number.
+    pub model_max_length: Option<usize>,
+    /// The serialised `tokenizer.json` (written next to exported models).
+    pub json: String,
+}
+
+impl std::fmt::Debug for RobertaTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RobertaTokenizer").field("vocab", &self.inner.get_vocab_size(true)).finish()
+    }
+}
+
+fn read_json(path: &Path) -> Result<Value, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io { path: path.into(), source: e })?;
+    serde_json::from_str(&text).map_err(|e| DataError::Tokenizer(format!("{}: {e}", path.display())))
+}
+
+fn token_content(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content").and_then(|c| c.as_str()).map(String::from),
+        _ => None,
+    }
+}
+
+impl RobertaTokenizer {
+    /// Loads from a model directory: `tokenizer.json` when present, else vocab.json + merges.txt.
+    pub fn from_dir(dir: &Path) -> Result<Self, DataError> {
+        let config = if dir.join("tokenizer_config.json").is_file() {
+            read_json(&dir.join("tokenizer_config.json"))?
+        } else {
+            json!({})
+        };
+        let mut doc = if dir.join("tokenizer.json").is_file() {
+            read_json(&dir.join("tokenizer.json"))?
+        } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
+            Self::assemble(dir, &config)?
+        } else {
+            return Err(DataError::Tokenizer(format!(
+                "{}: no tokenizer.json and no vocab.json + merges.txt",
+                dir.display()
+            )));
+        };
+        force_prefix_space(&mut doc);
+        let text = serde_json::to_string(&doc).expect("serialising JSON: this is a bug");
+        let inner = Tokenizer::from_bytes(text.as_bytes())
+            .map_err(|e| DataError::Tokenizer(format!("{}: {e}", dir.display())))?;
+        let id = |name: &str, default: &str| -> Result<u32, DataError> {
+            let tok = config.get(name).and_then(token_content).unwrap_or_else(|| default.to_string());
+            inner
+                .token_to_id(&tok)
+                .ok_or_else(|| DataError::Tokenizer(format!("special token {tok:?} ({name}) not in vocabulary")))
+        };
+        let model_max_length = config
+            .get("model_max_length")
+            .and_then(|v| v.as_u64())
+            .filter(|n| *n < 1_000_000)
+            .map(|n| n as usize);
+        Ok(RobertaTokenizer {
+            pad_id: id("pad_token", "<pad>")?,
+            cls_id: id("cls_token", "<s>")?,
+            sep_id: id("sep_token", "</s>")?,
+            model_max_length,
+            inner,
+            json: serde_json::to_string_pretty(&doc).expect("serialising JSON: this is a bug"),
+        })
+    }
+
+    /// Builds the `tokenizer.json` document transformers' RobertaConverter would produce.
+    fn assemble(dir: &Path, config: &Value) -> Result<Value, DataError> {
+        let vocab = read_json(&dir.join("vocab.json"))?;
+        let vocab_map = vocab.as_object().ok_or_else(|| DataError::Tokenizer("vocab.json is not an object".into()))?;
+        let merges_path = dir.join("merges.txt");
+        let merges_text = std::fs::read_to_string(&merges_path)
+            .map_err(|e| DataError::Io { path: merges_path.clone(), source: e })?;
+        let merges: Vec<Value> = merges_text
+            .lines()
+            .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
+            .map(|l| {
+                let mut parts = l.split(' ');
+                match (parts.next(), parts.next()) {
+                    (Some(a), Some(b)) => Ok(json!([a, b])),
+                    _ => Err(DataError::Tokenizer(format!("merges.txt: bad line {l:?}"))),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        let specials = special_tokens(dir, config)?;
+        let id_of = |tok: &str| vocab_map.get(tok).and_then(|v| v.as_u64());
+        let mut added = Vec::new();
+        for (content, lstrip) in &specials {
+            let Some(id) = id_of(content) else { continue };
+            added.push(json!({"id": id, "content": content, "single_word": false, "lstrip": lstrip,
+                "rstrip": false, "normalized": false, "special": true}));
+        }
+        let tok = |name: &str, default: &str| config.get(name).and_then(token_content).unwrap_or_else(|| default.into());
+        let (cls, sep) = (tok("cls_token", "<s>"), tok("sep_token", "</s>"));
+        let (cls_id, sep_id) = (
+            id_of(&cls).ok_or_else(|| DataError::Tokenizer(format!("cls token {cls:?} not in vocab.json")))?,
+            id_of(&sep).ok_or_else(|| DataError::Tokenizer(format!("sep token {sep:?} not in vocab.json")))?,
+        );
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
+        Ok(json!({
+            "version": "1.0",
+            "truncation": null,
+            "padding": null,
+            "added_tokens": added,
+            "normalizer": null,
+            "pre_tokenizer": byte_level,
+            "post_processor": {"type": "RobertaProcessing", "sep": [sep, sep_id], "cls": [cls, cls_id],
+                "trim_offsets": true, "add_prefix_space": true},
+            "decoder": byte_level,
+            "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+                "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                "vocab": vocab, "merges": merges}
+        }))
+    }
+
+    /// Encodes pre-split words (the notebook's `is_split_into_words=True`), no truncation.
+    pub fn encode_words<S: AsRef<str>>(&self, words: &[S]) -> Result<Encoded, DataError> {
+        let words: Vec<&str> = words.iter().map(|w| w.as_ref()).collect();
+        let enc = self
+            .inner
+            .encode_char_offsets(words.as_slice(), true)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        Ok(Encoded {
+            ids: enc.get_ids().to_vec(),
+            word_ids: enc.get_word_ids().iter().map(|w| w.map(|w| w as usize)).collect(),
+            offsets: enc.get_offsets().to_vec(),
+            tokens: enc.get_tokens().to_vec(),
+        })
+    }
+
+    /// Encodes raw text; offsets are code points into `text`, word ids are the pre-tokenizer's
+    /// words (letters, digits and punctuation runs), no truncation.
+    pub fn encode_text(&self, text: &str) -> Result<Encoded, DataError> {
+        let enc = self.inner.encode_char_offsets(text, true).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        Ok(Encoded {
+            ids: enc.get_ids().to_vec(),
+            word_ids: enc.get_word_ids().iter().map(|w| w.map(|w| w as usize)).collect(),
+            offsets: enc.get_offsets().to_vec(),
+            tokens: enc.get_tokens().to_vec(),
+        })
+    }
+
+    /// Vocabulary size including added tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    /// Token id of a string, if in the vocabulary.
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+}
+
+/// Special tokens with their `lstrip` flag, from tokenizer_config.json's `added_tokens_decoder`
+/// or special_tokens_map.json, else RoBERTa's defaults.
+fn special_tokens(dir: &Path, config: &Value) -> Result<Vec<(String, bool)>, DataError> {
+    if let Some(decoder) = config.get("added_tokens_decoder").and_then(|d| d.as_object()) {
+        let mut items: Vec<(u64, String, bool)> = decoder
+            .iter()
+            .filter_map(|(id, v)| {
+                let id = id.parse().ok()?;
+                let content = v.get("content")?.as_str()?.to_string();
+                let lstrip = v.get("lstrip").and_then(|b| b.as_bool()).unwrap_or(false);
+                Some((id, content, lstrip))
+            })
+            .collect();
+        items.sort();
+        return Ok(items.into_iter().map(|(_, c, l)| (c, l)).collect());
+    }
+    let map = if dir.join("special_tokens_map.json").is_file() {
+        read_json(&dir.join("special_tokens_map.json"))?
+    } else {
+        json!({})
+    };
+    let mut out: Vec<(String, bool)> = Vec::new();
+    for (name, default) in [
+        ("bos_token", "<s>"),
+        ("pad_token", "<pad>"),
+        ("eos_token", "</s>"),
+        ("unk_token", "<unk>"),
+        ("mask_token", "<mask>"),
+    ] {
+        let v = map.get(name).or_else(|| config.get(name));
+        let content = v.and_then(token_content).unwrap_or_else(|| default.into());
+        let lstrip = v.and_then(|v| v.get("lstrip")).and_then(|b| b.as_bool()).unwrap_or(name == "mask_token");
+        if !out.iter().any(|(c, _)| *c == content) {
+            out.push((content, lstrip));
+        }
+    }
+    Ok(out)
+}
+
+/// The notebook loads the tokenizer with `add_prefix_space=True`: apply it to the ByteLevel
+/// pre-tokenizer and the RoBERTa post-processor whatever the file says.
+fn force_prefix_space(doc: &mut Value) {
+    for key in ["pre_tokenizer", "post_processor"] {
+        let Some(node) = doc.get_mut(key) else { continue };
+        let mut stack = vec![node];
+        while let Some(n) = stack.pop() {
+            match n {
+                Value::Object(obj) => {
+                    let ty = obj.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_string();
+                    if matches!(ty.as_str(), "ByteLevel" | "RobertaProcessing") {
+                        obj.insert("add_prefix_space".into(), Value::Bool(true));
+                    }
+                    stack.extend(obj.values_mut().filter(|c| c.is_array() || c.is_object()));
+                }
+                Value::Array(arr) => stack.extend(arr.iter_mut()),
+                _ => {}
+            }
+        }
+    }
+}

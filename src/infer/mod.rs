@@ -1,0 +1,376 @@
+//! Detection: a loaded model on its own executor thread, fed by a queue with dynamic batching;
+//! aggregation as the HF pipeline; sliding windows for long texts.
+//!
+//! The handle ([`Detector`]) tokenizes on the caller's side and sends token sequences; the
+//! executor batches sequences of all waiting requests by a token budget, runs the model, and
+//! replies through oneshot channels. Requests whose caller went away are skipped.
+//! Must not import axum or sqlx.
+
+pub mod aggregate;
+pub mod registry;
+pub mod window;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use burn::tensor::activation::softmax;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use serde::Serialize;
+use tokio::sync::{Semaphore, oneshot};
+
+use crate::data::batch::HostBatch;
+use crate::data::RobertaTokenizer;
+use crate::model::backend::{BackendTask, Resolved, dispatch};
+use crate::model::{HeadInit, LoadError, load_token_classifier};
+
+use aggregate::{Entity, Strategy, TokenScores, aggregate};
+
+pub use registry::Registry;
+
+/// Executor settings.
+#[derive(Debug, Clone)]
+pub struct DetectorOptions {
+    /// Requests waiting or running per model; beyond it `detect` fails with `Busy`.
+    pub queue: usize,
+    /// Most padded tokens in one forward batch.
+    pub batch_tokens: usize,
+    /// Longest wait for more requests before a batch runs.
+    pub batch_wait: Duration,
+    /// Tokens shared by consecutive windows of a long text.
+    pub stride: usize,
+}
+
+impl Default for DetectorOptions {
+    fn default() -> Self {
+        DetectorOptions { queue: 256, batch_tokens: 8192, batch_wait: Duration::from_millis(2), stride: 128 }
+    }
+}
+
+/// What to analyse.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Text(String),
+    Texts(Vec<String>),
+    /// Pre-split words; entity offsets are word indices.
+    Tokens(Vec<String>),
+}
+
+/// Why detection failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error("too many requests waiting for model {0}")]
+    Busy(String),
+    #[error("model {0} stopped")]
+    Stopped(String),
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Description of a loaded model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelInfo {
+    pub name: String,
+    pub path: PathBuf,
+    /// Content fingerprint of config + weights (changes when a model is replaced).
+    pub version: String,
+    pub labels: Vec<String>,
+    pub device: String,
+    /// Window of the model, special tokens included.
+    pub max_tokens: usize,
+    /// Job that produced it, when deployed from a job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+}
+
+/// Entities of one input.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextResult {
+    pub entities: Vec<Entity>,
+    /// Windows the input needed (1 unless it exceeded the model's window).
+    pub windows: usize,
+}
+
+/// A detection answer.
+#[derive(Debug, Clone, Serialize)]
+pub struct DetectOutput {
+    pub model: String,
+    pub model_version: String,
+    pub results: Vec<TextResult>,
+}
+
+type Probs = Vec<Vec<Vec<f32>>>;
+
+struct Job {
+    /// Token id sequences (with special tokens).
+    seqs: Vec<Vec<u32>>,
+    reply: oneshot::Sender<Probs>,
+}
+
+/// A loaded model behind its executor thread.
+pub struct Detector {
+    pub info: ModelInfo,
+    tokenizer: RobertaTokenizer,
+    tx: mpsc::Sender<Job>,
+    permits: Arc<Semaphore>,
+    opts: DetectorOptions,
+}
+
+fn fingerprint(dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(std::fs::read(dir.join("config.json")).unwrap_or_default());
+    for f in crate::model::weights::WEIGHT_FILES {
+        if let Ok(m) = std::fs::metadata(dir.join(f)) {
+            h.update(f.as_bytes());
+            h.update(m.len().to_le_bytes());
+            if let Ok(t) = m.modified().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).map_err(std::io::Error::other)) {
+                h.update(t.as_nanos().to_le_bytes());
+            }
+        }
+    }
+    h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Detector {
+    /// Loads an HF model directory onto `device` and starts its executor thread.
+    pub fn load(name: &str, dir: &Path, device: Resolved, opts: DetectorOptions) -> Result<Self, DetectError> {
+        let tokenizer = RobertaTokenizer::from_dir(dir)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(Vec<String>, usize), LoadError>>();
+        let dir_owned = dir.to_path_buf();
+        let (batch_tokens, batch_wait) = (opts.batch_tokens, opts.batch_wait);
+        std::thread::Builder::new()
+            .name(format!("detect-{name}"))
+            .spawn(move || {
+                struct Task {
+                    dir: PathBuf,
+                    rx: mpsc::Receiver<Job>,
+                    ready: mpsc::Sender<Result<(Vec<String>, usize), LoadError>>,
+                    batch_tokens: usize,
+                    batch_wait: Duration,
+                }
+                impl BackendTask for Task {
+                    type Output = ();
+                    fn run<B: AutodiffBackend>(self, device: B::Device, _: Resolved) {
+                        executor::<B::InnerBackend>(self, &device)
+                    }
+                }
+                fn executor<B: Backend>(t: Task, device: &B::Device) {
+                    let (model, config) = match load_token_classifier::<B>(&t.dir, None, HeadInit::FromCheckpoint, device) {
+                        Ok((m, c, _)) => (m, c),
+                        Err(e) => {
+                            let _ = t.ready.send(Err(e));
+                            return;
+                        }
+                    };
+                    let labels = config.labels().unwrap_or_default();
+                    let _ = t.ready.send(Ok((labels, config.max_tokens())));
+                    run_executor(&model, &t.rx, t.batch_tokens, t.batch_wait, config.pad_token_id as u32, device);
+                }
+                dispatch(device, Task { dir: dir_owned, rx, ready: ready_tx, batch_tokens, batch_wait });
+            })
+            .map_err(|e| DetectError::Invalid(format!("cannot start executor thread: {e}")))?;
+        let (labels, max_tokens) = ready_rx.recv().map_err(|_| DetectError::Stopped(name.into()))??;
+        if labels.is_empty() {
+            return Err(DetectError::Invalid(format!("{}: config.json has no id2label", dir.display())));
+        }
+        let max_tokens = max_tokens.min(tokenizer.model_max_length.unwrap_or(usize::MAX));
+        let info = ModelInfo {
+            name: name.into(),
+            path: dir.to_path_buf(),
+            version: fingerprint(dir),
+            labels,
+            device: device.to_string(),
+            max_tokens,
+            job_id: None,
+        };
+        Ok(Detector { info, tokenizer, tx, permits: Arc::new(Semaphore::new(opts.queue.max(1))), opts })
+    }
+
+    /// Encodes an input into (encoding, windows, owner per content token).
+    fn prepare(&self, text_or_words: Either<'_>) -> Result<Prepared, DetectError> {
+        let enc = match text_or_words {
+            Either::Text(t) => self.tokenizer.encode_text(t)?,
+            Either::Words(w) => self.tokenizer.encode_words(w)?,
+        };
+        // Content tokens sit between <s> and </s>.
+        let n = enc.len().saturating_sub(2);
+        let size = self.info.max_tokens.saturating_sub(2).max(1);
+        let (windows, owner) = window::plan(n, size, self.opts.stride.min(size / 2));
+        let seqs = windows
+            .iter()
+            .map(|r| {
+                let mut s = Vec::with_capacity(r.len() + 2);
+                s.push(self.tokenizer.cls_id);
+                s.extend_from_slice(&enc.ids[1 + r.start..1 + r.end]);
+                s.push(self.tokenizer.sep_id);
+                s
+            })
+            .collect();
+        Ok(Prepared { enc, windows, owner, seqs })
+    }
+
+    fn postprocess(&self, p: &Prepared, probs: &[Vec<Vec<f32>>], input: Either<'_>, strategy: Strategy, threshold: Option<f64>) -> TextResult {
+        let tokens: Vec<TokenScores> = (0..p.owner.len())
+            .map(|i| {
+                let w = p.owner[i];
+                let pos = i - p.windows[w].start + 1; // +1 for <s>
+                let (start, end) = p.enc.offsets[i + 1];
+                TokenScores { index: i + 1, start, end, word_id: p.enc.word_ids[i + 1], scores: probs[w][pos].clone() }
+            })
+            .collect();
+        let mut entities = match input {
+            Either::Text(text) => {
+                let chars: Vec<char> = text.chars().collect();
+                let span = |s: usize, e: usize| chars[s.min(chars.len())..e.min(chars.len())].iter().collect::<String>();
+                aggregate(&tokens, &self.info.labels, strategy, &span)
+            }
+            Either::Words(words) => {
+                // Pre-split input: offsets become word indices [start, end).
+                let by_word: Vec<TokenScores> = tokens
+                    .into_iter()
+                    .map(|mut t| {
+                        let w = t.word_id.unwrap_or(0);
+                        (t.start, t.end) = (w, w + 1);
+                        t
+                    })
+                    .collect();
+                let span = |s: usize, e: usize| words[s.min(words.len())..e.min(words.len())].join(" ");
+                aggregate(&by_word, &self.info.labels, strategy, &span)
+            }
+        };
+        if let Some(th) = threshold {
+            entities.retain(|e| e.score as f64 >= th);
+        }
+        TextResult { entities, windows: p.windows.len() }
+    }
+
+    fn inputs(input: &Input) -> Vec<Either<'_>> {
+        match input {
+            Input::Text(t) => vec![Either::Text(t)],
+            Input::Texts(ts) => ts.iter().map(|t| Either::Text(t)).collect(),
+            Input::Tokens(w) => vec![Either::Words(w)],
+        }
+    }
+
+    /// Detects entities; fails fast with `Busy` when the queue is full.
+    pub async fn detect(&self, input: Input, strategy: Strategy, threshold: Option<f64>) -> Result<DetectOutput, DetectError> {
+        let _permit = self.permits.clone().try_acquire_owned().map_err(|_| DetectError::Busy(self.info.name.clone()))?;
+        let items = Self::inputs(&input);
+        let prepared: Vec<Prepared> = items.iter().map(|i| self.prepare(*i)).collect::<Result<_, _>>()?;
+        let (reply, rx) = oneshot::channel();
+        let seqs: Vec<Vec<u32>> = prepared.iter().flat_map(|p| p.seqs.iter().cloned()).collect();
+        self.tx.send(Job { seqs, reply }).map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
+        let probs = rx.await.map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
+        Ok(self.assemble(&prepared, probs, &items, strategy, threshold))
+    }
+
+    /// Blocking variant for the CLI and benchmarks (no queue bound).
+    pub fn detect_blocking(&self, input: Input, strategy: Strategy, threshold: Option<f64>) -> Result<DetectOutput, DetectError> {
+        let items = Self::inputs(&input);
+        let prepared: Vec<Prepared> = items.iter().map(|i| self.prepare(*i)).collect::<Result<_, _>>()?;
+        let (reply, rx) = oneshot::channel();
+        let seqs: Vec<Vec<u32>> = prepared.iter().flat_map(|p| p.seqs.iter().cloned()).collect();
+        self.tx.send(Job { seqs, reply }).map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
+        let probs = rx.blocking_recv().map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
+        Ok(self.assemble(&prepared, probs, &items, strategy, threshold))
+    }
+
+    fn assemble(&self, prepared: &[Prepared], probs: Probs, items: &[Either<'_>], strategy: Strategy, threshold: Option<f64>) -> DetectOutput {
+        let mut probs = probs.into_iter();
+        let results = prepared
+            .iter()
+            .zip(items)
+            .map(|(p, input)| {
+                let mine: Vec<Vec<Vec<f32>>> = probs.by_ref().take(p.seqs.len()).collect();
+                self.postprocess(p, &mine, *input, strategy, threshold)
+            })
+            .collect();
+        DetectOutput { model: self.info.name.clone(), model_version: self.info.version.clone(), results }
+    }
+
+    /// Requests currently waiting or running.
+    pub fn in_flight(&self) -> usize {
+        self.opts.queue.max(1) - self.permits.available_permits()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Either<'a> {
+    Text(&'a str),
+    Words(&'a [String]),
+}
+
+struct Prepared {
+    enc: crate::data::Encoded,
+    windows: Vec<std::ops::Range<usize>>,
+    owner: Vec<usize>,
+    seqs: Vec<Vec<u32>>,
+}
+
+/// The executor loop: gather requests for up to `wait` or `budget` tokens, batch, run, reply.
+fn run_executor<B: Backend>(
+    model: &crate::model::RobertaForTokenClassification<B>,
+    rx: &mpsc::Receiver<Job>,
+    budget: usize,
+    wait: Duration,
+    pad_id: u32,
+    device: &B::Device,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let mut tokens: usize = jobs[0].seqs.iter().map(|s| s.len()).sum();
+        let deadline = Instant::now() + wait;
+        while tokens < budget {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(j) => {
+                    tokens += j.seqs.iter().map(|s| s.len()).sum::<usize>();
+                    jobs.push(j);
+                }
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        // Callers that went away are not computed.
+        jobs.retain(|j| !j.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        // (job, seq) pairs sorted by length; batches bounded by padded tokens.
+        let mut order: Vec<(usize, usize)> = jobs.iter().enumerate().flat_map(|(j, job)| (0..job.seqs.len()).map(move |s| (j, s))).collect();
+        order.sort_by_key(|(j, s)| jobs[*j].seqs[*s].len());
+        let mut out: Vec<Vec<Vec<Vec<f32>>>> = jobs.iter().map(|j| vec![Vec::new(); j.seqs.len()]).collect();
+        let mut i = 0;
+        while i < order.len() {
+            let mut end = i + 1;
+            while end < order.len() {
+                let longest = jobs[order[end].0].seqs[order[end].1].len();
+                if longest * (end + 1 - i) > budget {
+                    break;
+                }
+                end += 1;
+            }
+            let items: Vec<(&[u32], Option<&[i64]>)> = order[i..end].iter().map(|(j, s)| (jobs[*j].seqs[*s].as_slice(), None)).collect();
+            let seq = items.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
+            let host = HostBatch::collate_ids(items.into_iter(), seq, pad_id);
+            let batch = host.to_device::<B>(device);
+            let logits = model.forward(batch.input_ids, batch.attention_mask); // [batch, seq, labels]
+            let [_, _, c] = logits.dims();
+            let probs: Vec<f32> = softmax(logits, 2).into_data().convert::<f32>().to_vec().expect("f32 probabilities: this is a bug");
+            for (row, (j, s)) in order[i..end].iter().enumerate() {
+                let len = jobs[*j].seqs[*s].len();
+                out[*j][*s] = (0..len).map(|t| probs[(row * seq + t) * c..(row * seq + t + 1) * c].to_vec()).collect();
+            }
+            i = end;
+        }
+        for (job, probs) in jobs.into_iter().zip(out) {
+            let _ = job.reply.send(probs);
+        }
+    }
+}

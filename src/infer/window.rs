@@ -1,0 +1,64 @@
+//! Sliding windows for texts longer than the model's window: overlapping windows, each token
+//! scored by the window in which it is most central, so entities at a boundary are neither
+//! lost nor duplicated.
+
+use std::ops::Range;
+
+/// Windows of at most `size` content tokens over `n` tokens, consecutive windows sharing
+/// `stride` tokens; and for every token the window that scores it (the one where its distance
+/// to the nearer window edge is largest; ties go to the earlier window).
+pub fn plan(n: usize, size: usize, stride: usize) -> (Vec<Range<usize>>, Vec<usize>) {
+    let size = size.max(1);
+    if n <= size {
+        return (vec![0..n], vec![0; n]);
+    }
+    let step = size.saturating_sub(stride.min(size - 1)).max(1);
+    let mut windows = Vec::new();
+    let mut start = 0;
+    loop {
+        if start + size >= n {
+            windows.push(n - size..n);
+            break;
+        }
+        windows.push(start..start + size);
+        start += step;
+    }
+    let owner = (0..n)
+        .map(|i| {
+            let mut best = (0usize, None::<usize>);
+            for (w, r) in windows.iter().enumerate() {
+                if r.contains(&i) {
+                    let centrality = (i - r.start).min(r.end - 1 - i);
+                    if best.1.is_none() || centrality > best.0 {
+                        best = (centrality, Some(w));
+                    }
+                }
+            }
+            best.1.expect("every token is in a window: this is a bug")
+        })
+        .collect();
+    (windows, owner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_input_is_one_window() {
+        assert_eq!(plan(5, 10, 3), (vec![0..5], vec![0; 5]));
+    }
+
+    #[test]
+    fn windows_cover_everything_and_owners_are_central() {
+        let (w, owner) = plan(25, 10, 4);
+        assert_eq!(w, vec![0..10, 6..16, 12..22, 15..25]);
+        for (i, o) in owner.iter().enumerate() {
+            assert!(w[*o].contains(&i));
+        }
+        // token 8: distance 1 to the end of window 0, 2 to the start of window 1 -> window 1
+        assert_eq!(owner[8], 1);
+        assert_eq!(owner[0], 0);
+        assert_eq!(owner[24], 3);
+    }
+}

@@ -1,0 +1,248 @@
+//! The job spec: one JSON shape for `metafora train JOB.json` and `POST /v1/jobs`.
+//!
+//! Unknown fields are rejected and every error names the field
+//! (`training.learning_rate must be > 0, got -1`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::train::{FieldError, TrainingArgs};
+
+fn d_seed() -> u64 {
+    42
+}
+fn d_train() -> String {
+    "train".into()
+}
+fn d_validation() -> String {
+    "validation".into()
+}
+fn d_test() -> String {
+    "test".into()
+}
+fn d_tokens() -> String {
+    "tokens".into()
+}
+fn d_tags() -> String {
+    "tags".into()
+}
+fn d_true() -> bool {
+    true
+}
+
+/// The base checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    /// Local HF model directory or Hub id (`projecte-aina/roberta-large-ca-v2`); the notebook's
+    /// `model_checkpoint`.
+    pub checkpoint: String,
+    /// Display name (the CSV `model` column); defaults to the checkpoint's last path segment.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Hub revision (branch, tag or commit).
+    #[serde(default)]
+    pub revision: Option<String>,
+}
+
+impl ModelRef {
+    /// The CSV `model` value.
+    pub fn display_name(&self) -> String {
+        self.name.clone().unwrap_or_else(|| {
+            self.checkpoint.trim_end_matches('/').rsplit('/').next().unwrap_or(&self.checkpoint).to_string()
+        })
+    }
+}
+
+/// Where the data comes from: exactly one of `path`, `hub_id`, `id`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetRef {
+    /// Local dataset folder.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Hub dataset id (`mariadelcarmenramirez/metaphor-catalan-iter1`).
+    #[serde(default)]
+    pub hub_id: Option<String>,
+    /// An uploaded dataset (`POST /v1/datasets`).
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub revision: Option<String>,
+    #[serde(default = "d_train")]
+    pub train_split: String,
+    #[serde(default = "d_validation")]
+    pub validation_split: String,
+    #[serde(default = "d_test")]
+    pub test_split: String,
+    #[serde(default = "d_tokens")]
+    pub tokens_column: String,
+    #[serde(default = "d_tags")]
+    pub tags_column: String,
+    /// Label names by id when the dataset carries none.
+    #[serde(default)]
+    pub labels: Option<Vec<String>>,
+}
+
+/// Where results go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct OutputSpec {
+    /// Output directory (CLI default `runs/<model>-<seed>`; the service uses its data dir).
+    #[serde(default)]
+    pub dir: Option<String>,
+    /// CSV the run appends its row to (default `<dir>/results.csv`).
+    #[serde(default)]
+    pub results_csv: Option<String>,
+}
+
+/// Pushing the result to the Hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubSpec {
+    #[serde(default)]
+    pub push: bool,
+    #[serde(default)]
+    pub repo_id: Option<String>,
+    #[serde(default = "d_true")]
+    pub private: bool,
+}
+
+impl Default for HubSpec {
+    fn default() -> Self {
+        HubSpec { push: false, repo_id: None, private: true }
+    }
+}
+
+/// A training job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    pub model: ModelRef,
+    pub dataset: DatasetRef,
+    #[serde(default)]
+    pub training: TrainingArgs,
+    /// Seeds the head, the shuffles and dropout.
+    #[serde(default = "d_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub output: OutputSpec,
+    #[serde(default)]
+    pub hub: HubSpec,
+    /// Deploy the best checkpoint under this model name when the job succeeds.
+    #[serde(default)]
+    pub deploy_as: Option<String>,
+}
+
+fn is_hub_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('/').collect();
+    (1..=2).contains(&parts.len())
+        && parts.iter().all(|p| {
+            !p.is_empty() && p.len() <= 96 && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        })
+}
+
+fn check_name(field: &str, v: &str) -> Result<(), FieldError> {
+    if v.is_empty() || v.len() > 200 || v.chars().any(|c| c.is_control()) {
+        return Err(FieldError::new(field, format!("must be 1-200 printable characters, got {v:?}")));
+    }
+    Ok(())
+}
+
+impl JobSpec {
+    /// Parses and validates a spec; errors name the field.
+    pub fn parse(json: &[u8]) -> Result<JobSpec, FieldError> {
+        let de = &mut serde_json::Deserializer::from_slice(json);
+        let spec: JobSpec = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "body".to_string() } else { path };
+            FieldError::new(field, e.into_inner().to_string())
+        })?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), FieldError> {
+        check_name("model.checkpoint", &self.model.checkpoint)?;
+        if let Some(n) = &self.model.name {
+            check_name("model.name", n)?;
+        }
+        let d = &self.dataset;
+        let sources = [d.path.is_some(), d.hub_id.is_some(), d.id.is_some()].iter().filter(|x| **x).count();
+        if sources != 1 {
+            return Err(FieldError::new("dataset", "needs exactly one of path, hub_id or id"));
+        }
+        if let Some(h) = &d.hub_id
+            && !is_hub_id(h)
+        {
+            return Err(FieldError::new("dataset.hub_id", format!("must look like owner/name, got {h:?}")));
+        }
+        for (f, v) in [
+            ("dataset.train_split", &d.train_split),
+            ("dataset.validation_split", &d.validation_split),
+            ("dataset.test_split", &d.test_split),
+            ("dataset.tokens_column", &d.tokens_column),
+            ("dataset.tags_column", &d.tags_column),
+        ] {
+            check_name(f, v)?;
+        }
+        if let Some(labels) = &d.labels {
+            if labels.len() < 2 {
+                return Err(FieldError::new("dataset.labels", "needs at least 2 labels"));
+            }
+            crate::metrics::LabelScheme::new(labels).map_err(|e| FieldError::new("dataset.labels", e.to_string()))?;
+        }
+        self.training.validate(d.labels.as_ref().map(|l| l.len()))?;
+        if self.hub.push && self.hub.repo_id.as_deref().is_none_or(|r| !is_hub_id(r) || !r.contains('/')) {
+            return Err(FieldError::new("hub.repo_id", "must be owner/name when hub.push is true"));
+        }
+        if let Some(name) = &self.deploy_as
+            && !(1..=64).contains(&name.len())
+        {
+            return Err(FieldError::new("deploy_as", "must be 1-64 characters"));
+        }
+        if let Some(name) = &self.deploy_as
+            && !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(FieldError::new("deploy_as", format!("may use letters, digits, '-', '_' and '.', got {name:?}")));
+        }
+        Ok(())
+    }
+
+    /// Whether `model.checkpoint` names a Hub repository rather than a local directory.
+    pub fn model_is_hub(&self) -> bool {
+        let c = &self.model.checkpoint;
+        !(c.starts_with('/') || c.starts_with('.') || c.starts_with('~') || std::path::Path::new(c).exists()) && is_hub_id(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<JobSpec, FieldError> {
+        JobSpec::parse(s.as_bytes())
+    }
+
+    #[test]
+    fn minimal_spec_gets_defaults() {
+        let s = parse(r#"{"model": {"checkpoint": "x/y"}, "dataset": {"path": "d"}}"#).unwrap();
+        assert_eq!(s.seed, 42);
+        assert_eq!(s.training.learning_rate, 2e-5);
+        assert_eq!(s.model.display_name(), "y");
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let e = parse(r#"{"model": {"checkpoint": "x"}, "dataset": {"path": "d"}, "training": {"learning_rate": -1}}"#).unwrap_err();
+        assert_eq!(e.to_string(), "training.learning_rate must be > 0, got -1");
+        let e = parse(r#"{"model": {"checkpoint": "x"}, "dataset": {"path": "d"}, "training": {"lr": 1}}"#).unwrap_err();
+        assert_eq!(e.field, "training.lr");
+        let e = parse(r#"{"model": {"checkpoint": "x"}, "dataset": {"path": "d"}, "seed": "a"}"#).unwrap_err();
+        assert_eq!(e.field, "seed");
+        let e = parse(r#"{"model": {"checkpoint": "x"}, "dataset": {"path": "d", "hub_id": "a/b"}}"#).unwrap_err();
+        assert_eq!(e.field, "dataset");
+        let e = parse(r#"{"model": {"checkpoint": "x"}}"#).unwrap_err();
+        assert!(e.message.contains("dataset"), "{e}");
+    }
+}

@@ -1,0 +1,27 @@
+//! `metafora` binary: parse flags, set up logging, hand over to the library.
+
+use clap::Parser;
+use metafora::config::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    metafora::telemetry::init(&cli.log, &cli.log_format);
+    let result = match cli.command {
+        Command::Serve(args) => metafora::serve(args),
+        Command::Train(args) => metafora::cli::train(args),
+        Command::Eval(args) => metafora::cli::eval(args),
+        Command::Score(args) => metafora::cli::score(args),
+        Command::Detect(args) => metafora::cli::detect(args),
+        Command::Bench(args) => metafora::bench::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,41 @@
+//! `datasets`: uploaded datasets (files under `<data-dir>/datasets/<id>/`).
+
+use serde::Serialize;
+use sqlx::{FromRow, SqlitePool};
+
+use super::{StoreError, now};
+
+/// One uploaded dataset.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct DatasetRow {
+    pub id: String,
+    pub name: String,
+    pub format: String,
+    pub labels: String,
+    pub stats: String,
+    pub size_bytes: i64,
+    pub created_at: String,
+}
+
+pub async fn insert(pool: &SqlitePool, id: &str, name: &str, format: &str, labels: &str, stats: &str, size: i64) -> Result<DatasetRow, StoreError> {
+    Ok(sqlx::query_as::<_, DatasetRow>(
+        "INSERT INTO datasets (id, name, format, labels, stats, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+    )
+    .bind(id)
+    .bind(name)
+    .bind(format)
+    .bind(labels)
+    .bind(stats)
+    .bind(size)
+    .bind(now())
+    .fetch_one(pool)
+    .await?)
+}
+
+pub async fn list(pool: &SqlitePool) -> Result<Vec<DatasetRow>, StoreError> {
+    Ok(sqlx::query_as::<_, DatasetRow>("SELECT * FROM datasets ORDER BY created_at DESC, id").fetch_all(pool).await?)
+}
+
+pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<DatasetRow>, StoreError> {
+    Ok(sqlx::query_as::<_, DatasetRow>("SELECT * FROM datasets WHERE id = ?").bind(id).fetch_optional(pool).await?)
+}

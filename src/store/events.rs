@@ -1,0 +1,32 @@
+//! `events`: the job's history, replayed to SSE listeners.
+
+use serde::Serialize;
+use sqlx::{FromRow, SqlitePool};
+
+use super::{StoreError, now};
+
+/// One stored event.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct EventRow {
+    pub id: i64,
+    pub job_id: String,
+    pub kind: String,
+    pub data: String,
+    pub created_at: String,
+}
+
+/// Appends an event; returns its id.
+pub async fn insert(pool: &SqlitePool, job_id: &str, kind: &str, data: &str) -> Result<EventRow, StoreError> {
+    Ok(sqlx::query_as::<_, EventRow>("INSERT INTO events (job_id, kind, data, created_at) VALUES (?, ?, ?, ?) RETURNING *")
+        .bind(job_id)
+        .bind(kind)
+        .bind(data)
+        .bind(now())
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Events of a job after `after` (exclusive), oldest first.
+pub async fn since(pool: &SqlitePool, job_id: &str, after: i64) -> Result<Vec<EventRow>, StoreError> {
+    Ok(sqlx::query_as::<_, EventRow>("SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id").bind(job_id).bind(after).fetch_all(pool).await?)
+}

@@ -1,0 +1,254 @@
+//! The `jobs` table, which is also the queue.
+
+use serde::Serialize;
+use sqlx::{FromRow, SqlitePool};
+
+use super::{StoreError, begin_immediate, commit, now, rollback};
+
+/// Job statuses (the CHECK constraint's values).
+pub const STATUSES: [&str; 6] = ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"];
+
+/// Whether a status is final.
+pub fn is_finished(status: &str) -> bool {
+    matches!(status, "succeeded" | "failed" | "cancelled" | "interrupted")
+}
+
+/// One row of `jobs`.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct JobRow {
+    pub seq: i64,
+    pub id: String,
+    pub status: String,
+    pub spec: String,
+    pub created_at: String,
+    pub updated_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub attempts: i64,
+    pub cancel_requested: i64,
+    pub error: Option<String>,
+    pub progress: Option<String>,
+    pub device: Option<String>,
+    pub output_dir: String,
+    pub results_csv: Option<String>,
+    pub best_epoch: Option<i64>,
+    pub best_checkpoint: Option<String>,
+    pub best_model_dir: Option<String>,
+    pub improvement_f1: Option<f64>,
+    pub csv_row: Option<String>,
+    pub push_status: String,
+    pub push_error: Option<String>,
+    pub push_url: Option<String>,
+}
+
+/// Inserts a queued job unless `max_queued` jobs are already waiting.
+pub async fn insert(pool: &SqlitePool, id: &str, spec: &str, output_dir: &str, results_csv: Option<&str>, max_queued: usize) -> Result<JobRow, StoreError> {
+    let mut conn = begin_immediate(pool).await?;
+    let (queued,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetch_one(&mut *conn).await?;
+    if queued as usize >= max_queued {
+        rollback(conn).await?;
+        return Err(StoreError::QueueFull(queued as usize));
+    }
+    let t = now();
+    let row = sqlx::query_as::<_, JobRow>(
+        "INSERT INTO jobs (id, status, spec, created_at, updated_at, output_dir, results_csv) VALUES (?, 'queued', ?, ?, ?, ?, ?) RETURNING *",
+    )
+    .bind(id)
+    .bind(spec)
+    .bind(&t)
+    .bind(&t)
+    .bind(output_dir)
+    .bind(results_csv)
+    .fetch_one(&mut *conn)
+    .await?;
+    commit(conn).await?;
+    Ok(row)
+}
+
+pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, StoreError> {
+    Ok(sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = ?").bind(id).fetch_optional(pool).await?)
+}
+
+/// Newest first; `cursor` is the `seq` of the last job of the previous page.
+pub async fn list(pool: &SqlitePool, status: Option<&str>, limit: i64, cursor: Option<i64>) -> Result<Vec<JobRow>, StoreError> {
+    Ok(sqlx::query_as::<_, JobRow>(
+        "SELECT * FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR seq < ?2) ORDER BY seq DESC LIMIT ?3",
+    )
+    .bind(status)
+    .bind(cursor)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Finished jobs, oldest first (the comparison CSV).
+pub async fn list_finished(pool: &SqlitePool) -> Result<Vec<JobRow>, StoreError> {
+    Ok(sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE csv_row IS NOT NULL ORDER BY seq").fetch_all(pool).await?)
+}
+
+/// Atomically moves the oldest queued job to `running`.
+pub async fn claim_next(pool: &SqlitePool) -> Result<Option<JobRow>, StoreError> {
+    let t = now();
+    Ok(sqlx::query_as::<_, JobRow>(
+        "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ?1), updated_at = ?1
+         WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1) AND status = 'queued'
+         RETURNING *",
+    )
+    .bind(&t)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// At start: jobs left `running` by a crash go back to the queue to resume from their last
+/// checkpoint; after `max_attempts` tries they are marked `interrupted` (data kept).
+pub async fn recover_orphans(pool: &SqlitePool, max_attempts: i64) -> Result<(Vec<String>, Vec<String>), StoreError> {
+    let t = now();
+    let mut conn = begin_immediate(pool).await?;
+    let gave_up: Vec<(String,)> = sqlx::query_as(
+        "UPDATE jobs SET status = 'interrupted', error = 'interrupted: too many attempts', finished_at = ?1, updated_at = ?1
+         WHERE status = 'running' AND attempts >= ?2 RETURNING id",
+    )
+    .bind(&t)
+    .bind(max_attempts)
+    .fetch_all(&mut *conn)
+    .await?;
+    let requeued: Vec<(String,)> = sqlx::query_as(
+        "UPDATE jobs SET status = 'queued', updated_at = ?1 WHERE status = 'running' RETURNING id",
+    )
+    .bind(&t)
+    .fetch_all(&mut *conn)
+    .await?;
+    commit(conn).await?;
+    Ok((requeued.into_iter().map(|r| r.0).collect(), gave_up.into_iter().map(|r| r.0).collect()))
+}
+
+pub async fn set_progress(pool: &SqlitePool, id: &str, progress: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ?").bind(progress).bind(now()).bind(id).execute(pool).await?;
+    Ok(())
+}
+
+pub async fn set_device(pool: &SqlitePool, id: &str, device: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET device = ?, updated_at = ? WHERE id = ?").bind(device).bind(now()).bind(id).execute(pool).await?;
+    Ok(())
+}
+
+/// What a finished run leaves on the row.
+#[derive(Debug, Default, Clone)]
+pub struct Finish<'a> {
+    pub status: &'a str,
+    pub error: Option<String>,
+    pub best_epoch: Option<i64>,
+    pub best_checkpoint: Option<String>,
+    pub best_model_dir: Option<String>,
+    pub improvement_f1: Option<f64>,
+    pub csv_row: Option<String>,
+}
+
+/// Marks a running job finished.
+pub async fn finish(pool: &SqlitePool, id: &str, f: &Finish<'_>) -> Result<(), StoreError> {
+    let t = now();
+    sqlx::query(
+        "UPDATE jobs SET status = ?, error = ?, best_epoch = ?, best_checkpoint = ?, best_model_dir = ?, improvement_f1 = ?,
+         csv_row = COALESCE(?, csv_row), finished_at = ?, updated_at = ? WHERE id = ?",
+    )
+    .bind(f.status)
+    .bind(&f.error)
+    .bind(f.best_epoch)
+    .bind(&f.best_checkpoint)
+    .bind(&f.best_model_dir)
+    .bind(f.improvement_f1)
+    .bind(&f.csv_row)
+    .bind(&t)
+    .bind(&t)
+    .bind(id)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Puts a running job back in the queue (graceful shutdown: it resumes at the next start).
+pub async fn requeue(pool: &SqlitePool, id: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET status = 'queued', updated_at = ? WHERE id = ? AND status = 'running'").bind(now()).bind(id).execute(pool).await?;
+    Ok(())
+}
+
+/// Result of a cancel request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Cancel {
+    /// It was queued: cancelled now.
+    Cancelled,
+    /// It is running: the worker stops it within one step.
+    Requested,
+}
+
+/// Cancels a queued job at once, flags a running one; a finished job is a conflict.
+pub async fn request_cancel(pool: &SqlitePool, id: &str) -> Result<Option<Cancel>, StoreError> {
+    let mut conn = begin_immediate(pool).await?;
+    let row: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = ?").bind(id).fetch_optional(&mut *conn).await?;
+    let t = now();
+    let out = match row.as_ref().map(|r| r.0.as_str()) {
+        None => None,
+        Some("queued") => {
+            sqlx::query("UPDATE jobs SET status = 'cancelled', cancel_requested = 1, error = 'cancelled before start', finished_at = ?1, updated_at = ?1 WHERE id = ?2")
+                .bind(&t)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            Some(Cancel::Cancelled)
+        }
+        Some("running") => {
+            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?").bind(&t).bind(id).execute(&mut *conn).await?;
+            Some(Cancel::Requested)
+        }
+        Some(other) => {
+            let other = other.to_string();
+            rollback(conn).await?;
+            return Err(StoreError::Conflict(other));
+        }
+    };
+    commit(conn).await?;
+    Ok(out)
+}
+
+/// Deletes a finished job (and, by cascade, its epochs, evaluations and events).
+pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, StoreError> {
+    let mut conn = begin_immediate(pool).await?;
+    let row = sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = ?").bind(id).fetch_optional(&mut *conn).await?;
+    match &row {
+        Some(r) if !is_finished(&r.status) => {
+            let s = r.status.clone();
+            rollback(conn).await?;
+            return Err(StoreError::Conflict(s));
+        }
+        Some(_) => {
+            sqlx::query("DELETE FROM jobs WHERE id = ?").bind(id).execute(&mut *conn).await?;
+        }
+        None => {}
+    }
+    commit(conn).await?;
+    Ok(row)
+}
+
+/// Jobs per status (every status present, 0 when none).
+pub async fn counts(pool: &SqlitePool) -> Result<Vec<(String, i64)>, StoreError> {
+    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetch_all(pool).await?;
+    Ok(STATUSES.iter().map(|s| (s.to_string(), rows.iter().find(|r| r.0 == *s).map(|r| r.1).unwrap_or(0))).collect())
+}
+
+pub async fn set_push(pool: &SqlitePool, id: &str, status: &str, error: Option<&str>, url: Option<&str>) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET push_status = ?, push_error = ?, push_url = COALESCE(?, push_url), updated_at = ? WHERE id = ?")
+        .bind(status)
+        .bind(error)
+        .bind(url)
+        .bind(now())
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Whether a cancel was requested for a running job.
+pub async fn cancel_requested(pool: &SqlitePool, id: &str) -> Result<bool, StoreError> {
+    let r: Option<(i64,)> = sqlx::query_as("SELECT cancel_requested FROM jobs WHERE id = ?").bind(id).fetch_optional(pool).await?;
+    Ok(r.is_some_and(|r| r.0 != 0))
+}

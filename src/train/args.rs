@@ -1,0 +1,244 @@
+//! Training hyper-parameters: the `training` object of a job spec, with the notebook's
+//! defaults (HF `TrainingArguments` names where they exist).
+
+use serde::{Deserialize, Serialize};
+
+use super::loss::LossKind;
+use super::schedule::LrScheduler;
+
+/// A spec field that failed validation: `training.learning_rate must be > 0, got -1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// Dotted path of the field (`training.learning_rate`).
+    pub field: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FieldError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for FieldError {}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError { field: field.into(), message: message.into() }
+    }
+}
+
+/// Class weights for the loss.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClassWeights {
+    /// `"balanced"`: inverse label frequency on the training words (scikit-learn's rule).
+    Named(String),
+    /// One weight per label id.
+    Explicit(Vec<f64>),
+}
+
+/// Numeric precision of training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// f32 (the only precision implemented for training on every backend).
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+/// Metric that picks the best checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum BestMetric {
+    #[default]
+    F1,
+    Precision,
+    Recall,
+    Accuracy,
+    /// Validation loss (lower is better).
+    Loss,
+}
+
+fn d_lr() -> f64 {
+    2e-5
+}
+fn d_batch() -> usize {
+    8
+}
+fn d_epochs() -> usize {
+    5
+}
+fn d_wd() -> f64 {
+    0.01
+}
+fn d_one() -> usize {
+    1
+}
+fn d_grad_norm() -> f64 {
+    1.0
+}
+fn d_save_limit() -> usize {
+    2
+}
+fn d_max_length() -> usize {
+    512
+}
+
+/// The `training` object of a job spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainingArgs {
+    /// Peak learning rate of AdamW (notebook: 2e-5).
+    #[serde(default = "d_lr")]
+    pub learning_rate: f64,
+    #[serde(default = "d_batch")]
+    pub per_device_train_batch_size: usize,
+    #[serde(default = "d_batch")]
+    pub per_device_eval_batch_size: usize,
+    #[serde(default = "d_epochs")]
+    pub num_train_epochs: usize,
+    /// Decoupled weight decay, not applied to biases and LayerNorm parameters.
+    #[serde(default = "d_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "d_one")]
+    pub gradient_accumulation_steps: usize,
+    /// Warm-up steps: an integer count, or a ratio of all steps when < 1.
+    #[serde(default)]
+    pub warmup_steps: f64,
+    /// Global gradient-norm clipping; 0 disables it.
+    #[serde(default = "d_grad_norm")]
+    pub max_grad_norm: f64,
+    #[serde(default)]
+    pub lr_scheduler: LrScheduler,
+    /// Epoch checkpoints kept on disk (the best and the latest are always kept).
+    #[serde(default = "d_save_limit")]
+    pub save_total_limit: usize,
+    #[serde(default)]
+    pub metric_for_best_model: BestMetric,
+    /// Stop after this many epochs without improvement of the best metric.
+    #[serde(default)]
+    pub early_stopping_patience: Option<usize>,
+    /// Minimum improvement that resets the patience counter.
+    #[serde(default)]
+    pub early_stopping_threshold: f64,
+    #[serde(default)]
+    pub class_weights: Option<ClassWeights>,
+    #[serde(default)]
+    pub loss: LossKind,
+    /// Token limit per sentence (capped by the model's position table).
+    #[serde(default = "d_max_length")]
+    pub max_length: usize,
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+impl Default for TrainingArgs {
+    fn default() -> Self {
+        serde_json::from_str("{}").expect("defaults deserialise: this is a bug")
+    }
+}
+
+impl TrainingArgs {
+    /// Checks values; `labels` is the number of labels when known (for explicit weights).
+    pub fn validate(&self, num_labels: Option<usize>) -> Result<(), FieldError> {
+        let f = |name: &str, msg: String| Err(FieldError::new(format!("training.{name}"), msg));
+        let finite = |v: f64| v.is_finite();
+        if !(finite(self.learning_rate) && self.learning_rate > 0.0) {
+            return f("learning_rate", format!("must be > 0, got {}", self.learning_rate));
+        }
+        for (name, v) in [
+            ("per_device_train_batch_size", self.per_device_train_batch_size),
+            ("per_device_eval_batch_size", self.per_device_eval_batch_size),
+            ("num_train_epochs", self.num_train_epochs),
+            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+        ] {
+            if v == 0 {
+                return f(name, "must be >= 1, got 0".into());
+            }
+        }
+        if self.per_device_train_batch_size > 4096 || self.per_device_eval_batch_size > 4096 {
+            return f("per_device_train_batch_size", "must be <= 4096".into());
+        }
+        if self.num_train_epochs > 10_000 {
+            return f("num_train_epochs", format!("must be <= 10000, got {}", self.num_train_epochs));
+        }
+        if !(finite(self.weight_decay) && self.weight_decay >= 0.0) {
+            return f("weight_decay", format!("must be >= 0, got {}", self.weight_decay));
+        }
+        if !(finite(self.warmup_steps) && self.warmup_steps >= 0.0) || (self.warmup_steps >= 1.0 && self.warmup_steps.fract() != 0.0) {
+            return f("warmup_steps", format!("must be a ratio in [0, 1) or a whole number of steps, got {}", self.warmup_steps));
+        }
+        if !(finite(self.max_grad_norm) && self.max_grad_norm >= 0.0) {
+            return f("max_grad_norm", format!("must be >= 0, got {}", self.max_grad_norm));
+        }
+        if self.save_total_limit == 0 {
+            return f("save_total_limit", "must be >= 1, got 0".into());
+        }
+        if self.early_stopping_patience == Some(0) {
+            return f("early_stopping_patience", "must be >= 1 or null, got 0".into());
+        }
+        if !(finite(self.early_stopping_threshold) && self.early_stopping_threshold >= 0.0) {
+            return f("early_stopping_threshold", format!("must be >= 0, got {}", self.early_stopping_threshold));
+        }
+        if let LossKind::Focal { gamma } = self.loss
+            && !(finite(gamma) && (0.0..=10.0).contains(&gamma))
+        {
+            return f("loss.focal.gamma", format!("must be in [0, 10], got {gamma}"));
+        }
+        if !(8..=100_000).contains(&self.max_length) {
+            return f("max_length", format!("must be in [8, 100000], got {}", self.max_length));
+        }
+        match &self.class_weights {
+            Some(ClassWeights::Named(n)) if n != "balanced" => {
+                return f("class_weights", format!("must be null, \"balanced\" or a list of numbers, got {n:?}"));
+            }
+            Some(ClassWeights::Explicit(w)) => {
+                if let Some(i) = w.iter().position(|x| !(x.is_finite() && *x > 0.0)) {
+                    return f(&format!("class_weights[{i}]"), format!("must be > 0, got {}", w[i]));
+                }
+                if let Some(n) = num_labels
+                    && w.len() != n
+                {
+                    return f("class_weights", format!("needs one weight per label ({n}), got {}", w.len()));
+                }
+            }
+            _ => {}
+        }
+        if matches!(self.precision, Precision::Bf16 | Precision::F16) {
+            return f("precision", "bf16/f16 training is not implemented yet; use \"auto\" or \"f32\"".into());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_notebooks() {
+        let a = TrainingArgs::default();
+        assert_eq!((a.learning_rate, a.per_device_train_batch_size, a.num_train_epochs), (2e-5, 8, 5));
+        assert_eq!((a.weight_decay, a.save_total_limit, a.max_length), (0.01, 2, 512));
+        assert_eq!(a.loss, LossKind::CrossEntropy);
+    }
+
+    #[test]
+    fn negative_learning_rate_names_the_field() {
+        let a: TrainingArgs = serde_json::from_str(r#"{"learning_rate": -1}"#).unwrap();
+        assert_eq!(a.validate(None).unwrap_err().to_string(), "training.learning_rate must be > 0, got -1");
+    }
+
+    #[test]
+    fn loss_and_weights_forms() {
+        let a: TrainingArgs = serde_json::from_str(r#"{"loss": {"focal": {"gamma": 1.5}}, "class_weights": [1, 4]}"#).unwrap();
+        assert_eq!(a.loss, LossKind::Focal { gamma: 1.5 });
+        assert!(a.validate(Some(2)).is_ok());
+        assert!(a.validate(Some(3)).is_err());
+        assert!(serde_json::from_str::<TrainingArgs>(r#"{"lr": 1}"#).is_err());
+    }
+}

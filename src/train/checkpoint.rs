@@ -1,0 +1,141 @@
+//! Checkpoints: `checkpoint-{step}/` holds an HF model directory (config.json +
+//! model.safetensors, loadable by transformers), `optimizer.safetensors` (AdamW moments by
+//! parameter name) and `trainer_state.json`, written last and atomically, so a directory
+//! without it is incomplete and ignored. Rotation keeps `save_total_limit` checkpoints, never
+//! deleting the best or the latest.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::module::AutodiffModule;
+use serde::{Deserialize, Serialize};
+
+use crate::model::export::{write_json, write_safetensors};
+use crate::model::loader::hf_tensors;
+use crate::model::weights::Weights;
+use crate::model::{RobertaConfig, RobertaForTokenClassification};
+
+use super::evaluate::EvalOutput;
+use super::optim::AdamW;
+use super::{EpochRecord, TrainError};
+
+/// Everything needed to continue a run from a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TrainerState {
+    /// Optimizer steps done.
+    pub global_step: usize,
+    /// Epochs fully done (0-based index of the epoch in progress when `step_in_epoch > 0`).
+    pub epochs_done: usize,
+    /// Optimizer steps done inside the epoch in progress (0 at an epoch boundary).
+    pub step_in_epoch: usize,
+    /// Running sums for the epoch in progress.
+    pub loss_sum: f64,
+    pub loss_count: usize,
+    pub epoch_seconds: f64,
+    pub epoch_samples: usize,
+    /// Best epoch so far (1-based), its metric and checkpoint directory name.
+    pub best: Option<Best>,
+    /// Epochs without improvement (early stopping).
+    pub patience_counter: usize,
+    pub history: Vec<EpochRecord>,
+    /// Base-model test evaluation, done once before training.
+    pub base_test: Option<EvalSummary>,
+    pub seed: u64,
+}
+
+/// The best checkpoint so far.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Best {
+    pub epoch: usize,
+    pub metric: f64,
+    pub checkpoint: String,
+}
+
+/// Loss and metrics of an evaluation, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EvalSummary {
+    pub loss: f64,
+    #[serde(flatten)]
+    pub metrics: crate::metrics::Metrics,
+    /// Evaluation wall time in seconds.
+    pub seconds: f64,
+}
+
+impl EvalSummary {
+    pub fn new(out: &EvalOutput, seconds: f64) -> Self {
+        EvalSummary { loss: out.loss, metrics: out.metrics.clone(), seconds }
+    }
+}
+
+/// Directory name of the checkpoint after `step` optimizer steps.
+pub fn dir_name(step: usize) -> String {
+    format!("checkpoint-{step}")
+}
+
+/// Writes a checkpoint; `trainer_state.json` last.
+pub fn save<B: AutodiffBackend>(
+    output: &Path,
+    model: &RobertaForTokenClassification<B>,
+    config: &RobertaConfig,
+    optim: &AdamW<B>,
+    state: &TrainerState,
+) -> Result<PathBuf, TrainError> {
+    let dir = output.join(dir_name(state.global_step));
+    std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+    let inner = model.valid();
+    write_safetensors(&dir.join("model.safetensors"), &hf_tensors(&inner))?;
+    let mut config = config.clone();
+    config.architectures = vec!["RobertaForTokenClassification".into()];
+    write_json(&dir.join("config.json"), &config)?;
+    write_safetensors(&dir.join("optimizer.safetensors"), &optim.state_tensors())?;
+    write_json(&dir.join("trainer_state.json"), state)?;
+    Ok(dir)
+}
+
+/// Reads the optimizer tensors of a checkpoint.
+pub fn read_optimizer(dir: &Path) -> Result<Vec<(String, burn::tensor::TensorData)>, TrainError> {
+    let w = Weights::open(&dir.join("optimizer.safetensors"))?;
+    w.entries.keys().map(|k| Ok((k.clone(), w.read(k)?))).collect()
+}
+
+/// Complete checkpoints under `output`, oldest first.
+pub fn list(output: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(output) else { return vec![] };
+    let mut out: Vec<(usize, PathBuf)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
+            e.path().join("trainer_state.json").is_file().then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The newest complete checkpoint and its state.
+pub fn latest(output: &Path) -> Result<Option<(PathBuf, TrainerState)>, TrainError> {
+    let Some((_, dir)) = list(output).pop() else { return Ok(None) };
+    let path = dir.join("trainer_state.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+    let state = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    Ok(Some((dir, state)))
+}
+
+/// Deletes the oldest checkpoints beyond `limit`, keeping every name in `protect`.
+pub fn rotate(output: &Path, limit: usize, protect: &[&str]) -> Result<(), TrainError> {
+    let all = list(output);
+    let mut excess = all.len().saturating_sub(limit);
+    for (_, dir) in all {
+        if excess == 0 {
+            break;
+        }
+        let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if protect.contains(&name) {
+            continue;
+        }
+        std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+        excess -= 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,200 @@
+//! The notebook's pipeline as a library: base evaluation, fine-tuning with per-epoch
+//! validation and checkpoints, best model on test, report and CSV row.
+//!
+//! Synchronous and backend-generic; it runs on its own thread and reports through a
+//! callback. Must not import tokio, axum or sqlx.
+
+pub mod args;
+pub mod checkpoint;
+pub mod evaluate;
+pub mod loss;
+pub mod optim;
+pub mod report;
+pub mod schedule;
+pub mod trainer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::{DataError, Dataset};
+use crate::data::dataset::SplitStats;
+use crate::metrics::{Metrics, MetricsError};
+use crate::model::LoadError;
+use crate::model::backend::Resolved;
+
+pub use args::{FieldError, TrainingArgs};
+pub use checkpoint::EvalSummary;
+pub use trainer::run;
+
+/// Why a run stopped without a result.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Model(#[from] LoadError),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Spec(#[from] FieldError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("checkpoint: {0}")]
+    Checkpoint(String),
+    #[error("cancelled")]
+    Cancelled,
+    #[error("interrupted by shutdown; resumable from {checkpoint}")]
+    Interrupted { checkpoint: String },
+    #[error("training diverged: loss is {0} at step {1}")]
+    Diverged(f64, usize),
+}
+
+impl TrainError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        TrainError::Io { path: path.to_path_buf(), source }
+    }
+
+    /// The error's kind for `error="Kind: message"` in the CSV.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TrainError::Data(_) => "DataError",
+            TrainError::Model(_) => "LoadError",
+            TrainError::Metrics(_) => "MetricsError",
+            TrainError::Spec(_) => "SpecError",
+            TrainError::Io { .. } => "IoError",
+            TrainError::Checkpoint(_) => "CheckpointError",
+            TrainError::Cancelled => "Cancelled",
+            TrainError::Interrupted { .. } => "Interrupted",
+            TrainError::Diverged(..) => "Diverged",
+        }
+    }
+}
+
+/// Cooperative stop request, checked every optimizer step.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicU8>);
+
+/// What a stop request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    /// The user cancelled: stop, keep nothing as best.
+    Cancel,
+    /// The process is shutting down: checkpoint and stop, resumable later.
+    Shutdown,
+}
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        let _ = self.0.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    pub fn shutdown(&self) {
+        let _ = self.0.compare_exchange(0, 2, Ordering::SeqCst, Ordering::SeqCst);
+    }
+    pub fn reason(&self) -> Option<StopReason> {
+        match self.0.load(Ordering::SeqCst) {
+            1 => Some(StopReason::Cancel),
+            2 => Some(StopReason::Shutdown),
+            _ => None,
+        }
+    }
+}
+
+/// One finished epoch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct EpochRecord {
+    /// 1-based.
+    pub epoch: usize,
+    /// Optimizer steps done at the end of the epoch.
+    pub step: usize,
+    /// Mean training loss over the epoch's optimizer steps.
+    pub train_loss: f64,
+    pub eval_loss: f64,
+    pub eval: Metrics,
+    /// Learning rate of the epoch's last step.
+    pub learning_rate: f64,
+    /// Training time of the epoch (without validation and saving).
+    pub train_seconds: f64,
+    /// Validation + checkpoint time.
+    pub eval_seconds: f64,
+    pub train_samples_per_second: f64,
+    pub checkpoint: String,
+}
+
+/// Progress reported while a run goes.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Progress {
+    /// Data and model are ready.
+    Prepared {
+        device: String,
+        train_sentences: usize,
+        steps_per_epoch: usize,
+        total_steps: usize,
+        epochs: usize,
+        dropped_words: usize,
+        label_distribution: Vec<SplitStats>,
+        warnings: Vec<String>,
+        resumed_from: Option<String>,
+    },
+    /// The base model (fresh head) on test.
+    BaseEvaluated { summary: EvalSummary },
+    /// After an optimizer step.
+    Step { epoch: usize, epochs: usize, step: usize, total_steps: usize, loss: f64, learning_rate: f64, seconds_per_step: f64 },
+    /// After an epoch's validation and checkpoint.
+    Epoch { record: EpochRecord },
+    /// The best model on test.
+    FinalEvaluated { summary: EvalSummary },
+}
+
+/// A fully specified run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Local HF directory of the base checkpoint.
+    pub model_dir: PathBuf,
+    /// CSV `model` column.
+    pub model_name: String,
+    /// CSV `checkpoint` column: the checkpoint as the user named it.
+    pub checkpoint: String,
+    pub dataset: Dataset,
+    pub args: TrainingArgs,
+    pub seed: u64,
+    pub output_dir: PathBuf,
+    pub device: Resolved,
+}
+
+/// What a successful run produced.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunOutcome {
+    pub base_test: EvalSummary,
+    pub finetuned_test: EvalSummary,
+    pub improvement_f1: f64,
+    pub best_epoch: usize,
+    pub best_metric: f64,
+    /// The exported best model (HF directory).
+    pub best_model_dir: PathBuf,
+    pub epochs: Vec<EpochRecord>,
+    pub stopped_early: bool,
+    pub label_distribution: Vec<SplitStats>,
+    pub dropped_words: usize,
+    pub train_seconds: f64,
+    pub train_samples_per_second: f64,
+    pub num_parameters: usize,
+    pub device: String,
+}
+
+/// Per-label count of the training words, for "balanced" class weights.
+pub fn train_label_counts(dataset: &Dataset) -> Vec<usize> {
+    let mut counts = vec![0; dataset.labels.len()];
+    for s in &dataset.train.sentences {
+        for t in &s.tags {
+            counts[*t as usize] += 1;
+        }
+    }
+    counts
+}
