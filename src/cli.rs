@@ -262,9 +262,11 @@ pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
     let device = args.device.resolve().map_err(anyhow::Error::msg)?;
     let model = args.model.clone().unwrap_or_else(|| assets_dir().join("models/metafora-demo-ca"));
     let strategy: crate::infer::aggregate::Strategy = args.aggregation.parse().map_err(anyhow::Error::msg)?;
-    let detector = crate::infer::Detector::load("cli", &model, device, crate::infer::DetectorOptions::default())?;
+    let long: crate::infer::LongText = args.long_text.parse().map_err(anyhow::Error::msg)?;
+    let opts = crate::infer::DetectorOptions { stride: args.stride, ..Default::default() };
+    let detector = crate::infer::Detector::load("cli", &model, device, opts)?;
     for text in &args.texts {
-        let out = detector.detect_blocking(crate::infer::Input::Text(text.clone()), strategy, args.threshold)?;
+        let out = detector.detect_blocking(crate::infer::Input::Text(text.clone()), strategy, args.threshold, long)?;
         println!("{}", serde_json::to_string(&out)?);
     }
     Ok(())

@@ -149,6 +149,12 @@ pub struct DetectArgs {
     /// Minimum score of an entity.
     #[arg(long)]
     pub threshold: Option<f64>,
+    /// Texts longer than the model's window: `sentences` or `windows`.
+    #[arg(long, default_value = "sentences")]
+    pub long_text: String,
+    /// Tokens shared by consecutive windows (`windows`, or a sentence longer than the window).
+    #[arg(long, default_value_t = 128)]
+    pub stride: usize,
     #[arg(long, env = "METAFORA_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
     /// Texts to analyse.

@@ -4,6 +4,7 @@
 //! `api -> jobs, infer, store`; `jobs -> train, hub, store`; `train -> model, data, metrics`;
 //! `infer -> model, data`. `model`, `data` and `metrics` never import tokio, axum or sqlx.
 
+pub mod api;
 pub mod bench;
 pub mod cli;
 pub mod config;
@@ -13,10 +14,12 @@ pub mod infer;
 pub mod jobs;
 pub mod metrics;
 pub mod model;
+pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod train;
 
-/// `metafora serve`.
-pub fn serve(_args: config::ServeArgs) -> anyhow::Result<()> {
-    anyhow::bail!("serve: not wired yet")
+/// `metafora serve`: runs the service until SIGTERM/Ctrl-C.
+pub fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(server::run(args))
 }

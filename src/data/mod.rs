@@ -6,6 +6,7 @@ pub mod align;
 pub mod batch;
 pub mod dataset;
 pub mod tokenizer;
+pub mod upload;
 
 use std::path::PathBuf;
 

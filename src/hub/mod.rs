@@ -8,6 +8,7 @@
 //! one weights format (safetensors preferred, `pytorch_model.bin` otherwise).
 //! Synchronous: it runs on the job thread.
 
+pub mod card;
 pub mod push;
 
 use std::path::{Path, PathBuf};

@@ -8,6 +8,7 @@
 
 pub mod aggregate;
 pub mod registry;
+pub mod segment;
 pub mod window;
 
 use std::path::{Path, PathBuf};
@@ -40,11 +41,37 @@ pub struct DetectorOptions {
     pub batch_wait: Duration,
     /// Tokens shared by consecutive windows of a long text.
     pub stride: usize,
+    /// Window size in tokens (special tokens included); `None`: the model's maximum.
+    pub window: Option<usize>,
 }
 
 impl Default for DetectorOptions {
     fn default() -> Self {
-        DetectorOptions { queue: 256, batch_tokens: 8192, batch_wait: Duration::from_millis(2), stride: 128 }
+        DetectorOptions { queue: 256, batch_tokens: 8192, batch_wait: Duration::from_millis(2), stride: 128, window: None }
+    }
+}
+
+/// How a text longer than the window is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LongText {
+    /// Sentence by sentence (each sentence its own sequence; a sentence longer than the window
+    /// gets overlapping windows). Matches sentence-by-sentence detection exactly.
+    #[default]
+    Sentences,
+    /// Overlapping token windows over the whole text; each token scored by the window where it
+    /// is most central.
+    Windows,
+}
+
+impl std::str::FromStr for LongText {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sentences" => Ok(LongText::Sentences),
+            "windows" => Ok(LongText::Windows),
+            _ => Err(format!("long_text must be sentences or windows, got {s:?}")),
+        }
     }
 }
 
@@ -193,15 +220,16 @@ impl Detector {
         Ok(Detector { info, tokenizer, tx, permits: Arc::new(Semaphore::new(opts.queue.max(1))), opts })
     }
 
-    /// Encodes an input into (encoding, windows, owner per content token).
-    fn prepare(&self, text_or_words: Either<'_>) -> Result<Prepared, DetectError> {
-        let enc = match text_or_words {
-            Either::Text(t) => self.tokenizer.encode_text(t)?,
-            Either::Words(w) => self.tokenizer.encode_words(w)?,
-        };
+    /// Window size (content tokens + 2 special tokens).
+    fn window(&self) -> usize {
+        self.opts.window.map(|w| w.min(self.info.max_tokens)).unwrap_or(self.info.max_tokens).max(3)
+    }
+
+    /// Encodes one piece of input with its windows.
+    fn piece(&self, enc: crate::data::Encoded, char_offset: usize) -> Piece {
         // Content tokens sit between <s> and </s>.
         let n = enc.len().saturating_sub(2);
-        let size = self.info.max_tokens.saturating_sub(2).max(1);
+        let size = self.window() - 2;
         let (windows, owner) = window::plan(n, size, self.opts.stride.min(size / 2));
         let seqs = windows
             .iter()
@@ -213,42 +241,69 @@ impl Detector {
                 s
             })
             .collect();
-        Ok(Prepared { enc, windows, owner, seqs })
+        Piece { enc, char_offset, windows, owner, seqs }
     }
 
-    fn postprocess(&self, p: &Prepared, probs: &[Vec<Vec<f32>>], input: Either<'_>, strategy: Strategy, threshold: Option<f64>) -> TextResult {
-        let tokens: Vec<TokenScores> = (0..p.owner.len())
-            .map(|i| {
-                let w = p.owner[i];
-                let pos = i - p.windows[w].start + 1; // +1 for <s>
-                let (start, end) = p.enc.offsets[i + 1];
-                TokenScores { index: i + 1, start, end, word_id: p.enc.word_ids[i + 1], scores: probs[w][pos].clone() }
-            })
-            .collect();
-        let mut entities = match input {
-            Either::Text(text) => {
-                let chars: Vec<char> = text.chars().collect();
-                let span = |s: usize, e: usize| chars[s.min(chars.len())..e.min(chars.len())].iter().collect::<String>();
-                aggregate(&tokens, &self.info.labels, strategy, &span)
-            }
-            Either::Words(words) => {
-                // Pre-split input: offsets become word indices [start, end).
-                let by_word: Vec<TokenScores> = tokens
+    /// Cuts an input into pieces: the whole text when it fits the window (the pipeline's
+    /// behaviour), else sentences or one windowed piece.
+    fn prepare(&self, input: Either<'_>, long: LongText) -> Result<Vec<Piece>, DetectError> {
+        match input {
+            Either::Words(w) => Ok(vec![self.piece(self.tokenizer.encode_words(w)?, 0)]),
+            Either::Text(t) => {
+                let enc = self.tokenizer.encode_text(t)?;
+                if enc.len() <= self.window() || long == LongText::Windows {
+                    return Ok(vec![self.piece(enc, 0)]);
+                }
+                let chars: Vec<char> = t.chars().collect();
+                segment::sentences(t)
                     .into_iter()
-                    .map(|mut t| {
-                        let w = t.word_id.unwrap_or(0);
-                        (t.start, t.end) = (w, w + 1);
-                        t
+                    .map(|(s, e)| {
+                        let sentence: String = chars[s..e].iter().collect();
+                        Ok(self.piece(self.tokenizer.encode_text(&sentence)?, s))
                     })
-                    .collect();
-                let span = |s: usize, e: usize| words[s.min(words.len())..e.min(words.len())].join(" ");
-                aggregate(&by_word, &self.info.labels, strategy, &span)
+                    .collect()
             }
-        };
+        }
+    }
+
+    fn postprocess(&self, pieces: &[Piece], probs: &[Vec<Vec<f32>>], input: Either<'_>, strategy: Strategy, threshold: Option<f64>) -> TextResult {
+        let mut entities = Vec::new();
+        let mut probs = probs.iter();
+        for p in pieces {
+            let mine: Vec<&Vec<Vec<f32>>> = probs.by_ref().take(p.seqs.len()).collect();
+            let tokens: Vec<TokenScores> = (0..p.owner.len())
+                .map(|i| {
+                    let w = p.owner[i];
+                    let pos = i - p.windows[w].start + 1; // +1 for <s>
+                    let (start, end) = p.enc.offsets[i + 1];
+                    TokenScores { index: i + 1, start: start + p.char_offset, end: end + p.char_offset, word_id: p.enc.word_ids[i + 1], scores: mine[w][pos].clone() }
+                })
+                .collect();
+            entities.extend(match input {
+                Either::Text(text) => {
+                    let chars: Vec<char> = text.chars().collect();
+                    let span = |s: usize, e: usize| chars[s.min(chars.len())..e.min(chars.len())].iter().collect::<String>();
+                    aggregate(&tokens, &self.info.labels, strategy, &span)
+                }
+                Either::Words(words) => {
+                    // Pre-split input: offsets become word indices [start, end).
+                    let by_word: Vec<TokenScores> = tokens
+                        .into_iter()
+                        .map(|mut t| {
+                            let w = t.word_id.unwrap_or(0);
+                            (t.start, t.end) = (w, w + 1);
+                            t
+                        })
+                        .collect();
+                    let span = |s: usize, e: usize| words[s.min(words.len())..e.min(words.len())].join(" ");
+                    aggregate(&by_word, &self.info.labels, strategy, &span)
+                }
+            });
+        }
         if let Some(th) = threshold {
             entities.retain(|e| e.score as f64 >= th);
         }
-        TextResult { entities, windows: p.windows.len() }
+        TextResult { entities, windows: pieces.iter().map(|p| p.seqs.len()).sum() }
     }
 
     fn inputs(input: &Input) -> Vec<Either<'_>> {
@@ -260,36 +315,37 @@ impl Detector {
     }
 
     /// Detects entities; fails fast with `Busy` when the queue is full.
-    pub async fn detect(&self, input: Input, strategy: Strategy, threshold: Option<f64>) -> Result<DetectOutput, DetectError> {
+    pub async fn detect(&self, input: Input, strategy: Strategy, threshold: Option<f64>, long: LongText) -> Result<DetectOutput, DetectError> {
         let _permit = self.permits.clone().try_acquire_owned().map_err(|_| DetectError::Busy(self.info.name.clone()))?;
         let items = Self::inputs(&input);
-        let prepared: Vec<Prepared> = items.iter().map(|i| self.prepare(*i)).collect::<Result<_, _>>()?;
+        let prepared: Vec<Vec<Piece>> = items.iter().map(|i| self.prepare(*i, long)).collect::<Result<_, _>>()?;
         let (reply, rx) = oneshot::channel();
-        let seqs: Vec<Vec<u32>> = prepared.iter().flat_map(|p| p.seqs.iter().cloned()).collect();
+        let seqs: Vec<Vec<u32>> = prepared.iter().flatten().flat_map(|p| p.seqs.iter().cloned()).collect();
         self.tx.send(Job { seqs, reply }).map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
         let probs = rx.await.map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
         Ok(self.assemble(&prepared, probs, &items, strategy, threshold))
     }
 
     /// Blocking variant for the CLI and benchmarks (no queue bound).
-    pub fn detect_blocking(&self, input: Input, strategy: Strategy, threshold: Option<f64>) -> Result<DetectOutput, DetectError> {
+    pub fn detect_blocking(&self, input: Input, strategy: Strategy, threshold: Option<f64>, long: LongText) -> Result<DetectOutput, DetectError> {
         let items = Self::inputs(&input);
-        let prepared: Vec<Prepared> = items.iter().map(|i| self.prepare(*i)).collect::<Result<_, _>>()?;
+        let prepared: Vec<Vec<Piece>> = items.iter().map(|i| self.prepare(*i, long)).collect::<Result<_, _>>()?;
         let (reply, rx) = oneshot::channel();
-        let seqs: Vec<Vec<u32>> = prepared.iter().flat_map(|p| p.seqs.iter().cloned()).collect();
+        let seqs: Vec<Vec<u32>> = prepared.iter().flatten().flat_map(|p| p.seqs.iter().cloned()).collect();
         self.tx.send(Job { seqs, reply }).map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
         let probs = rx.blocking_recv().map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
         Ok(self.assemble(&prepared, probs, &items, strategy, threshold))
     }
 
-    fn assemble(&self, prepared: &[Prepared], probs: Probs, items: &[Either<'_>], strategy: Strategy, threshold: Option<f64>) -> DetectOutput {
+    fn assemble(&self, prepared: &[Vec<Piece>], probs: Probs, items: &[Either<'_>], strategy: Strategy, threshold: Option<f64>) -> DetectOutput {
         let mut probs = probs.into_iter();
         let results = prepared
             .iter()
             .zip(items)
-            .map(|(p, input)| {
-                let mine: Vec<Vec<Vec<f32>>> = probs.by_ref().take(p.seqs.len()).collect();
-                self.postprocess(p, &mine, *input, strategy, threshold)
+            .map(|(pieces, input)| {
+                let n: usize = pieces.iter().map(|p| p.seqs.len()).sum();
+                let mine: Vec<Vec<Vec<f32>>> = probs.by_ref().take(n).collect();
+                self.postprocess(pieces, &mine, *input, strategy, threshold)
             })
             .collect();
         DetectOutput { model: self.info.name.clone(), model_version: self.info.version.clone(), results }
@@ -307,8 +363,11 @@ enum Either<'a> {
     Words(&'a [String]),
 }
 
-struct Prepared {
+/// A part of an input run as one or more sequences.
+struct Piece {
     enc: crate::data::Encoded,
+    /// Code-point offset of the piece in the text.
+    char_offset: usize,
     windows: Vec<std::ops::Range<usize>>,
     owner: Vec<usize>,
     seqs: Vec<Vec<u32>>,

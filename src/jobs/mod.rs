@@ -2,3 +2,4 @@
 
 pub mod resolve;
 pub mod spec;
+pub mod worker;

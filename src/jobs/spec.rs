@@ -154,8 +154,14 @@ impl JobSpec {
         let de = &mut serde_json::Deserializer::from_slice(json);
         let spec: JobSpec = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
-            let field = if path == "." { "body".to_string() } else { path };
-            FieldError::new(field, e.into_inner().to_string())
+            let msg = e.into_inner().to_string();
+            let field = match msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+                Some(missing) if path == "." => missing.to_string(),
+                Some(missing) => format!("{path}.{missing}"),
+                None if path == "." => "body".to_string(),
+                None => path,
+            };
+            FieldError::new(field, msg)
         })?;
         spec.validate()?;
         Ok(spec)
@@ -243,6 +249,8 @@ mod tests {
         let e = parse(r#"{"model": {"checkpoint": "x"}, "dataset": {"path": "d", "hub_id": "a/b"}}"#).unwrap_err();
         assert_eq!(e.field, "dataset");
         let e = parse(r#"{"model": {"checkpoint": "x"}}"#).unwrap_err();
-        assert!(e.message.contains("dataset"), "{e}");
+        assert_eq!(e.field, "dataset");
+        let e = parse(r#"{"model": {}, "dataset": {"path": "d"}}"#).unwrap_err();
+        assert_eq!(e.field, "model.checkpoint");
     }
 }

@@ -3,3 +3,6 @@
 mod common;
 mod parity;
 mod seqeval;
+mod app;
+mod service;
+mod detect;

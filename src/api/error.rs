@@ -1,0 +1,178 @@
+//! The one error type at the HTTP edge: statuses in one match, `{"error": {"code", "message",
+//! "field"}}` bodies (described once in openapi.yaml), internal details logged, not returned.
+//! Also the JSON extractor, so malformed bodies get the same shape.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::infer::DetectError;
+use crate::store::StoreError;
+use crate::train::FieldError;
+
+/// Every error the API returns.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Validation failure naming the field.
+    #[error("{0}")]
+    Invalid(FieldError),
+    #[error("{message}")]
+    Busy { message: String, retry_after: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Invalid(FieldError::new(field, message))
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            ApiError::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "busy"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.parts();
+        if let ApiError::Internal(detail) = &self {
+            tracing::error!(%detail, "internal error");
+        }
+        let field = match &self {
+            ApiError::Invalid(f) => Some(f.field.as_str()),
+            _ => None,
+        };
+        let message = match &self {
+            ApiError::Invalid(f) => f.to_string(),
+            other => other.to_string(),
+        };
+        let mut resp = (status, axum::Json(Body { error: Detail { code, message, field } })).into_response();
+        if let ApiError::Busy { retry_after, .. } = self {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::QueueFull(n) => ApiError::Busy { message: format!("job queue is full ({n} waiting)"), retry_after: 60 },
+            StoreError::Conflict(s) => ApiError::Conflict(format!("job is {s}")),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::Invalid(e)
+    }
+}
+
+impl From<DetectError> for ApiError {
+    fn from(e: DetectError) -> Self {
+        match e {
+            DetectError::Busy(m) => ApiError::Busy { message: format!("too many requests waiting for model {m}"), retry_after: 1 },
+            DetectError::Stopped(m) => ApiError::Unavailable(format!("model {m} is not running")),
+            DetectError::Data(d) => ApiError::invalid("text", d.to_string()),
+            DetectError::Invalid(m) => ApiError::invalid("model", m),
+            DetectError::Load(l) => ApiError::invalid("path", l.to_string()),
+        }
+    }
+}
+
+/// `axum::Json` with JSON error bodies for malformed input (the field path when serde knows it).
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = match axum::body::Bytes::from_request(req, state).await {
+            Ok(b) => b,
+            Err(e) => return Err(body_rejection(e.status(), e.body_text())),
+        };
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Maps a body rejection (too large, unreadable) to an ApiError.
+pub fn body_rejection(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::TooLarge("request body is too large".into())
+    } else {
+        ApiError::BadRequest(text)
+    }
+}
+
+/// Parses JSON bytes; errors name the field path.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if std::str::from_utf8(bytes).is_err() {
+        return Err(ApiError::BadRequest("request body is not valid UTF-8".into()));
+    }
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            return ApiError::BadRequest(format!("malformed JSON: {inner}"));
+        }
+        let msg = inner.to_string();
+        let field = match msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            Some(missing) if path == "." => missing.to_string(),
+            Some(missing) => format!("{path}.{missing}"),
+            None if path == "." => "body".to_string(),
+            None => path,
+        };
+        ApiError::invalid(field, msg)
+    })
+}
+
+/// Maps axum's JSON rejection (used by routes that take `axum::Json` directly).
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        body_rejection(e.status(), e.body_text())
+    }
+}
