@@ -7,8 +7,8 @@ use anyhow::{Context, bail};
 use burn::tensor::backend::AutodiffBackend;
 
 use crate::config::{DetectArgs, EvalArgs, ScoreArgs, TrainArgs};
-use crate::data::dataset::{Dataset, DatasetOptions};
 use crate::data::RobertaTokenizer;
+use crate::data::dataset::{Dataset, DatasetOptions};
 use crate::jobs::resolve::{ResolveContext, run_config};
 use crate::jobs::spec::JobSpec;
 use crate::metrics::{LabelScheme, Metrics};
@@ -39,7 +39,11 @@ pub fn demo_spec() -> JobSpec {
 
 fn fmt_secs(s: f64) -> String {
     let s = s.max(0.0) as u64;
-    if s >= 3600 { format!("{}h{:02}m", s / 3600, (s % 3600) / 60) } else { format!("{}m{:02}s", s / 60, s % 60) }
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{}m{:02}s", s / 60, s % 60)
+    }
 }
 
 /// Console progress: a live step line on a terminal, a table row per epoch.
@@ -53,10 +57,26 @@ impl Console {
     fn on(&mut self, p: Progress) {
         let mut err = std::io::stderr();
         match p {
-            Progress::Prepared { device, train_sentences, steps_per_epoch, total_steps, epochs, dropped_words, warnings, resumed_from, .. } => {
-                let _ = writeln!(err, "device {device}: {train_sentences} training sentences, {epochs} epochs x {steps_per_epoch} steps = {total_steps} steps");
+            Progress::Prepared {
+                device,
+                train_sentences,
+                steps_per_epoch,
+                total_steps,
+                epochs,
+                dropped_words,
+                warnings,
+                resumed_from,
+                ..
+            } => {
+                let _ = writeln!(
+                    err,
+                    "device {device}: {train_sentences} training sentences, {epochs} epochs x {steps_per_epoch} steps = {total_steps} steps"
+                );
                 if dropped_words > 0 {
-                    let _ = writeln!(err, "warning: {dropped_words} words beyond max_length were truncated away");
+                    let _ = writeln!(
+                        err,
+                        "warning: {dropped_words} words beyond max_length were truncated away"
+                    );
                 }
                 for w in warnings {
                     let _ = writeln!(err, "warning: {w}");
@@ -67,16 +87,36 @@ impl Console {
             }
             Progress::BaseEvaluated { summary } => {
                 let m = &summary.metrics;
-                let _ = writeln!(err, "[base] test P={:.4} R={:.4} F1={:.4} Acc={:.4}", m.precision, m.recall, m.f1, m.accuracy);
-                let _ = writeln!(err, "{:>5} {:>7} {:>10} {:>9} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}", "epoch", "step", "train_loss", "val_loss", "P", "R", "F1", "Acc", "lr", "time");
+                let _ = writeln!(
+                    err,
+                    "[base] test P={:.4} R={:.4} F1={:.4} Acc={:.4}",
+                    m.precision, m.recall, m.f1, m.accuracy
+                );
+                let _ = writeln!(
+                    err,
+                    "{:>5} {:>7} {:>10} {:>9} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}",
+                    "epoch", "step", "train_loss", "val_loss", "P", "R", "F1", "Acc", "lr", "time"
+                );
             }
-            Progress::Step { epoch, epochs, step, total_steps, loss, learning_rate, .. } => {
+            Progress::Step {
+                epoch,
+                epochs,
+                step,
+                total_steps,
+                loss,
+                learning_rate,
+                ..
+            } => {
                 let first = *self.steps_at_start.get_or_insert(step - 1);
                 let done = step - first;
                 let rate = self.started.elapsed().as_secs_f64() / done.max(1) as f64;
                 let eta = rate * (total_steps - step) as f64;
                 if self.tty {
-                    let _ = write!(err, "\repoch {epoch}/{epochs} step {step}/{total_steps} loss {loss:.4} lr {learning_rate:.2e} eta {}   ", fmt_secs(eta));
+                    let _ = write!(
+                        err,
+                        "\repoch {epoch}/{epochs} step {step}/{total_steps} loss {loss:.4} lr {learning_rate:.2e} eta {}   ",
+                        fmt_secs(eta)
+                    );
                 }
             }
             Progress::Epoch { record: r } => {
@@ -86,12 +126,25 @@ impl Console {
                 let _ = writeln!(
                     err,
                     "{:>5} {:>7} {:>10.4} {:>9.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>9.2e} {:>8}",
-                    r.epoch, r.step, r.train_loss, r.eval_loss, r.eval.precision, r.eval.recall, r.eval.f1, r.eval.accuracy, r.learning_rate, fmt_secs(r.train_seconds + r.eval_seconds)
+                    r.epoch,
+                    r.step,
+                    r.train_loss,
+                    r.eval_loss,
+                    r.eval.precision,
+                    r.eval.recall,
+                    r.eval.f1,
+                    r.eval.accuracy,
+                    r.learning_rate,
+                    fmt_secs(r.train_seconds + r.eval_seconds)
                 );
             }
             Progress::FinalEvaluated { summary } => {
                 let m = &summary.metrics;
-                let _ = writeln!(err, "[finetuned] test P={:.4} R={:.4} F1={:.4} Acc={:.4}", m.precision, m.recall, m.f1, m.accuracy);
+                let _ = writeln!(
+                    err,
+                    "[finetuned] test P={:.4} R={:.4} F1={:.4} Acc={:.4}",
+                    m.precision, m.recall, m.f1, m.accuracy
+                );
             }
         }
     }
@@ -110,19 +163,45 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         .output_dir
         .clone()
         .or_else(|| spec.output.dir.clone().map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(format!("runs/{}-seed{}", spec.model.display_name(), spec.seed)));
-    let results_csv = spec.output.results_csv.clone().map(PathBuf::from).unwrap_or_else(|| output_dir.join("results.csv"));
+        .unwrap_or_else(|| {
+            PathBuf::from(format!(
+                "runs/{}-seed{}",
+                spec.model.display_name(),
+                spec.seed
+            ))
+        });
+    let results_csv = spec
+        .output
+        .results_csv
+        .clone()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| output_dir.join("results.csv"));
     let device = args.device.resolve().map_err(anyhow::Error::msg)?;
     tracing::info!(%device, "backend");
-    let ctx = ResolveContext { hub: Some(crate::hub::HubClient::from_env()), ..Default::default() };
-    let mut row = CsvRow::new(&spec.model.display_name(), &spec.model.checkpoint, spec.seed, spec.training.gradient_accumulation_steps);
-    let mut console = Console { tty: std::io::stderr().is_terminal(), started: std::time::Instant::now(), steps_at_start: None };
+    let ctx = ResolveContext {
+        hub: Some(crate::hub::HubClient::from_env()),
+        ..Default::default()
+    };
+    let mut row = CsvRow::new(
+        &spec.model.display_name(),
+        &spec.model.checkpoint,
+        spec.seed,
+        spec.training.gradient_accumulation_steps,
+    );
+    let mut console = Console {
+        tty: std::io::stderr().is_terminal(),
+        started: std::time::Instant::now(),
+        steps_at_start: None,
+    };
     let mut base = None;
     let mut epochs = Vec::new();
     let started = std::time::Instant::now();
     let outcome: Result<RunOutcome, crate::train::TrainError> = (|| {
         let mut dl = |d: crate::hub::Download| {
-            eprint!("\rdownloading {}/{}: {} / {} bytes   ", d.repo, d.file, d.bytes, d.total);
+            eprint!(
+                "\rdownloading {}/{}: {} / {} bytes   ",
+                d.repo, d.file, d.bytes, d.total
+            );
             if d.bytes >= d.total {
                 eprintln!();
             }
@@ -130,7 +209,9 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         let cfg = run_config(&spec, &ctx, &output_dir, device, &mut dl).map_err(|e| match e {
             crate::jobs::resolve::ResolveError::Field(f) => crate::train::TrainError::Spec(f),
             crate::jobs::resolve::ResolveError::Data(d) => crate::train::TrainError::Data(d),
-            crate::jobs::resolve::ResolveError::Hub(h) => crate::train::TrainError::Checkpoint(h.to_string()),
+            crate::jobs::resolve::ResolveError::Hub(h) => {
+                crate::train::TrainError::Checkpoint(h.to_string())
+            }
         })?;
         crate::train::run(&cfg, args.resume, &CancelToken::new(), &mut |p| {
             match &p {
@@ -156,16 +237,24 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
                 "versions": versions(), "total_seconds": started.elapsed().as_secs_f64()})
         }
     };
-    std::fs::create_dir_all(&output_dir).with_context(|| format!("creating {}", output_dir.display()))?;
+    std::fs::create_dir_all(&output_dir)
+        .with_context(|| format!("creating {}", output_dir.display()))?;
     append_csv(&results_csv, &row)?;
     crate::model::export::write_json(&output_dir.join("report.json"), &report)?;
-    eprintln!("csv -> {}; report -> {}", results_csv.display(), output_dir.join("report.json").display());
+    eprintln!(
+        "csv -> {}; report -> {}",
+        results_csv.display(),
+        output_dir.join("report.json").display()
+    );
     match outcome {
         Ok(o) => {
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({
                 "status": "success", "base_test": o.base_test, "finetuned_test": o.finetuned_test,
                 "improvement_f1": o.improvement_f1, "best_epoch": o.best_epoch, "best_model_dir": o.best_model_dir,
-                "train_samples_per_second": o.train_samples_per_second, "train_seconds": o.train_seconds}))?);
+                "train_samples_per_second": o.train_samples_per_second, "train_seconds": o.train_seconds}))?
+            );
             Ok(())
         }
         Err(e) => bail!("{}: {e}", e.kind()),
@@ -192,26 +281,52 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn eval_on<B: burn::tensor::backend::Backend>(args: &EvalArgs, device: &B::Device) -> anyhow::Result<Metrics> {
-    let (model, config, _) = load_token_classifier::<B>(&args.model, None, HeadInit::FromCheckpoint, device)?;
+fn eval_on<B: burn::tensor::backend::Backend>(
+    args: &EvalArgs,
+    device: &B::Device,
+) -> anyhow::Result<Metrics> {
+    let (model, config, _) =
+        load_token_classifier::<B>(&args.model, None, HeadInit::FromCheckpoint, device)?;
     let labels = config.labels().context("model config has no id2label")?;
     let tokenizer = RobertaTokenizer::from_dir(&args.model)?;
-    let opts = DatasetOptions { splits: ["train".into(), "validation".into(), args.split.clone()], labels: Some(labels.clone()), ..Default::default() };
+    let opts = DatasetOptions {
+        splits: ["train".into(), "validation".into(), args.split.clone()],
+        labels: Some(labels.clone()),
+        ..Default::default()
+    };
     let split = load_one_split(&args.data, &opts, &args.split)?;
     let scheme = LabelScheme::new(&labels)?;
     let max_len = max_len(&config, &tokenizer, args.max_length);
     let (examples, dropped) = encode_split(&split, &tokenizer, max_len)?;
     let gold: Vec<Vec<i64>> = split.sentences.iter().map(|s| s.tags.clone()).collect();
-    let out = crate::train::evaluate::evaluate(&model, &examples, &gold, &scheme, args.batch_size, tokenizer.pad_id, device)?;
+    let out = crate::train::evaluate::evaluate(
+        &model,
+        &examples,
+        &gold,
+        &scheme,
+        args.batch_size,
+        tokenizer.pad_id,
+        device,
+    )?;
     if dropped > 0 {
         eprintln!("warning: {dropped} words beyond max_length were not scored");
     }
     if let Some(path) = &args.predictions {
-        let mut f = std::io::BufWriter::new(std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?);
+        let mut f = std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        );
         for (s, wp) in split.sentences.iter().zip(&out.word_preds) {
-            let gold: Vec<&str> = s.tags.iter().map(|t| labels[*t as usize].as_str()).collect();
-            let pred: Vec<Option<&str>> = wp.iter().map(|p| p.map(|p| labels[p].as_str())).collect();
-            serde_json::to_writer(&mut f, &serde_json::json!({"tokens": s.tokens, "gold": gold, "pred": pred}))?;
+            let gold: Vec<&str> = s
+                .tags
+                .iter()
+                .map(|t| labels[*t as usize].as_str())
+                .collect();
+            let pred: Vec<Option<&str>> =
+                wp.iter().map(|p| p.map(|p| labels[p].as_str())).collect();
+            serde_json::to_writer(
+                &mut f,
+                &serde_json::json!({"tokens": s.tokens, "gold": gold, "pred": pred}),
+            )?;
             f.write_all(b"\n")?;
         }
     }
@@ -219,14 +334,22 @@ fn eval_on<B: burn::tensor::backend::Backend>(args: &EvalArgs, device: &B::Devic
 }
 
 /// Reads only `split` of a dataset folder (the other splits may be absent).
-fn load_one_split(dir: &Path, opts: &DatasetOptions, split: &str) -> anyhow::Result<crate::data::Split> {
-    let o = DatasetOptions { splits: [split.into(), split.into(), split.into()], ..opts.clone() };
+fn load_one_split(
+    dir: &Path,
+    opts: &DatasetOptions,
+    split: &str,
+) -> anyhow::Result<crate::data::Split> {
+    let o = DatasetOptions {
+        splits: [split.into(), split.into(), split.into()],
+        ..opts.clone()
+    };
     Ok(Dataset::load(dir, &o)?.test)
 }
 
 /// `metafora score FILE`.
 pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
-    let f = std::fs::File::open(&args.file).with_context(|| format!("opening {}", args.file.display()))?;
+    let f = std::fs::File::open(&args.file)
+        .with_context(|| format!("opening {}", args.file.display()))?;
     let (mut gold, mut pred) = (Vec::new(), Vec::new());
     let mut labels = std::collections::BTreeSet::new();
     for (i, line) in std::io::BufReader::new(f).lines().enumerate() {
@@ -239,12 +362,24 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
             gold: Vec<String>,
             pred: Vec<Option<String>>,
         }
-        let r: Row = serde_json::from_str(&line).with_context(|| format!("{} line {}", args.file.display(), i + 1))?;
+        let r: Row = serde_json::from_str(&line)
+            .with_context(|| format!("{} line {}", args.file.display(), i + 1))?;
         if r.gold.len() != r.pred.len() {
-            bail!("{} line {}: {} gold labels but {} predicted", args.file.display(), i + 1, r.gold.len(), r.pred.len());
+            bail!(
+                "{} line {}: {} gold labels but {} predicted",
+                args.file.display(),
+                i + 1,
+                r.gold.len(),
+                r.pred.len()
+            );
         }
         // Words without a prediction (truncated) are left out, as in evaluation.
-        let (g, p): (Vec<String>, Vec<String>) = r.gold.into_iter().zip(r.pred).filter_map(|(g, p)| p.map(|p| (g, p))).unzip();
+        let (g, p): (Vec<String>, Vec<String>) = r
+            .gold
+            .into_iter()
+            .zip(r.pred)
+            .filter_map(|(g, p)| p.map(|p| (g, p)))
+            .unzip();
         labels.extend(g.iter().cloned());
         labels.extend(p.iter().cloned());
         gold.push(g);
@@ -260,13 +395,25 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
 /// `metafora detect`.
 pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
     let device = args.device.resolve().map_err(anyhow::Error::msg)?;
-    let model = args.model.clone().unwrap_or_else(|| assets_dir().join("models/metafora-demo-ca"));
-    let strategy: crate::infer::aggregate::Strategy = args.aggregation.parse().map_err(anyhow::Error::msg)?;
+    let model = args
+        .model
+        .clone()
+        .unwrap_or_else(|| assets_dir().join("models/metafora-demo-ca"));
+    let strategy: crate::infer::aggregate::Strategy =
+        args.aggregation.parse().map_err(anyhow::Error::msg)?;
     let long: crate::infer::LongText = args.long_text.parse().map_err(anyhow::Error::msg)?;
-    let opts = crate::infer::DetectorOptions { stride: args.stride, ..Default::default() };
+    let opts = crate::infer::DetectorOptions {
+        stride: args.stride,
+        ..Default::default()
+    };
     let detector = crate::infer::Detector::load("cli", &model, device, opts)?;
     for text in &args.texts {
-        let out = detector.detect_blocking(crate::infer::Input::Text(text.clone()), strategy, args.threshold, long)?;
+        let out = detector.detect_blocking(
+            crate::infer::Input::Text(text.clone()),
+            strategy,
+            args.threshold,
+            long,
+        )?;
         println!("{}", serde_json::to_string(&out)?);
     }
     Ok(())

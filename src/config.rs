@@ -44,7 +44,11 @@ pub struct ServeArgs {
     #[arg(long, env = "METAFORA_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
     /// SQLite database URL (created if missing).
-    #[arg(long, env = "METAFORA_DATABASE_URL", default_value = "sqlite://metafora.db")]
+    #[arg(
+        long,
+        env = "METAFORA_DATABASE_URL",
+        default_value = "sqlite://metafora.db"
+    )]
     pub database_url: String,
     /// Directory for job artifacts and uploaded datasets.
     #[arg(long, env = "METAFORA_DATA_DIR", default_value = "./metafora-data")]
@@ -57,7 +61,11 @@ pub struct ServeArgs {
     pub api_key: Option<String>,
     /// Directory that local model and dataset paths in job specs may point into (repeatable;
     /// --data-dir and the bundled assets are always allowed).
-    #[arg(long = "allow-path", env = "METAFORA_ALLOW_PATHS", value_delimiter = ',')]
+    #[arg(
+        long = "allow-path",
+        env = "METAFORA_ALLOW_PATHS",
+        value_delimiter = ','
+    )]
     pub allow_paths: Vec<PathBuf>,
     /// Largest request body in bytes (dataset uploads have their own limit).
     #[arg(long, env = "METAFORA_MAX_BODY_BYTES", default_value_t = 1 << 20)]

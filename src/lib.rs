@@ -21,5 +21,8 @@ pub mod train;
 
 /// `metafora serve`: runs the service until SIGTERM/Ctrl-C.
 pub fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(server::run(args))
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(server::run(args))
 }

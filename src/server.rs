@@ -51,13 +51,20 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let device = args.device.resolve().map_err(anyhow::Error::msg)?;
     tracing::info!(%device, "compute backend");
     for sub in ["jobs", "datasets"] {
-        std::fs::create_dir_all(args.data_dir.join(sub)).with_context(|| format!("creating {}", args.data_dir.join(sub).display()))?;
+        std::fs::create_dir_all(args.data_dir.join(sub))
+            .with_context(|| format!("creating {}", args.data_dir.join(sub).display()))?;
     }
     let data_dir = args.data_dir.canonicalize().context("data dir")?;
-    let pool = store::connect(&args.database_url).await.with_context(|| format!("opening {}", args.database_url))?;
+    let pool = store::connect(&args.database_url)
+        .await
+        .with_context(|| format!("opening {}", args.database_url))?;
     let (requeued, gave_up) = store::jobs::recover_orphans(&pool, MAX_ATTEMPTS).await?;
     if !requeued.is_empty() || !gave_up.is_empty() {
-        tracing::warn!(?requeued, ?gave_up, "recovered jobs left running by an earlier process");
+        tracing::warn!(
+            ?requeued,
+            ?gave_up,
+            "recovered jobs left running by an earlier process"
+        );
     }
 
     let opts = DetectorOptions {
@@ -68,20 +75,34 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         window: None,
     };
     let registry = Arc::new(Registry::new(device, opts));
-    let default_model = args.model.clone().unwrap_or_else(|| assets_dir().join("models/metafora-demo-ca"));
+    let default_model = args
+        .model
+        .clone()
+        .unwrap_or_else(|| assets_dir().join("models/metafora-demo-ca"));
     {
         let (r, m) = (registry.clone(), default_model.clone());
         let explicit = args.model.is_some();
         match tokio::task::spawn_blocking(move || r.deploy("default", &m, None)).await? {
             Ok(_) => {}
-            Err(e) if explicit => return Err(anyhow::anyhow!("loading --model {}: {e}", default_model.display())),
-            Err(e) => tracing::warn!(error = %e, path = %default_model.display(), "bundled demo model not loaded; /v1/detect has no default model"),
+            Err(e) if explicit => {
+                return Err(anyhow::anyhow!(
+                    "loading --model {}: {e}",
+                    default_model.display()
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, path = %default_model.display(), "bundled demo model not loaded; /v1/detect has no default model")
+            }
         }
     }
 
     let mut roots: Vec<PathBuf> = vec![data_dir.clone(), assets_dir()];
     roots.extend(args.allow_paths.iter().cloned());
-    let ctx = ResolveContext { allowed_roots: Some(roots), uploads: Some(data_dir.join("datasets")), hub: Some(HubClient::from_env()) };
+    let ctx = ResolveContext {
+        allowed_roots: Some(roots),
+        uploads: Some(data_dir.join("datasets")),
+        hub: Some(HubClient::from_env()),
+    };
     let (events, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
         pool: pool.clone(),
@@ -120,12 +141,18 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
         started: Instant::now(),
     };
     let app = api::router(state);
-    let listener = tokio::net::TcpListener::bind(args.bind).await.with_context(|| format!("binding {}", args.bind))?;
+    let listener = tokio::net::TcpListener::bind(args.bind)
+        .await
+        .with_context(|| format!("binding {}", args.bind))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
 
     let worker = Worker::new(shared.clone(), shutdown_rx.clone());
-    let (worker, worker_task) = if args.no_worker { (Some(worker), None) } else { (None, Some(tokio::spawn(worker.run()))) };
+    let (worker, worker_task) = if args.no_worker {
+        (Some(worker), None)
+    } else {
+        (None, Some(tokio::spawn(worker.run())))
+    };
     let mut rx = shutdown_rx.clone();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -134,18 +161,34 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             })
             .await
     });
-    Ok(Running { addr, shared, shutdown: shutdown_tx, worker, server, worker_task })
+    Ok(Running {
+        addr,
+        shared,
+        shutdown: shutdown_tx,
+        worker,
+        server,
+        worker_task,
+    })
 }
 
 /// Deploys the best model of every succeeded job that asked for `deploy_as`, oldest first,
 /// so a restart serves what was deployed before it.
 async fn redeploy_jobs(shared: &Arc<Shared>) {
-    let Ok(rows) = store::jobs::list_finished(&shared.pool).await else { return };
+    let Ok(rows) = store::jobs::list_finished(&shared.pool).await else {
+        return;
+    };
     for row in rows.into_iter().filter(|r| r.status == "succeeded") {
-        let Ok(spec) = serde_json::from_str::<JobSpec>(&row.spec) else { continue };
-        let (Some(name), Some(dir)) = (spec.deploy_as, row.best_model_dir) else { continue };
+        let Ok(spec) = serde_json::from_str::<JobSpec>(&row.spec) else {
+            continue;
+        };
+        let (Some(name), Some(dir)) = (spec.deploy_as, row.best_model_dir) else {
+            continue;
+        };
         let (r, id) = (shared.registry.clone(), row.id.clone());
-        let result = tokio::task::spawn_blocking(move || r.deploy(&name, std::path::Path::new(&dir), Some(id))).await;
+        let result = tokio::task::spawn_blocking(move || {
+            r.deploy(&name, std::path::Path::new(&dir), Some(id))
+        })
+        .await;
         if let Ok(Err(e)) = result {
             tracing::warn!(job = %row.id, error = %e, "could not redeploy");
         }
@@ -167,7 +210,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 async fn wait_for_signal() {
     #[cfg(unix)]
     {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("installing SIGTERM handler: this is a bug");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing SIGTERM handler: this is a bug");
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}

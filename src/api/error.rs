@@ -64,7 +64,9 @@ impl ApiError {
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            ApiError::UnsupportedMediaType(_) => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             ApiError::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "busy"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
@@ -87,9 +89,20 @@ impl IntoResponse for ApiError {
             ApiError::Invalid(f) => f.to_string(),
             other => other.to_string(),
         };
-        let mut resp = (status, axum::Json(Body { error: Detail { code, message, field } })).into_response();
+        let mut resp = (
+            status,
+            axum::Json(Body {
+                error: Detail {
+                    code,
+                    message,
+                    field,
+                },
+            }),
+        )
+            .into_response();
         if let ApiError::Busy { retry_after, .. } = self {
-            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }
         resp
     }
@@ -98,7 +111,10 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::QueueFull(n) => ApiError::Busy { message: format!("job queue is full ({n} waiting)"), retry_after: 60 },
+            StoreError::QueueFull(n) => ApiError::Busy {
+                message: format!("job queue is full ({n} waiting)"),
+                retry_after: 60,
+            },
             StoreError::Conflict(s) => ApiError::Conflict(format!("job is {s}")),
             other => ApiError::Internal(other.to_string()),
         }
@@ -114,7 +130,10 @@ impl From<FieldError> for ApiError {
 impl From<DetectError> for ApiError {
     fn from(e: DetectError) -> Self {
         match e {
-            DetectError::Busy(m) => ApiError::Busy { message: format!("too many requests waiting for model {m}"), retry_after: 1 },
+            DetectError::Busy(m) => ApiError::Busy {
+                message: format!("too many requests waiting for model {m}"),
+                retry_after: 1,
+            },
             DetectError::Stopped(m) => ApiError::Unavailable(format!("model {m} is not running")),
             DetectError::Data(d) => ApiError::invalid("text", d.to_string()),
             DetectError::Invalid(m) => ApiError::invalid("model", m),
@@ -150,7 +169,9 @@ pub fn body_rejection(status: StatusCode, text: String) -> ApiError {
 /// Parses JSON bytes; errors name the field path.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if std::str::from_utf8(bytes).is_err() {
-        return Err(ApiError::BadRequest("request body is not valid UTF-8".into()));
+        return Err(ApiError::BadRequest(
+            "request body is not valid UTF-8".into(),
+        ));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -160,7 +181,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             return ApiError::BadRequest(format!("malformed JSON: {inner}"));
         }
         let msg = inner.to_string();
-        let field = match msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+        let field = match msg
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
             Some(missing) if path == "." => missing.to_string(),
             Some(missing) => format!("{path}.{missing}"),
             None if path == "." => "body".to_string(),

@@ -31,8 +31,14 @@ pub async fn job_events(
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = parse_id(&id)?;
     let pool = state.shared.pool.clone();
-    store::jobs::get(&pool, &id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
-    let after: i64 = headers.get("last-event-id").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    store::jobs::get(&pool, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    let after: i64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     // Subscribe before reading the history so nothing falls in between.
     let mut live = state.shared.events.subscribe();
     let replay = store::events::since(&pool, &id, after).await?;
@@ -42,7 +48,9 @@ pub async fn job_events(
         let mut last = after;
         for ev in replay {
             last = ev.id;
-            if tx.send(Ok(sse(ev.id, &ev.kind, &ev.data))).await.is_err() || FINAL_EVENTS.contains(&ev.kind.as_str()) {
+            if tx.send(Ok(sse(ev.id, &ev.kind, &ev.data))).await.is_err()
+                || FINAL_EVENTS.contains(&ev.kind.as_str())
+            {
                 return;
             }
         }

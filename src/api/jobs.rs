@@ -1,28 +1,32 @@
 //! `/v1/jobs`: create, list, read, cancel, delete, push; epochs, results and CSV.
 
+use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde_json::Value;
 
 use crate::jobs::spec::JobSpec;
 use crate::store::{self, jobs::Cancel};
 use crate::train::report::{CSV_COLUMNS, csv_cell};
 
+use super::AppState;
 use super::error::{ApiError, ApiJson};
 use super::types::*;
-use super::AppState;
 
 /// Job ids are UUIDs; anything else cannot exist.
 pub fn parse_id(id: &str) -> Result<String, ApiError> {
-    uuid::Uuid::parse_str(id).map(|u| u.to_string()).map_err(|_| ApiError::NotFound(format!("job {id:?}")))
+    uuid::Uuid::parse_str(id)
+        .map(|u| u.to_string())
+        .map_err(|_| ApiError::NotFound(format!("job {id:?}")))
 }
 
 async fn load(state: &AppState, id: &str) -> Result<store::jobs::JobRow, ApiError> {
     let id = parse_id(id)?;
-    store::jobs::get(&state.shared.pool, &id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))
+    store::jobs::get(&state.shared.pool, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))
 }
 
 /// Turns the request body into a spec: `{"preset": "demo"}` or a full spec.
@@ -31,18 +35,29 @@ pub fn spec_from_body(body: &Value) -> Result<JobSpec, ApiError> {
         && obj.contains_key("preset")
     {
         if obj.len() != 1 {
-            let extra = obj.keys().find(|k| *k != "preset").cloned().unwrap_or_default();
+            let extra = obj
+                .keys()
+                .find(|k| *k != "preset")
+                .cloned()
+                .unwrap_or_default();
             return Err(ApiError::invalid(extra, "a preset takes no other fields"));
         }
         return match obj["preset"].as_str() {
             Some("demo") => Ok(crate::cli::demo_spec()),
-            _ => Err(ApiError::invalid("preset", format!("unknown preset {}; available: \"demo\"", obj["preset"]))),
+            _ => Err(ApiError::invalid(
+                "preset",
+                format!("unknown preset {}; available: \"demo\"", obj["preset"]),
+            )),
         };
     }
     let spec = JobSpec::parse(body.to_string().as_bytes())?;
     if spec.output.dir.is_some() || spec.output.results_csv.is_some() {
         return Err(ApiError::invalid(
-            if spec.output.dir.is_some() { "output.dir" } else { "output.results_csv" },
+            if spec.output.dir.is_some() {
+                "output.dir"
+            } else {
+                "output.results_csv"
+            },
             "is chosen by the service (artifacts live under --data-dir; read results via /v1/jobs/{id}/results.csv)",
         ));
     }
@@ -50,56 +65,113 @@ pub fn spec_from_body(body: &Value) -> Result<JobSpec, ApiError> {
 }
 
 /// POST /v1/jobs
-pub async fn create_job(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
+pub async fn create_job(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
     let spec = spec_from_body(&body)?;
     state.shared.ctx.precheck(&spec)?;
     let id = uuid::Uuid::new_v4().to_string();
     let out = state.shared.job_dir(&id);
     let spec_json = serde_json::to_string(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let row = store::jobs::insert(&state.shared.pool, &id, &spec_json, &out.display().to_string(), None, state.settings.max_queued_jobs).await?;
-    state.shared.emit(&id, "status", serde_json::json!({"status": "queued"})).await?;
+    let row = store::jobs::insert(
+        &state.shared.pool,
+        &id,
+        &spec_json,
+        &out.display().to_string(),
+        None,
+        state.settings.max_queued_jobs,
+    )
+    .await?;
+    state
+        .shared
+        .emit(&id, "status", serde_json::json!({"status": "queued"}))
+        .await?;
     state.shared.wake.notify_one();
     let location = format!("/v1/jobs/{id}");
-    Ok((StatusCode::CREATED, [(header::LOCATION, location)], Json(JobResponse::try_from(row)?)).into_response())
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(JobResponse::try_from(row)?),
+    )
+        .into_response())
 }
 
 /// GET /v1/jobs
-pub async fn list_jobs(State(state): State<AppState>, q: Result<Query<ListJobsQuery>, QueryRejection>) -> Result<Json<JobListResponse>, ApiError> {
+pub async fn list_jobs(
+    State(state): State<AppState>,
+    q: Result<Query<ListJobsQuery>, QueryRejection>,
+) -> Result<Json<JobListResponse>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
     if let Some(s) = &q.status
         && !store::jobs::STATUSES.contains(&s.as_str())
     {
-        return Err(ApiError::invalid("status", format!("must be one of {:?}, got {s:?}", store::jobs::STATUSES)));
+        return Err(ApiError::invalid(
+            "status",
+            format!("must be one of {:?}, got {s:?}", store::jobs::STATUSES),
+        ));
     }
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
-        return Err(ApiError::invalid("limit", format!("must be in 1..=200, got {limit}")));
+        return Err(ApiError::invalid(
+            "limit",
+            format!("must be in 1..=200, got {limit}"),
+        ));
     }
-    let cursor = match &q.cursor {
-        Some(c) => Some(c.parse::<i64>().ok().filter(|c| *c > 0).ok_or_else(|| ApiError::invalid("cursor", "is not a cursor from a previous page"))?),
-        None => None,
-    };
-    let rows = store::jobs::list(&state.shared.pool, q.status.as_deref(), limit + 1, cursor).await?;
+    let cursor =
+        match &q.cursor {
+            Some(c) => Some(c.parse::<i64>().ok().filter(|c| *c > 0).ok_or_else(|| {
+                ApiError::invalid("cursor", "is not a cursor from a previous page")
+            })?),
+            None => None,
+        };
+    let rows =
+        store::jobs::list(&state.shared.pool, q.status.as_deref(), limit + 1, cursor).await?;
     let more = rows.len() as i64 > limit;
     let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
-    let next_cursor = if more { rows.last().map(|r| r.seq.to_string()) } else { None };
-    Ok(Json(JobListResponse { jobs: rows.into_iter().map(JobResponse::try_from).collect::<Result<_, _>>()?, next_cursor }))
+    let next_cursor = if more {
+        rows.last().map(|r| r.seq.to_string())
+    } else {
+        None
+    };
+    Ok(Json(JobListResponse {
+        jobs: rows
+            .into_iter()
+            .map(JobResponse::try_from)
+            .collect::<Result<_, _>>()?,
+        next_cursor,
+    }))
 }
 
 /// GET /v1/jobs/{id}
-pub async fn get_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<JobResponse>, ApiError> {
+pub async fn get_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobResponse>, ApiError> {
     Ok(Json(JobResponse::try_from(load(&state, &id).await?)?))
 }
 
 /// GET /v1/jobs/{id}/epochs
-pub async fn get_epochs(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<EpochsResponse>, ApiError> {
+pub async fn get_epochs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<EpochsResponse>, ApiError> {
     let job = load(&state, &id).await?;
     let rows = store::results::epochs(&state.shared.pool, &job.id).await?;
-    Ok(Json(EpochsResponse { job_id: job.id, epochs: rows.into_iter().map(EpochResponse::try_from).collect::<Result<_, _>>()? }))
+    Ok(Json(EpochsResponse {
+        job_id: job.id,
+        epochs: rows
+            .into_iter()
+            .map(EpochResponse::try_from)
+            .collect::<Result<_, _>>()?,
+    }))
 }
 
 /// GET /v1/jobs/{id}/results
-pub async fn get_results(State(state): State<AppState>, Path(id): Path<String>) -> Result<Json<ResultsResponse>, ApiError> {
+pub async fn get_results(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<ResultsResponse>, ApiError> {
     let job = load(&state, &id).await?;
     let evals = store::results::evaluations(&state.shared.pool, &job.id).await?;
     let mut base = None;
@@ -107,14 +179,23 @@ pub async fn get_results(State(state): State<AppState>, Path(id): Path<String>) 
     for e in evals {
         let kind = e.kind.clone();
         let r = EvaluationResponse::try_from(e)?;
-        if kind == "base" { base = Some(r) } else { finetuned = Some(r) }
+        if kind == "base" {
+            base = Some(r)
+        } else {
+            finetuned = Some(r)
+        }
     }
     let improvement_f1_per_label = match (&base, &finetuned) {
         (Some(b), Some(f)) => f
             .metrics
             .per_label
             .iter()
-            .map(|(l, m)| (l.clone(), m.f1 - b.metrics.per_label.get(l).map(|x| x.f1).unwrap_or(0.0)))
+            .map(|(l, m)| {
+                (
+                    l.clone(),
+                    m.f1 - b.metrics.per_label.get(l).map(|x| x.f1).unwrap_or(0.0),
+                )
+            })
             .collect(),
         _ => Default::default(),
     };
@@ -142,32 +223,55 @@ fn csv_response(rows: Vec<Vec<String>>, filename: &str) -> Response {
         out.push_str("\r\n");
     }
     (
-        [(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()), (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{filename}\""))],
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{filename}\""),
+            ),
+        ],
         out,
     )
         .into_response()
 }
 
 fn cells(row: &store::jobs::JobRow) -> Result<Option<Vec<String>>, ApiError> {
-    row.csv_row.as_deref().map(serde_json::from_str).transpose().map_err(|e| ApiError::Internal(e.to_string()))
+    row.csv_row
+        .as_deref()
+        .map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// GET /v1/jobs/{id}/results.csv — the notebook's one-row CSV.
-pub async fn get_results_csv(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn get_results_csv(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let job = load(&state, &id).await?;
-    let row = cells(&job)?.ok_or_else(|| ApiError::Conflict(format!("job is {}: no results yet", job.status)))?;
+    let row = cells(&job)?
+        .ok_or_else(|| ApiError::Conflict(format!("job is {}: no results yet", job.status)))?;
     Ok(csv_response(vec![row], &format!("results-{}.csv", job.id)))
 }
 
 /// GET /v1/results.csv — one row per finished job.
 pub async fn all_results_csv(State(state): State<AppState>) -> Result<Response, ApiError> {
     let rows = store::jobs::list_finished(&state.shared.pool).await?;
-    let rows = rows.iter().map(cells).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect();
+    let rows = rows
+        .iter()
+        .map(cells)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     Ok(csv_response(rows, "results.csv"))
 }
 
 /// POST /v1/jobs/{id}/cancel
-pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
     match store::jobs::request_cancel(&state.shared.pool, &id).await? {
         None => Err(ApiError::NotFound(format!("job {id}"))),
@@ -178,54 +282,96 @@ pub async fn cancel_job(State(state): State<AppState>, Path(id): Path<String>) -
                     StatusCode::OK
                 }
                 Cancel::Requested => {
-                    if let Some(t) = state.shared.running.lock().expect("running map poisoned: this is a bug").get(&id) {
+                    if let Some(t) = state
+                        .shared
+                        .running
+                        .lock()
+                        .expect("running map poisoned: this is a bug")
+                        .get(&id)
+                    {
                         t.cancel();
                     }
                     StatusCode::ACCEPTED
                 }
             };
-            let row = store::jobs::get(&state.shared.pool, &id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+            let row = store::jobs::get(&state.shared.pool, &id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
             Ok((code, Json(JobResponse::try_from(row)?)).into_response())
         }
     }
 }
 
 /// DELETE /v1/jobs/{id} — finished jobs only; removes artifacts.
-pub async fn delete_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn delete_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let id = parse_id(&id)?;
-    let row = store::jobs::delete(&state.shared.pool, &id).await?.ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
+    let row = store::jobs::delete(&state.shared.pool, &id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
     let dir = std::path::PathBuf::from(&row.output_dir);
     if dir.starts_with(state.shared.data_dir.join("jobs")) && dir.exists() {
-        tokio::fs::remove_dir_all(&dir).await.map_err(|e| ApiError::Internal(format!("removing {}: {e}", dir.display())))?;
+        tokio::fs::remove_dir_all(&dir)
+            .await
+            .map_err(|e| ApiError::Internal(format!("removing {}: {e}", dir.display())))?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// POST /v1/jobs/{id}/push — (re)try pushing a succeeded job's model to the Hub.
-pub async fn push_job(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub async fn push_job(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
     let job = load(&state, &id).await?;
     if job.status != "succeeded" {
-        return Err(ApiError::Conflict(format!("job is {}: only succeeded jobs can be pushed", job.status)));
+        return Err(ApiError::Conflict(format!(
+            "job is {}: only succeeded jobs can be pushed",
+            job.status
+        )));
     }
     if job.push_status == "pending" {
         return Err(ApiError::Conflict("a push is already in progress".into()));
     }
-    let spec: JobSpec = serde_json::from_str(&job.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let spec: JobSpec =
+        serde_json::from_str(&job.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
     if spec.hub.repo_id.is_none() {
-        return Err(ApiError::invalid("hub.repo_id", "the job spec has no hub.repo_id"));
+        return Err(ApiError::invalid(
+            "hub.repo_id",
+            "the job spec has no hub.repo_id",
+        ));
     }
     let report_path = std::path::Path::new(&job.output_dir).join("report.json");
-    let report: Value = serde_json::from_slice(&tokio::fs::read(&report_path).await.map_err(|e| ApiError::Internal(format!("{}: {e}", report_path.display())))?)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let dir = job.best_model_dir.clone().ok_or_else(|| ApiError::Conflict("job has no best model".into()))?;
+    let report: Value = serde_json::from_slice(
+        &tokio::fs::read(&report_path)
+            .await
+            .map_err(|e| ApiError::Internal(format!("{}: {e}", report_path.display())))?,
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let dir = job
+        .best_model_dir
+        .clone()
+        .ok_or_else(|| ApiError::Conflict("job has no best model".into()))?;
     store::jobs::set_push(&state.shared.pool, &job.id, "pending", None, None).await?;
     let shared = state.shared.clone();
     let jid = job.id.clone();
     tokio::spawn(async move {
-        if let Err(e) = crate::jobs::worker::push_job(&shared, &jid, &spec, std::path::Path::new(&dir), &report["outcome"]).await {
+        if let Err(e) = crate::jobs::worker::push_job(
+            &shared,
+            &jid,
+            &spec,
+            std::path::Path::new(&dir),
+            &report["outcome"],
+        )
+        .await
+        {
             tracing::error!(job = %jid, error = %e, "push bookkeeping failed");
         }
     });
-    let row = store::jobs::get(&state.shared.pool, &job.id).await?.ok_or_else(|| ApiError::NotFound(format!("job {}", job.id)))?;
+    let row = store::jobs::get(&state.shared.pool, &job.id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("job {}", job.id)))?;
     Ok((StatusCode::ACCEPTED, Json(JobResponse::try_from(row)?)).into_response())
 }

@@ -5,10 +5,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -16,9 +16,9 @@ use crate::infer::aggregate::Strategy;
 use crate::infer::{Input, LongText};
 use crate::store;
 
+use super::AppState;
 use super::detect::run_detect;
 use super::error::{ApiError, ApiJson};
-use super::AppState;
 
 /// Names in a labeling config: the `Labels` control, the `Text` object, the data key and the
 /// label values.
@@ -32,7 +32,12 @@ pub struct LabelConfig {
 
 impl Default for LabelConfig {
     fn default() -> Self {
-        LabelConfig { from_name: "label".into(), to_name: "text".into(), data_key: "text".into(), labels: vec![] }
+        LabelConfig {
+            from_name: "label".into(),
+            to_name: "text".into(),
+            data_key: "text".into(),
+            labels: vec![],
+        }
     }
 }
 
@@ -46,8 +51,15 @@ fn attr(tag: &str, name: &str) -> Option<String> {
 /// Reads the first `<Labels>`/`<Text>` pair of a labeling config (XML, read leniently).
 pub fn parse_label_config(xml: &str) -> LabelConfig {
     let mut c = LabelConfig::default();
-    let tags: Vec<&str> = xml.split('<').skip(1).map(|t| t.split('>').next().unwrap_or_default()).collect();
-    if let Some(labels) = tags.iter().find(|t| t.starts_with("Labels ") || t.starts_with("Labels\t")) {
+    let tags: Vec<&str> = xml
+        .split('<')
+        .skip(1)
+        .map(|t| t.split('>').next().unwrap_or_default())
+        .collect();
+    if let Some(labels) = tags
+        .iter()
+        .find(|t| t.starts_with("Labels ") || t.starts_with("Labels\t"))
+    {
         if let Some(n) = attr(labels, "name") {
             c.from_name = n;
         }
@@ -55,12 +67,18 @@ pub fn parse_label_config(xml: &str) -> LabelConfig {
             c.to_name = n;
         }
     }
-    if let Some(text) = tags.iter().find(|t| (t.starts_with("Text ") || t.starts_with("HyperText ")) && attr(t, "name").as_deref() == Some(&c.to_name)) {
-        if let Some(v) = attr(text, "value") {
-            c.data_key = v.trim_start_matches('$').to_string();
-        }
+    if let Some(text) = tags.iter().find(|t| {
+        (t.starts_with("Text ") || t.starts_with("HyperText "))
+            && attr(t, "name").as_deref() == Some(&c.to_name)
+    }) && let Some(v) = attr(text, "value")
+    {
+        c.data_key = v.trim_start_matches('$').to_string();
     }
-    c.labels = tags.iter().filter(|t| t.starts_with("Label ")).filter_map(|t| attr(t, "value")).collect();
+    c.labels = tags
+        .iter()
+        .filter(|t| t.starts_with("Label "))
+        .filter_map(|t| attr(t, "value"))
+        .collect();
     c
 }
 
@@ -69,7 +87,11 @@ static PROJECTS: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
 
 /// GET /labelstudio/health
 pub async fn health(State(state): State<AppState>) -> Json<Value> {
-    let model = state.shared.registry.get("default").map(|d| d.info.version.clone());
+    let model = state
+        .shared
+        .registry
+        .get("default")
+        .map(|d| d.info.version.clone());
     Json(json!({"status": "UP", "model_class": "metafora", "model_version": model}))
 }
 
@@ -93,11 +115,23 @@ fn project_key(p: &Option<Value>) -> String {
 }
 
 /// POST /labelstudio/setup
-pub async fn setup(State(state): State<AppState>, ApiJson(req): ApiJson<SetupRequest>) -> Json<Value> {
+pub async fn setup(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<SetupRequest>,
+) -> Json<Value> {
     if let Some(schema) = &req.schema {
-        PROJECTS.lock().expect("poisoned: this is a bug").get_or_insert_with(HashMap::new).insert(project_key(&req.project), schema.clone());
+        PROJECTS
+            .lock()
+            .expect("poisoned: this is a bug")
+            .get_or_insert_with(HashMap::new)
+            .insert(project_key(&req.project), schema.clone());
     }
-    let version = state.shared.registry.get("default").map(|d| d.info.version.clone()).unwrap_or_default();
+    let version = state
+        .shared
+        .registry
+        .get("default")
+        .map(|d| d.info.version.clone())
+        .unwrap_or_default();
     Json(json!({"model_version": version}))
 }
 
@@ -113,25 +147,52 @@ pub struct PredictRequest {
 }
 
 fn pick_label(entity: &str, config: &LabelConfig) -> String {
-    config.labels.iter().find(|l| l.eq_ignore_ascii_case(entity)).cloned().unwrap_or_else(|| entity.to_string())
+    config
+        .labels
+        .iter()
+        .find(|l| l.eq_ignore_ascii_case(entity))
+        .cloned()
+        .unwrap_or_else(|| entity.to_string())
 }
 
 /// POST /labelstudio/predict
-pub async fn predict(State(state): State<AppState>, ApiJson(req): ApiJson<PredictRequest>) -> Result<Json<Value>, ApiError> {
-    let xml = req.label_config.clone().or_else(|| PROJECTS.lock().expect("poisoned: this is a bug").as_ref().and_then(|m| m.get(&project_key(&req.project)).cloned()));
+pub async fn predict(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<PredictRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let xml = req.label_config.clone().or_else(|| {
+        PROJECTS
+            .lock()
+            .expect("poisoned: this is a bug")
+            .as_ref()
+            .and_then(|m| m.get(&project_key(&req.project)).cloned())
+    });
     let config = xml.map(|x| parse_label_config(&x)).unwrap_or_default();
     let mut texts = Vec::with_capacity(req.tasks.len());
     for (i, task) in req.tasks.iter().enumerate() {
         let text = task
             .pointer(&format!("/data/{}", config.data_key))
             .and_then(|t| t.as_str())
-            .ok_or_else(|| ApiError::invalid(format!("tasks[{i}].data.{}", config.data_key), "missing text"))?;
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    format!("tasks[{i}].data.{}", config.data_key),
+                    "missing text",
+                )
+            })?;
         texts.push(text.to_string());
     }
     if texts.is_empty() {
         return Ok(Json(json!({"results": []})));
     }
-    let out = run_detect(&state, "default", Input::Texts(texts), Strategy::Simple, None, LongText::Sentences).await?;
+    let out = run_detect(
+        &state,
+        "default",
+        Input::Texts(texts),
+        Strategy::Simple,
+        None,
+        LongText::Sentences,
+    )
+    .await?;
     let results: Vec<Value> = out
         .results
         .iter()
@@ -153,21 +214,58 @@ pub async fn predict(State(state): State<AppState>, ApiJson(req): ApiJson<Predic
 }
 
 /// POST /labelstudio/webhook
-pub async fn webhook(State(state): State<AppState>, ApiJson(body): ApiJson<Value>) -> Result<Response, ApiError> {
-    let action = body.get("action").and_then(|a| a.as_str()).unwrap_or_default();
+pub async fn webhook(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::invalid("body", "must be a JSON object"));
+    }
+    let action = match body.get("action") {
+        None => "",
+        Some(Value::String(a)) => a.as_str(),
+        Some(_) => return Err(ApiError::invalid("action", "must be a string")),
+    };
     if action != "START_TRAINING" {
-        return Ok((StatusCode::OK, Json(json!({"status": "ignored", "action": action}))).into_response());
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"status": "ignored", "action": action})),
+        )
+            .into_response());
     }
     let Some(spec) = state.settings.labelstudio_train_spec.clone() else {
-        return Ok((StatusCode::OK, Json(json!({"status": "ignored", "reason": "no --labelstudio-train-spec configured"}))).into_response());
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"status": "ignored", "reason": "no --labelstudio-train-spec configured"})),
+        )
+            .into_response());
     };
     let id = uuid::Uuid::new_v4().to_string();
     let out = state.shared.job_dir(&id);
     let spec_json = serde_json::to_string(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
-    store::jobs::insert(&state.shared.pool, &id, &spec_json, &out.display().to_string(), None, state.settings.max_queued_jobs).await?;
-    state.shared.emit(&id, "status", json!({"status": "queued", "source": "labelstudio"})).await?;
+    store::jobs::insert(
+        &state.shared.pool,
+        &id,
+        &spec_json,
+        &out.display().to_string(),
+        None,
+        state.settings.max_queued_jobs,
+    )
+    .await?;
+    state
+        .shared
+        .emit(
+            &id,
+            "status",
+            json!({"status": "queued", "source": "labelstudio"}),
+        )
+        .await?;
     state.shared.wake.notify_one();
-    Ok((StatusCode::CREATED, Json(json!({"status": "queued", "job_id": id}))).into_response())
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"status": "queued", "job_id": id})),
+    )
+        .into_response())
 }
 
 #[cfg(test)]
@@ -178,7 +276,15 @@ mod tests {
     fn reads_names_from_a_ner_config() {
         let xml = r#"<View><Labels name="metaphor" toName="txt"><Label value="Metaphor" background="red"/></Labels><Text name="txt" value="$sentence"/></View>"#;
         let c = parse_label_config(xml);
-        assert_eq!(c, LabelConfig { from_name: "metaphor".into(), to_name: "txt".into(), data_key: "sentence".into(), labels: vec!["Metaphor".into()] });
+        assert_eq!(
+            c,
+            LabelConfig {
+                from_name: "metaphor".into(),
+                to_name: "txt".into(),
+                data_key: "sentence".into(),
+                labels: vec!["Metaphor".into()]
+            }
+        );
         assert_eq!(pick_label("METAPHOR", &c), "Metaphor");
     }
 }

@@ -59,8 +59,16 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/events", get(events::job_events))
         .route("/v1/results.csv", get(jobs::all_results_csv))
         .route("/v1/detect", post(detect::detect))
-        .route("/v1/models", get(detect::list_models).post(detect::deploy_model))
-        .route("/v1/datasets", post(datasets::upload_dataset).layer(DefaultBodyLimit::max(state.settings.max_upload_bytes)).get(datasets::list_datasets))
+        .route(
+            "/v1/models",
+            get(detect::list_models).post(detect::deploy_model),
+        )
+        .route(
+            "/v1/datasets",
+            post(datasets::upload_dataset)
+                .layer(DefaultBodyLimit::max(state.settings.max_upload_bytes))
+                .get(datasets::list_datasets),
+        )
         .route("/v1/datasets/{id}", get(datasets::get_dataset))
         .route("/labelstudio/health", get(labelstudio::health))
         .route("/labelstudio/setup", post(labelstudio::setup))
@@ -73,7 +81,9 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(system::health))
         .merge(v1)
         .fallback(|| async { ApiError::NotFound("route".into()) })
-        .method_not_allowed_fallback(|| async { ApiError::BadRequest("method not allowed on this route".into()).into_response_405() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::BadRequest("method not allowed on this route".into()).into_response_405()
+        })
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(middleware::from_fn_with_state(state.clone(), record_http))
         .layer(TraceLayer::new_for_http())
@@ -90,9 +100,19 @@ impl ApiError {
 
 /// Bearer token (or Basic with the key as password, as Label Studio sends) when `--api-key`
 /// is set.
-async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Result<Response, ApiError> {
-    let Some(key) = &state.settings.api_key else { return Ok(next.run(req).await) };
-    let given = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).unwrap_or_default();
+async fn auth(
+    State(state): State<AppState>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(key) = &state.settings.api_key else {
+        return Ok(next.run(req).await);
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
     let ok = if let Some(token) = given.strip_prefix("Bearer ") {
         constant_time_eq(token.trim().as_bytes(), key.as_bytes())
     } else if let Some(b64) = given.strip_prefix("Basic ") {
@@ -106,7 +126,11 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Result
     } else {
         false
     };
-    if ok { Ok(next.run(req).await) } else { Err(ApiError::Unauthorized) }
+    if ok {
+        Ok(next.run(req).await)
+    } else {
+        Err(ApiError::Unauthorized)
+    }
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -114,11 +138,17 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn record_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string()).unwrap_or_else(|| "unmatched".into());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
     let method = req.method().to_string();
     let t = Instant::now();
     let resp = next.run(req).await;
-    state.http.observe(&method, &route, resp.status().as_u16(), t.elapsed());
+    state
+        .http
+        .observe(&method, &route, resp.status().as_u16(), t.elapsed());
     resp
 }
 

@@ -70,9 +70,13 @@ impl TryFrom<JobRow> for JobResponse {
     fn try_from(r: JobRow) -> Result<Self, ApiError> {
         let progress = match (&r.progress, r.status.as_str()) {
             (Some(p), _) => serde_json::from_str(p).unwrap_or_default(),
-            (None, s) => ProgressResponse { stage: Some(s.to_string()), ..Default::default() },
+            (None, s) => ProgressResponse {
+                stage: Some(s.to_string()),
+                ..Default::default()
+            },
         };
-        let spec: Value = serde_json::from_str(&r.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
+        let spec: Value =
+            serde_json::from_str(&r.spec).map_err(|e| ApiError::Internal(e.to_string()))?;
         let best = r.best_model_dir.as_ref().map(|d| BestCheckpointResponse {
             epoch: r.best_epoch,
             checkpoint: r.best_checkpoint.clone(),
@@ -92,7 +96,11 @@ impl TryFrom<JobRow> for JobResponse {
             device: r.device,
             best_checkpoint: best,
             improvement_f1: r.improvement_f1,
-            push: PushResponse { status: r.push_status, error: r.push_error, url: r.push_url },
+            push: PushResponse {
+                status: r.push_status,
+                error: r.push_error,
+                url: r.push_url,
+            },
         })
     }
 }
@@ -152,7 +160,8 @@ impl TryFrom<EpochRow> for EpochResponse {
                 recall: r.recall,
                 f1: r.f1,
                 accuracy: r.accuracy,
-                per_label: serde_json::from_str(&r.per_label).map_err(|e| ApiError::Internal(e.to_string()))?,
+                per_label: serde_json::from_str(&r.per_label)
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
             },
             learning_rate: r.learning_rate,
             train_seconds: r.train_seconds,
@@ -189,7 +198,9 @@ impl TryFrom<EvaluationRow> for EvaluationResponse {
                 recall: r.recall,
                 f1: r.f1,
                 accuracy: r.accuracy,
-                per_label: r.per_label().map_err(|e| ApiError::Internal(e.to_string()))?,
+                per_label: r
+                    .per_label()
+                    .map_err(|e| ApiError::Internal(e.to_string()))?,
             },
             seconds: r.seconds,
         })
@@ -217,16 +228,29 @@ pub struct ResultsResponse {
 #[serde(deny_unknown_fields)]
 pub struct DeployRequest {
     pub name: String,
+    #[serde(default, deserialize_with = "non_null")]
     pub job_id: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub path: Option<String>,
+}
+
+/// `Option` that may be absent but not `null` (absent -> None, null -> error), so a body
+/// like `{"text": "a", "texts": null}` is rejected as the schema's `oneOf` says.
+pub fn non_null<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<T>, D::Error> {
+    T::deserialize(d).map(Some)
 }
 
 /// POST /v1/detect body.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DetectRequest {
+    #[serde(default, deserialize_with = "non_null")]
     pub text: Option<String>,
+    #[serde(default, deserialize_with = "non_null")]
     pub texts: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "non_null")]
     pub tokens: Option<Vec<String>>,
     #[serde(default)]
     pub model: Option<String>,

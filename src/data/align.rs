@@ -56,7 +56,13 @@ pub fn truncate(enc: &mut Encoded, max_len: usize, num_words: usize) -> usize {
         enc.tokens.truncate(keep);
         enc.tokens.push(end_tok);
     }
-    let kept = enc.word_ids.iter().flatten().max().map(|w| w + 1).unwrap_or(0);
+    let kept = enc
+        .word_ids
+        .iter()
+        .flatten()
+        .max()
+        .map(|w| w + 1)
+        .unwrap_or(0);
     num_words.saturating_sub(kept)
 }
 
@@ -65,12 +71,22 @@ pub fn example(mut enc: Encoded, tags: &[i64], max_len: usize) -> Example {
     let num_words = tags.len();
     let dropped_words = truncate(&mut enc, max_len, num_words);
     let labels = align_labels(&enc.word_ids, tags);
-    Example { input_ids: enc.ids, labels, word_ids: enc.word_ids, num_words, dropped_words }
+    Example {
+        input_ids: enc.ids,
+        labels,
+        word_ids: enc.word_ids,
+        num_words,
+        dropped_words,
+    }
 }
 
 /// Word-level predictions from token-level ones: the prediction of each word's first
 /// sub-token, `None` for words with no token (truncated away).
-pub fn word_predictions(word_ids: &[Option<usize>], token_preds: &[usize], num_words: usize) -> Vec<Option<usize>> {
+pub fn word_predictions(
+    word_ids: &[Option<usize>],
+    token_preds: &[usize],
+    num_words: usize,
+) -> Vec<Option<usize>> {
     let mut out = vec![None; num_words];
     let mut previous = None;
     for (w, p) in word_ids.iter().zip(token_preds) {
@@ -103,12 +119,23 @@ mod tests {
     #[test]
     fn first_subtoken_keeps_label() {
         let w = vec![None, Some(0), Some(1), Some(1), Some(1), Some(2), None];
-        assert_eq!(align_labels(&w, &[0, 1, 0]), vec![-100, 0, 1, -100, -100, 0, -100]);
+        assert_eq!(
+            align_labels(&w, &[0, 1, 0]),
+            vec![-100, 0, 1, -100, -100, 0, -100]
+        );
     }
 
     #[test]
     fn truncation_keeps_end_token_and_counts_dropped_words() {
-        let mut e = enc(vec![None, Some(0), Some(1), Some(1), Some(2), Some(3), None]);
+        let mut e = enc(vec![
+            None,
+            Some(0),
+            Some(1),
+            Some(1),
+            Some(2),
+            Some(3),
+            None,
+        ]);
         let dropped = truncate(&mut e, 4, 4);
         assert_eq!(e.word_ids, vec![None, Some(0), Some(1), None]);
         assert_eq!(e.ids, vec![0, 1, 2, 6]);
@@ -125,6 +152,9 @@ mod tests {
     #[test]
     fn word_predictions_take_first_subtoken() {
         let w = vec![None, Some(0), Some(1), Some(1), None];
-        assert_eq!(word_predictions(&w, &[9, 1, 0, 1, 9], 3), vec![Some(1), Some(0), None]);
+        assert_eq!(
+            word_predictions(&w, &[9, 1, 0, 1, 9], 3),
+            vec![Some(1), Some(0), None]
+        );
     }
 }

@@ -27,8 +27,18 @@ pub struct Batch<B: Backend> {
 impl HostBatch {
     /// Pads `examples` to the longest one.
     pub fn collate(examples: &[&Example], pad_id: u32) -> Self {
-        let seq = examples.iter().map(|e| e.input_ids.len()).max().unwrap_or(0);
-        Self::collate_ids(examples.iter().map(|e| (e.input_ids.as_slice(), Some(e.labels.as_slice()))), seq, pad_id)
+        let seq = examples
+            .iter()
+            .map(|e| e.input_ids.len())
+            .max()
+            .unwrap_or(0);
+        Self::collate_ids(
+            examples
+                .iter()
+                .map(|e| (e.input_ids.as_slice(), Some(e.labels.as_slice()))),
+            seq,
+            pad_id,
+        )
     }
 
     /// Pads id sequences (with optional labels) to `seq`.
@@ -50,7 +60,13 @@ impl HostBatch {
                 labels[row * seq..row * seq + labs.len()].copy_from_slice(labs);
             }
         }
-        HostBatch { batch, seq, input_ids, attention_mask, labels }
+        HostBatch {
+            batch,
+            seq,
+            input_ids,
+            attention_mask,
+            labels,
+        }
     }
 
     /// Number of label positions that count in the loss.
@@ -63,7 +79,10 @@ impl HostBatch {
         let shape = [self.batch, self.seq];
         Batch {
             input_ids: Tensor::from_data(TensorData::new(self.input_ids.clone(), shape), device),
-            attention_mask: Tensor::from_data(TensorData::new(self.attention_mask.clone(), shape), device),
+            attention_mask: Tensor::from_data(
+                TensorData::new(self.attention_mask.clone(), shape),
+                device,
+            ),
         }
     }
 }

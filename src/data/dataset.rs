@@ -93,7 +93,10 @@ impl Dataset {
     /// Reads and validates a dataset folder.
     pub fn load(dir: &Path, opts: &DatasetOptions) -> Result<Self, DataError> {
         if !dir.is_dir() {
-            return Err(DataError::Invalid(format!("dataset folder {} does not exist", dir.display())));
+            return Err(DataError::Invalid(format!(
+                "dataset folder {} does not exist",
+                dir.display()
+            )));
         }
         let files = data_files(dir)?;
         let mut raw: Vec<(String, Vec<RawRecord>)> = Vec::new();
@@ -139,7 +142,12 @@ impl Dataset {
             splits.next().expect("three splits: this is a bug"),
             splits.next().expect("three splits: this is a bug"),
         );
-        Ok(Dataset { labels, train, validation, test })
+        Ok(Dataset {
+            labels,
+            train,
+            validation,
+            test,
+        })
     }
 
     /// The three splits in order.
@@ -149,7 +157,10 @@ impl Dataset {
 
     /// Class-imbalance statistics per split.
     pub fn stats(&self) -> Vec<SplitStats> {
-        self.splits().iter().map(|s| split_stats(s, &self.labels)).collect()
+        self.splits()
+            .iter()
+            .map(|s| split_stats(s, &self.labels))
+            .collect()
     }
 
     /// Warnings for labels under 10 % of the words of a split.
@@ -187,11 +198,21 @@ pub fn split_stats(split: &Split, labels: &[String]) -> SplitStats {
         .iter()
         .zip(counts)
         .map(|(l, count)| {
-            let percent = if tokens == 0 { 0.0 } else { 100.0 * count as f64 / tokens as f64 };
+            let percent = if tokens == 0 {
+                0.0
+            } else {
+                100.0 * count as f64 / tokens as f64
+            };
             (l.clone(), LabelCount { count, percent })
         })
         .collect();
-    SplitStats { split: split.name.clone(), sentences: split.sentences.len(), tokens, labels, sentences_with_entity: with_entity }
+    SplitStats {
+        split: split.name.clone(),
+        sentences: split.sentences.len(),
+        tokens,
+        labels,
+        sentences_with_entity: with_entity,
+    }
 }
 
 fn split_aliases(role: &str, name: &str) -> Vec<String> {
@@ -207,9 +228,15 @@ fn data_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let mut out = Vec::new();
     let mut stack = vec![(dir.to_path_buf(), 0)];
     while let Some((d, depth)) = stack.pop() {
-        let entries = std::fs::read_dir(&d).map_err(|e| DataError::Io { path: d.clone(), source: e })?;
+        let entries = std::fs::read_dir(&d).map_err(|e| DataError::Io {
+            path: d.clone(),
+            source: e,
+        })?;
         for entry in entries {
-            let entry = entry.map_err(|e| DataError::Io { path: d.clone(), source: e })?;
+            let entry = entry.map_err(|e| DataError::Io {
+                path: d.clone(),
+                source: e,
+            })?;
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().to_string();
             if name.starts_with('.') {
@@ -227,15 +254,31 @@ fn data_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
 }
 
 fn is_data_file(name: &str) -> bool {
-    [".jsonl", ".json", ".parquet", ".csv"].iter().any(|e| name.ends_with(e))
-        && !matches!(name, "labels.json" | "dataset_info.json" | "dataset_infos.json" | "meta.json" | "stats.json" | "state.json")
+    [".jsonl", ".json", ".parquet", ".csv"]
+        .iter()
+        .any(|e| name.ends_with(e))
+        && !matches!(
+            name,
+            "labels.json"
+                | "dataset_info.json"
+                | "dataset_infos.json"
+                | "meta.json"
+                | "stats.json"
+                | "state.json"
+        )
 }
 
 /// `train.jsonl`, `train-00000-of-00001.parquet`, `data/train.csv`, `train/0000.parquet`.
 fn file_matches_split(root: &Path, file: &Path, split: &str) -> bool {
-    let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+    let name = file
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
     let stem = name.split('.').next().unwrap_or_default();
-    if stem == split || stem.starts_with(&format!("{split}-")) || stem.starts_with(&format!("{split}_")) {
+    if stem == split
+        || stem.starts_with(&format!("{split}-"))
+        || stem.starts_with(&format!("{split}_"))
+    {
         return true;
     }
     file.strip_prefix(root)
@@ -245,16 +288,29 @@ fn file_matches_split(root: &Path, file: &Path, split: &str) -> bool {
 }
 
 fn read_records(path: &Path, split: &str) -> Result<Vec<RawRecord>, DataError> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-    let io = |e: std::io::Error| DataError::Io { path: path.into(), source: e };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let io = |e: std::io::Error| DataError::Io {
+        path: path.into(),
+        source: e,
+    };
     if name.ends_with(".parquet") {
         let file = std::fs::File::open(path).map_err(io)?;
         let reader = parquet::file::serialized_reader::SerializedFileReader::new(file)
             .map_err(|e| DataError::Invalid(format!("{}: {e}", path.display())))?;
         let mut out = Vec::new();
         for (i, row) in reader.into_iter().enumerate() {
-            let row = row.map_err(|e| DataError::Record { split: split.into(), line: i + 1, message: e.to_string() })?;
-            out.push(RawRecord { line: i + 1, value: row.to_json_value() });
+            let row = row.map_err(|e| DataError::Record {
+                split: split.into(),
+                line: i + 1,
+                message: e.to_string(),
+            })?;
+            out.push(RawRecord {
+                line: i + 1,
+                value: row.to_json_value(),
+            });
         }
         return Ok(out);
     }
@@ -264,17 +320,27 @@ fn read_records(path: &Path, split: &str) -> Result<Vec<RawRecord>, DataError> {
     }
     // A .json file may be one JSON array or JSON lines.
     if name.ends_with(".json") && text.trim_start().starts_with('[') {
-        let items: Vec<Value> = serde_json::from_str(&text)
-            .map_err(|e| DataError::Record { split: split.into(), line: e.line(), message: format!("invalid JSON: {e}") })?;
-        return Ok(items.into_iter().enumerate().map(|(i, value)| RawRecord { line: i + 1, value }).collect());
+        let items: Vec<Value> = serde_json::from_str(&text).map_err(|e| DataError::Record {
+            split: split.into(),
+            line: e.line(),
+            message: format!("invalid JSON: {e}"),
+        })?;
+        return Ok(items
+            .into_iter()
+            .enumerate()
+            .map(|(i, value)| RawRecord { line: i + 1, value })
+            .collect());
     }
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let value: Value = serde_json::from_str(line)
-            .map_err(|e| DataError::Record { split: split.into(), line: i + 1, message: format!("invalid JSON: {e}") })?;
+        let value: Value = serde_json::from_str(line).map_err(|e| DataError::Record {
+            split: split.into(),
+            line: i + 1,
+            message: format!("invalid JSON: {e}"),
+        })?;
         out.push(RawRecord { line: i + 1, value });
     }
     Ok(out)
@@ -283,7 +349,9 @@ fn read_records(path: &Path, split: &str) -> Result<Vec<RawRecord>, DataError> {
 /// CSV with a header; list cells as JSON (`["a", "b"]`) or Python reprs (`['a', 'b']`).
 fn read_csv(text: &str, split: &str) -> Result<Vec<RawRecord>, DataError> {
     let mut rows = csv_rows(text).into_iter();
-    let Some((_, header)) = rows.next() else { return Ok(vec![]) };
+    let Some((_, header)) = rows.next() else {
+        return Ok(vec![]);
+    };
     let mut out = Vec::new();
     for (line, cells) in rows {
         if cells.len() == 1 && cells[0].is_empty() {
@@ -300,7 +368,10 @@ fn read_csv(text: &str, split: &str) -> Result<Vec<RawRecord>, DataError> {
         for (h, c) in header.iter().zip(cells) {
             obj.insert(h.clone(), parse_cell(&c));
         }
-        out.push(RawRecord { line, value: Value::Object(obj) });
+        out.push(RawRecord {
+            line,
+            value: Value::Object(obj),
+        });
     }
     Ok(out)
 }
@@ -387,7 +458,10 @@ fn parse_python_list(s: &str) -> Option<Value> {
 /// Label names from `labels.json`, `dataset_info.json`/`dataset_infos.json`, or the README card.
 fn labels_from_metadata(dir: &Path, tags_column: &str) -> Result<Option<Vec<String>>, DataError> {
     let read = |p: PathBuf| -> Result<Value, DataError> {
-        let text = std::fs::read_to_string(&p).map_err(|e| DataError::Io { path: p.clone(), source: e })?;
+        let text = std::fs::read_to_string(&p).map_err(|e| DataError::Io {
+            path: p.clone(),
+            source: e,
+        })?;
         serde_json::from_str(&text).map_err(|e| DataError::Invalid(format!("{}: {e}", p.display())))
     };
     let labels_json = dir.join("labels.json");
@@ -395,7 +469,12 @@ fn labels_from_metadata(dir: &Path, tags_column: &str) -> Result<Option<Vec<Stri
         let v = read(labels_json.clone())?;
         return labels_from_value(v.get("id2label").unwrap_or(&v))
             .map(Some)
-            .ok_or_else(|| DataError::Invalid(format!("{}: expected {{\"id2label\": {{\"0\": \"O\", …}}}} or a list", labels_json.display())));
+            .ok_or_else(|| {
+                DataError::Invalid(format!(
+                    "{}: expected {{\"id2label\": {{\"0\": \"O\", …}}}} or a list",
+                    labels_json.display()
+                ))
+            });
     }
     for name in ["dataset_info.json", "dataset_infos.json"] {
         let p = dir.join(name);
@@ -408,7 +487,10 @@ fn labels_from_metadata(dir: &Path, tags_column: &str) -> Result<Option<Vec<Stri
     }
     let readme = dir.join("README.md");
     if readme.is_file() {
-        let text = std::fs::read_to_string(&readme).map_err(|e| DataError::Io { path: readme.clone(), source: e })?;
+        let text = std::fs::read_to_string(&readme).map_err(|e| DataError::Io {
+            path: readme.clone(),
+            source: e,
+        })?;
         return Ok(class_label_from_card(&text, tags_column));
     }
     Ok(None)
@@ -433,7 +515,9 @@ fn find_class_label(v: &Value, column: &str) -> Option<Vec<String>> {
     match v {
         Value::Object(o) => {
             if let Some(col) = o.get(column) {
-                let names = col.pointer("/feature/names").or_else(|| col.pointer("/names"));
+                let names = col
+                    .pointer("/feature/names")
+                    .or_else(|| col.pointer("/names"));
                 if let Some(l) = names.and_then(labels_from_value) {
                     return Some(l);
                 }
@@ -459,7 +543,9 @@ pub fn class_label_from_card(card: &str, column: &str) -> Option<Vec<String>> {
     let lines: Vec<&str> = yaml.lines().collect();
     let start = lines.iter().position(|l| {
         let t = l.trim().trim_start_matches("- ");
-        t == format!("name: {column}") || t == format!("name: '{column}'") || t == format!("name: \"{column}\"")
+        t == format!("name: {column}")
+            || t == format!("name: '{column}'")
+            || t == format!("name: \"{column}\"")
     })?;
     let mut names: BTreeMap<usize, String> = BTreeMap::new();
     let mut in_names = None;
@@ -487,7 +573,10 @@ pub fn class_label_from_card(card: &str, column: &str) -> Option<Vec<String>> {
 }
 
 /// When tags are label names: the sorted names, `O` first.
-fn labels_from_string_tags(raw: &[(String, Vec<RawRecord>)], tags_column: &str) -> Option<Vec<String>> {
+fn labels_from_string_tags(
+    raw: &[(String, Vec<RawRecord>)],
+    tags_column: &str,
+) -> Option<Vec<String>> {
     let mut names = std::collections::BTreeSet::new();
     for (_, records) in raw {
         for r in records {
@@ -506,37 +595,69 @@ fn labels_from_string_tags(raw: &[(String, Vec<RawRecord>)], tags_column: &str) 
 
 fn validate_labels(labels: &[String]) -> Result<(), DataError> {
     if labels.len() < 2 {
-        return Err(DataError::Invalid(format!("need at least 2 labels, got {labels:?}")));
+        return Err(DataError::Invalid(format!(
+            "need at least 2 labels, got {labels:?}"
+        )));
     }
     let mut seen = std::collections::BTreeSet::new();
     for l in labels {
         if l.trim().is_empty() || !seen.insert(l) {
-            return Err(DataError::Invalid(format!("label names must be non-empty and unique, got {labels:?}")));
+            return Err(DataError::Invalid(format!(
+                "label names must be non-empty and unique, got {labels:?}"
+            )));
         }
     }
     Ok(())
 }
 
-fn parse_split(name: &str, records: Vec<RawRecord>, opts: &DatasetOptions, labels: &[String]) -> Result<Split, DataError> {
-    let err = |line: usize, message: String| DataError::Record { split: name.into(), line, message };
+fn parse_split(
+    name: &str,
+    records: Vec<RawRecord>,
+    opts: &DatasetOptions,
+    labels: &[String],
+) -> Result<Split, DataError> {
+    let err = |line: usize, message: String| DataError::Record {
+        split: name.into(),
+        line,
+        message,
+    };
     let mut sentences = Vec::with_capacity(records.len());
     for r in records {
-        let obj = r.value.as_object().ok_or_else(|| err(r.line, "expected a JSON object".into()))?;
+        let obj = r
+            .value
+            .as_object()
+            .ok_or_else(|| err(r.line, "expected a JSON object".into()))?;
         let tokens = obj
             .get(&opts.tokens_column)
             .ok_or_else(|| err(r.line, format!("missing field {:?}", opts.tokens_column)))?
             .as_array()
-            .ok_or_else(|| err(r.line, format!("{:?} must be a list of strings", opts.tokens_column)))?;
+            .ok_or_else(|| {
+                err(
+                    r.line,
+                    format!("{:?} must be a list of strings", opts.tokens_column),
+                )
+            })?;
         let tags = obj
             .get(&opts.tags_column)
             .ok_or_else(|| err(r.line, format!("missing field {:?}", opts.tags_column)))?
             .as_array()
-            .ok_or_else(|| err(r.line, format!("{:?} must be a list of label ids or names", opts.tags_column)))?;
+            .ok_or_else(|| {
+                err(
+                    r.line,
+                    format!(
+                        "{:?} must be a list of label ids or names",
+                        opts.tags_column
+                    ),
+                )
+            })?;
         if tokens.is_empty() {
             return Err(err(r.line, "empty sentence (no tokens)".into()));
         }
         if tokens.len() != tags.len() {
-            return Err(err(r.line, format!("{} tokens but {} tags", tokens.len(), tags.len())));
+            return Err(err(
+                r.line,
+                format!("{} tokens but {} tags", tokens.len(), tags.len()),
+            ));
         }
         let tokens: Vec<String> = tokens
             .iter()
@@ -553,22 +674,38 @@ fn parse_split(name: &str, records: Vec<RawRecord>, opts: &DatasetOptions, label
             .map(|(i, t)| match t {
                 Value::Number(n) => match n.as_i64() {
                     Some(id) if id >= 0 && (id as usize) < labels.len() => Ok(id),
-                    _ => Err(err(r.line, format!("tag {i} = {n} is out of range 0..{}", labels.len()))),
+                    _ => Err(err(
+                        r.line,
+                        format!("tag {i} = {n} is out of range 0..{}", labels.len()),
+                    )),
                 },
                 Value::String(s) => labels
                     .iter()
                     .position(|l| l == s)
                     .map(|p| p as i64)
-                    .ok_or_else(|| err(r.line, format!("tag {i} = {s:?} is not a known label {labels:?}"))),
-                other => Err(err(r.line, format!("tag {i} is not a label id or name: {other}"))),
+                    .ok_or_else(|| {
+                        err(
+                            r.line,
+                            format!("tag {i} = {s:?} is not a known label {labels:?}"),
+                        )
+                    }),
+                other => Err(err(
+                    r.line,
+                    format!("tag {i} is not a label id or name: {other}"),
+                )),
             })
             .collect::<Result<_, _>>()?;
         sentences.push(Sentence { tokens, tags });
     }
     if sentences.is_empty() {
-        return Err(DataError::Invalid(format!("split {name:?} has no sentences")));
+        return Err(DataError::Invalid(format!(
+            "split {name:?} has no sentences"
+        )));
     }
-    Ok(Split { name: name.into(), sentences })
+    Ok(Split {
+        name: name.into(),
+        sentences,
+    })
 }
 
 #[cfg(test)]
@@ -585,20 +722,29 @@ mod tests {
             parse_python_list("['El', \"l'\", 'x']"),
             Some(serde_json::json!(["El", "l'", "x"]))
         );
-        assert_eq!(parse_python_list("[0, 1, 0]"), Some(serde_json::json!([0, 1, 0])));
+        assert_eq!(
+            parse_python_list("[0, 1, 0]"),
+            Some(serde_json::json!([0, 1, 0]))
+        );
     }
 
     #[test]
     fn csv_quotes_and_newlines() {
         let rows = csv_rows("tokens,tags\n\"['a', 'b,c']\",\"[0, 1]\"\n\"x\"\"y\",\"2\nz\"\n");
-        assert_eq!(rows[1].1, vec!["['a', 'b,c']".to_string(), "[0, 1]".to_string()]);
+        assert_eq!(
+            rows[1].1,
+            vec!["['a', 'b,c']".to_string(), "[0, 1]".to_string()]
+        );
         assert_eq!(rows[2], (3, vec!["x\"y".to_string(), "2\nz".to_string()]));
     }
 
     #[test]
     fn card_class_labels() {
         let card = "---\ndataset_info:\n  features:\n  - name: id\n    dtype: string\n  - name: tags\n    sequence:\n      class_label:\n        names:\n          '0': O\n          '1': B-METAPHOR\n  splits:\n  - name: train\n---\n# card";
-        assert_eq!(class_label_from_card(card, "tags"), Some(vec!["O".into(), "B-METAPHOR".into()]));
+        assert_eq!(
+            class_label_from_card(card, "tags"),
+            Some(vec!["O".into(), "B-METAPHOR".into()])
+        );
         assert_eq!(class_label_from_card(card, "ner_tags"), None);
     }
 }

@@ -18,12 +18,19 @@ pub use tokenizer::{Encoded, RobertaTokenizer};
 #[derive(Debug, thiserror::Error)]
 pub enum DataError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(String),
     /// A problem in one record: the split (or file), 1-based line and what is wrong.
     #[error("{split} line {line}: {message}")]
-    Record { split: String, line: usize, message: String },
+    Record {
+        split: String,
+        line: usize,
+        message: String,
+    },
     #[error("{0}")]
     Invalid(String),
 }

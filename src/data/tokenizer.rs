@@ -54,13 +54,19 @@ pub struct RobertaTokenizer {
 
 impl std::fmt::Debug for RobertaTokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RobertaTokenizer").field("vocab", &self.inner.get_vocab_size(true)).finish()
+        f.debug_struct("RobertaTokenizer")
+            .field("vocab", &self.inner.get_vocab_size(true))
+            .finish()
     }
 }
 
 fn read_json(path: &Path) -> Result<Value, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io { path: path.into(), source: e })?;
-    serde_json::from_str(&text).map_err(|e| DataError::Tokenizer(format!("{}: {e}", path.display())))
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| DataError::Tokenizer(format!("{}: {e}", path.display())))
 }
 
 fn token_content(v: &Value) -> Option<String> {
@@ -94,10 +100,13 @@ impl RobertaTokenizer {
         let inner = Tokenizer::from_bytes(text.as_bytes())
             .map_err(|e| DataError::Tokenizer(format!("{}: {e}", dir.display())))?;
         let id = |name: &str, default: &str| -> Result<u32, DataError> {
-            let tok = config.get(name).and_then(token_content).unwrap_or_else(|| default.to_string());
-            inner
-                .token_to_id(&tok)
-                .ok_or_else(|| DataError::Tokenizer(format!("special token {tok:?} ({name}) not in vocabulary")))
+            let tok = config
+                .get(name)
+                .and_then(token_content)
+                .unwrap_or_else(|| default.to_string());
+            inner.token_to_id(&tok).ok_or_else(|| {
+                DataError::Tokenizer(format!("special token {tok:?} ({name}) not in vocabulary"))
+            })
         };
         let model_max_length = config
             .get("model_max_length")
@@ -117,10 +126,14 @@ impl RobertaTokenizer {
     /// Builds the `tokenizer.json` document transformers' RobertaConverter would produce.
     fn assemble(dir: &Path, config: &Value) -> Result<Value, DataError> {
         let vocab = read_json(&dir.join("vocab.json"))?;
-        let vocab_map = vocab.as_object().ok_or_else(|| DataError::Tokenizer("vocab.json is not an object".into()))?;
+        let vocab_map = vocab
+            .as_object()
+            .ok_or_else(|| DataError::Tokenizer("vocab.json is not an object".into()))?;
         let merges_path = dir.join("merges.txt");
-        let merges_text = std::fs::read_to_string(&merges_path)
-            .map_err(|e| DataError::Io { path: merges_path.clone(), source: e })?;
+        let merges_text = std::fs::read_to_string(&merges_path).map_err(|e| DataError::Io {
+            path: merges_path.clone(),
+            source: e,
+        })?;
         let merges: Vec<Value> = merges_text
             .lines()
             .filter(|l| !l.starts_with("#version") && !l.trim().is_empty())
@@ -137,14 +150,25 @@ impl RobertaTokenizer {
         let mut added = Vec::new();
         for (content, lstrip) in &specials {
             let Some(id) = id_of(content) else { continue };
-            added.push(json!({"id": id, "content": content, "single_word": false, "lstrip": lstrip,
-                "rstrip": false, "normalized": false, "special": true}));
+            added.push(
+                json!({"id": id, "content": content, "single_word": false, "lstrip": lstrip,
+                "rstrip": false, "normalized": false, "special": true}),
+            );
         }
-        let tok = |name: &str, default: &str| config.get(name).and_then(token_content).unwrap_or_else(|| default.into());
+        let tok = |name: &str, default: &str| {
+            config
+                .get(name)
+                .and_then(token_content)
+                .unwrap_or_else(|| default.into())
+        };
         let (cls, sep) = (tok("cls_token", "<s>"), tok("sep_token", "</s>"));
         let (cls_id, sep_id) = (
-            id_of(&cls).ok_or_else(|| DataError::Tokenizer(format!("cls token {cls:?} not in vocab.json")))?,
-            id_of(&sep).ok_or_else(|| DataError::Tokenizer(format!("sep token {sep:?} not in vocab.json")))?,
+            id_of(&cls).ok_or_else(|| {
+                DataError::Tokenizer(format!("cls token {cls:?} not in vocab.json"))
+            })?,
+            id_of(&sep).ok_or_else(|| {
+                DataError::Tokenizer(format!("sep token {sep:?} not in vocab.json"))
+            })?,
         );
         let byte_level = json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true});
         Ok(json!({
@@ -172,7 +196,11 @@ impl RobertaTokenizer {
             .map_err(|e| DataError::Tokenizer(e.to_string()))?;
         Ok(Encoded {
             ids: enc.get_ids().to_vec(),
-            word_ids: enc.get_word_ids().iter().map(|w| w.map(|w| w as usize)).collect(),
+            word_ids: enc
+                .get_word_ids()
+                .iter()
+                .map(|w| w.map(|w| w as usize))
+                .collect(),
             offsets: enc.get_offsets().to_vec(),
             tokens: enc.get_tokens().to_vec(),
         })
@@ -181,10 +209,17 @@ impl RobertaTokenizer {
     /// Encodes raw text; offsets are code points into `text`, word ids are the pre-tokenizer's
     /// words (letters, digits and punctuation runs), no truncation.
     pub fn encode_text(&self, text: &str) -> Result<Encoded, DataError> {
-        let enc = self.inner.encode_char_offsets(text, true).map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let enc = self
+            .inner
+            .encode_char_offsets(text, true)
+            .map_err(|e| DataError::Tokenizer(e.to_string()))?;
         Ok(Encoded {
             ids: enc.get_ids().to_vec(),
-            word_ids: enc.get_word_ids().iter().map(|w| w.map(|w| w as usize)).collect(),
+            word_ids: enc
+                .get_word_ids()
+                .iter()
+                .map(|w| w.map(|w| w as usize))
+                .collect(),
             offsets: enc.get_offsets().to_vec(),
             tokens: enc.get_tokens().to_vec(),
         })
@@ -204,7 +239,10 @@ impl RobertaTokenizer {
 /// Special tokens with their `lstrip` flag, from tokenizer_config.json's `added_tokens_decoder`
 /// or special_tokens_map.json, else RoBERTa's defaults.
 fn special_tokens(dir: &Path, config: &Value) -> Result<Vec<(String, bool)>, DataError> {
-    if let Some(decoder) = config.get("added_tokens_decoder").and_then(|d| d.as_object()) {
+    if let Some(decoder) = config
+        .get("added_tokens_decoder")
+        .and_then(|d| d.as_object())
+    {
         let mut items: Vec<(u64, String, bool)> = decoder
             .iter()
             .filter_map(|(id, v)| {
@@ -232,7 +270,10 @@ fn special_tokens(dir: &Path, config: &Value) -> Result<Vec<(String, bool)>, Dat
     ] {
         let v = map.get(name).or_else(|| config.get(name));
         let content = v.and_then(token_content).unwrap_or_else(|| default.into());
-        let lstrip = v.and_then(|v| v.get("lstrip")).and_then(|b| b.as_bool()).unwrap_or(name == "mask_token");
+        let lstrip = v
+            .and_then(|v| v.get("lstrip"))
+            .and_then(|b| b.as_bool())
+            .unwrap_or(name == "mask_token");
         if !out.iter().any(|(c, _)| *c == content) {
             out.push((content, lstrip));
         }
@@ -244,12 +285,18 @@ fn special_tokens(dir: &Path, config: &Value) -> Result<Vec<(String, bool)>, Dat
 /// pre-tokenizer and the RoBERTa post-processor whatever the file says.
 fn force_prefix_space(doc: &mut Value) {
     for key in ["pre_tokenizer", "post_processor"] {
-        let Some(node) = doc.get_mut(key) else { continue };
+        let Some(node) = doc.get_mut(key) else {
+            continue;
+        };
         let mut stack = vec![node];
         while let Some(n) = stack.pop() {
             match n {
                 Value::Object(obj) => {
-                    let ty = obj.get("type").and_then(|t| t.as_str()).unwrap_or_default().to_string();
+                    let ty = obj
+                        .get("type")
+                        .and_then(|t| t.as_str())
+                        .unwrap_or_default()
+                        .to_string();
                     if matches!(ty.as_str(), "ByteLevel" | "RobertaProcessing") {
                         obj.insert("add_prefix_space".into(), Value::Bool(true));
                     }

@@ -31,8 +31,14 @@ pub struct Download {
 /// Why a Hub operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HubError {
-    #[error("HF_HUB_OFFLINE is set and {repo} has no cached {what} (missing: {missing}); run once online or unset HF_HUB_OFFLINE")]
-    Offline { repo: String, what: &'static str, missing: String },
+    #[error(
+        "HF_HUB_OFFLINE is set and {repo} has no cached {what} (missing: {missing}); run once online or unset HF_HUB_OFFLINE"
+    )]
+    Offline {
+        repo: String,
+        what: &'static str,
+        missing: String,
+    },
     #[error("{repo}: {message}")]
     NotFound { repo: String, message: String },
     #[error("{repo}: {message}")]
@@ -65,12 +71,23 @@ impl HubConfig {
                 .unwrap_or_else(|| PathBuf::from(".cache"));
             base.join("huggingface")
         });
-        let cache_dir = var("HF_HUB_CACHE").or_else(|| var("HUGGINGFACE_HUB_CACHE")).map(PathBuf::from).unwrap_or_else(|| home.join("hub"));
+        let cache_dir = var("HF_HUB_CACHE")
+            .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| home.join("hub"));
         let token = var("HF_TOKEN")
             .or_else(|| var("HUGGING_FACE_HUB_TOKEN"))
-            .or_else(|| std::fs::read_to_string(home.join("token")).ok().map(|t| t.trim().to_string()).filter(|t| !t.is_empty()));
+            .or_else(|| {
+                std::fs::read_to_string(home.join("token"))
+                    .ok()
+                    .map(|t| t.trim().to_string())
+                    .filter(|t| !t.is_empty())
+            });
         HubConfig {
-            endpoint: var("HF_ENDPOINT").unwrap_or_else(|| "https://huggingface.co".into()).trim_end_matches('/').to_string(),
+            endpoint: var("HF_ENDPOINT")
+                .unwrap_or_else(|| "https://huggingface.co".into())
+                .trim_end_matches('/')
+                .to_string(),
             token,
             cache_dir,
             offline: var("HF_HUB_OFFLINE").is_some_and(|v| truthy(&v)),
@@ -113,13 +130,24 @@ impl HfProgress for ProgressAdapter<'_> {
 impl ProgressAdapter<'_> {
     fn emit(&mut self) {
         self.last = std::time::Instant::now();
-        (self.sink)(Download { repo: self.repo.clone(), file: self.file.clone(), bytes: self.bytes, total: self.total });
+        (self.sink)(Download {
+            repo: self.repo.clone(),
+            file: self.file.clone(),
+            bytes: self.bytes,
+            total: self.total,
+        });
     }
 }
 
 /// Tokenizer and config files a model run uses, when the repo has them.
-const MODEL_SIDE_FILES: [&str; 6] =
-    ["config.json", "tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"];
+const MODEL_SIDE_FILES: [&str; 6] = [
+    "config.json",
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 
 impl HubClient {
     pub fn new(config: HubConfig) -> Self {
@@ -139,7 +167,10 @@ impl HubClient {
             .with_progress(false)
             .with_retries(2)
             .build()
-            .map_err(|e| HubError::Http { repo: String::new(), message: e.to_string() })
+            .map_err(|e| HubError::Http {
+                repo: String::new(),
+                message: e.to_string(),
+            })
     }
 
     fn repo(kind: RepoType, id: &str, revision: Option<&str>) -> Repo {
@@ -149,20 +180,36 @@ impl HubClient {
     fn http_error(repo: &str, e: ApiError) -> HubError {
         let message = e.to_string();
         if message.contains("404") || message.contains("401") {
-            HubError::NotFound { repo: repo.into(), message: format!("not found or not accessible ({message}); check the id, revision and HF_TOKEN") }
+            HubError::NotFound {
+                repo: repo.into(),
+                message: format!(
+                    "not found or not accessible ({message}); check the id, revision and HF_TOKEN"
+                ),
+            }
         } else {
-            HubError::Http { repo: repo.into(), message }
+            HubError::Http {
+                repo: repo.into(),
+                message,
+            }
         }
     }
 
     /// Files of a repo at a revision.
     fn list_files(&self, repo: &Repo) -> Result<Vec<String>, HubError> {
         let api = self.api()?;
-        let info = api.repo(repo.clone()).info().map_err(|e| Self::http_error(&repo.url(), e))?;
+        let info = api
+            .repo(repo.clone())
+            .info()
+            .map_err(|e| Self::http_error(&repo.url(), e))?;
         Ok(info.siblings.into_iter().map(|s| s.rfilename).collect())
     }
 
-    fn fetch(&self, repo: &Repo, files: &[String], progress: &mut dyn FnMut(Download)) -> Result<PathBuf, HubError> {
+    fn fetch(
+        &self,
+        repo: &Repo,
+        files: &[String],
+        progress: &mut dyn FnMut(Download),
+    ) -> Result<PathBuf, HubError> {
         let api = self.api()?;
         let handle = api.repo(repo.clone());
         let cache = Cache::new(self.config.cache_dir.clone()).repo(repo.clone());
@@ -179,22 +226,35 @@ impl HubClient {
                         last: std::time::Instant::now(),
                         sink: progress,
                     };
-                    handle.download_with_progress(f, adapter).map_err(|e| Self::http_error(&repo.url(), e))?
+                    handle
+                        .download_with_progress(f, adapter)
+                        .map_err(|e| Self::http_error(&repo.url(), e))?
                 }
             };
             snapshot = Some(snapshot_root(&path, f));
         }
-        snapshot.ok_or_else(|| HubError::NotFound { repo: repo.url(), message: "nothing to download".into() })
+        snapshot.ok_or_else(|| HubError::NotFound {
+            repo: repo.url(),
+            message: "nothing to download".into(),
+        })
     }
 
     /// Cached copies only (`HF_HUB_OFFLINE`): the snapshot holding `needed`, and which of
     /// `optional` are there.
-    fn cached(&self, repo: &Repo, needed: &[&[&str]], what: &'static str) -> Result<PathBuf, HubError> {
+    fn cached(
+        &self,
+        repo: &Repo,
+        needed: &[&[&str]],
+        what: &'static str,
+    ) -> Result<PathBuf, HubError> {
         let cache = Cache::new(self.config.cache_dir.clone()).repo(repo.clone());
         let mut root = None;
         let mut missing = Vec::new();
         for alternatives in needed {
-            match alternatives.iter().find_map(|f| cache.get(f).map(|p| (p, *f))) {
+            match alternatives
+                .iter()
+                .find_map(|f| cache.get(f).map(|p| (p, *f)))
+            {
                 Some((p, f)) => root = Some(snapshot_root(&p, f)),
                 None => missing.push(alternatives.join(" or ")),
             }
@@ -211,19 +271,35 @@ impl HubClient {
 
     /// A model repo's config, tokenizer files and one weights format, in the cache; returns the
     /// snapshot directory.
-    pub fn model(&self, id: &str, revision: Option<&str>, progress: &mut dyn FnMut(Download)) -> Result<PathBuf, HubError> {
+    pub fn model(
+        &self,
+        id: &str,
+        revision: Option<&str>,
+        progress: &mut dyn FnMut(Download),
+    ) -> Result<PathBuf, HubError> {
         let repo = Self::repo(RepoType::Model, id, revision);
         if self.config.offline {
             return self.cached(
                 &repo,
-                &[&["config.json"], &["tokenizer.json", "vocab.json"], &["model.safetensors", "pytorch_model.bin"]],
+                &[
+                    &["config.json"],
+                    &["tokenizer.json", "vocab.json"],
+                    &["model.safetensors", "pytorch_model.bin"],
+                ],
                 "model files",
             );
         }
         let files = self.list_files(&repo)?;
-        let mut wanted: Vec<String> = MODEL_SIDE_FILES.iter().filter(|f| files.iter().any(|x| x == *f)).map(|f| f.to_string()).collect();
+        let mut wanted: Vec<String> = MODEL_SIDE_FILES
+            .iter()
+            .filter(|f| files.iter().any(|x| x == *f))
+            .map(|f| f.to_string())
+            .collect();
         if !wanted.iter().any(|f| f == "config.json") {
-            return Err(HubError::NotFound { repo: id.into(), message: "no config.json: not a transformers model".into() });
+            return Err(HubError::NotFound {
+                repo: id.into(),
+                message: "no config.json: not a transformers model".into(),
+            });
         }
         wanted.extend(choose_weights(&files).ok_or_else(|| HubError::NotFound {
             repo: id.into(),
@@ -234,7 +310,13 @@ impl HubClient {
 
     /// A dataset repo's data files for `splits` (plus card and label files); falls back to the
     /// auto-converted `refs/convert/parquet` branch when the revision holds no usable files.
-    pub fn dataset(&self, id: &str, revision: Option<&str>, splits: &[&str], progress: &mut dyn FnMut(Download)) -> Result<PathBuf, HubError> {
+    pub fn dataset(
+        &self,
+        id: &str,
+        revision: Option<&str>,
+        splits: &[&str],
+        progress: &mut dyn FnMut(Download),
+    ) -> Result<PathBuf, HubError> {
         let mut tried = Vec::new();
         let revisions: Vec<Option<&str>> = match revision {
             Some(r) => vec![Some(r)],
@@ -258,14 +340,26 @@ impl HubClient {
                 }
                 Err(e) => return Err(e),
             };
-            let data: Vec<String> = files.iter().filter(|f| is_split_file(f, splits)).cloned().collect();
-            if splits.iter().all(|s| data.iter().any(|f| is_split_file(f, &[s]))) {
+            let data: Vec<String> = files
+                .iter()
+                .filter(|f| is_split_file(f, splits))
+                .cloned()
+                .collect();
+            if splits
+                .iter()
+                .all(|s| data.iter().any(|f| is_split_file(f, &[s])))
+            {
                 let mut wanted = data;
                 wanted.extend(
-                    ["README.md", "labels.json", "dataset_info.json", "dataset_infos.json"]
-                        .iter()
-                        .filter(|f| files.iter().any(|x| x == *f))
-                        .map(|f| f.to_string()),
+                    [
+                        "README.md",
+                        "labels.json",
+                        "dataset_info.json",
+                        "dataset_infos.json",
+                    ]
+                    .iter()
+                    .filter(|f| files.iter().any(|x| x == *f))
+                    .map(|f| f.to_string()),
                 );
                 let root = self.fetch(&repo, &wanted, progress)?;
                 // The parquet branch has no card: bring the main branch's for ClassLabel names.
@@ -280,9 +374,19 @@ impl HubClient {
             tried.push(rev.unwrap_or("main").to_string());
         }
         if self.config.offline {
-            return Err(HubError::Offline { repo: format!("datasets/{id}"), what: "dataset files", missing: format!("splits {splits:?} (revisions tried: {})", tried.join(", ")) });
+            return Err(HubError::Offline {
+                repo: format!("datasets/{id}"),
+                what: "dataset files",
+                missing: format!("splits {splits:?} (revisions tried: {})", tried.join(", ")),
+            });
         }
-        Err(HubError::NotFound { repo: format!("datasets/{id}"), message: format!("no data files for splits {splits:?} (revisions tried: {})", tried.join(", ")) })
+        Err(HubError::NotFound {
+            repo: format!("datasets/{id}"),
+            message: format!(
+                "no data files for splits {splits:?} (revisions tried: {})",
+                tried.join(", ")
+            ),
+        })
     }
 }
 
@@ -306,7 +410,12 @@ pub fn choose_weights(files: &[String]) -> Option<Vec<String>> {
         if has(&index) {
             let stem = single.split('.').next().unwrap_or_default();
             let mut v = vec![index];
-            v.extend(files.iter().filter(|f| f.starts_with(&format!("{stem}-")) && !f.ends_with(".json")).cloned());
+            v.extend(
+                files
+                    .iter()
+                    .filter(|f| f.starts_with(&format!("{stem}-")) && !f.ends_with(".json"))
+                    .cloned(),
+            );
             return Some(v);
         }
     }
@@ -315,8 +424,14 @@ pub fn choose_weights(files: &[String]) -> Option<Vec<String>> {
 
 /// A data file of one of `splits`: `train.jsonl`, `data/train-0000.parquet`, `default/train/0000.parquet`.
 pub fn is_split_file(path: &str, splits: &[&str]) -> bool {
-    let data_ext = [".parquet", ".jsonl", ".json", ".csv"].iter().any(|e| path.ends_with(e));
-    if !data_ext || path.ends_with("dataset_info.json") || path.ends_with("labels.json") || path.ends_with("dataset_infos.json") {
+    let data_ext = [".parquet", ".jsonl", ".json", ".csv"]
+        .iter()
+        .any(|e| path.ends_with(e));
+    if !data_ext
+        || path.ends_with("dataset_info.json")
+        || path.ends_with("labels.json")
+        || path.ends_with("dataset_infos.json")
+    {
         return false;
     }
     let parts: Vec<&str> = path.split('/').collect();
@@ -348,11 +463,25 @@ mod tests {
 
     #[test]
     fn weights_preference() {
-        assert_eq!(choose_weights(&v(&["pytorch_model.bin", "model.safetensors"])), Some(v(&["model.safetensors"])));
-        assert_eq!(choose_weights(&v(&["pytorch_model.bin", "config.json"])), Some(v(&["pytorch_model.bin"])));
         assert_eq!(
-            choose_weights(&v(&["model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"])),
-            Some(v(&["model.safetensors.index.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]))
+            choose_weights(&v(&["pytorch_model.bin", "model.safetensors"])),
+            Some(v(&["model.safetensors"]))
+        );
+        assert_eq!(
+            choose_weights(&v(&["pytorch_model.bin", "config.json"])),
+            Some(v(&["pytorch_model.bin"]))
+        );
+        assert_eq!(
+            choose_weights(&v(&[
+                "model.safetensors.index.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"
+            ])),
+            Some(v(&[
+                "model.safetensors.index.json",
+                "model-00001-of-00002.safetensors",
+                "model-00002-of-00002.safetensors"
+            ]))
         );
         assert_eq!(choose_weights(&v(&["tf_model.h5"])), None);
     }
@@ -360,7 +489,10 @@ mod tests {
     #[test]
     fn split_files() {
         assert!(is_split_file("default/train/0000.parquet", &["train"]));
-        assert!(is_split_file("data/validation-00000-of-00001.parquet", &["validation"]));
+        assert!(is_split_file(
+            "data/validation-00000-of-00001.parquet",
+            &["validation"]
+        ));
         assert!(is_split_file("test.jsonl", &["test"]));
         assert!(!is_split_file("README.md", &["train"]));
         assert!(!is_split_file("data/train.txt", &["train"]));

@@ -12,7 +12,10 @@ use sha2::{Digest, Sha256};
 use super::{HubConfig, HubError};
 
 fn err(repo: &str, what: &str, e: impl std::fmt::Display) -> HubError {
-    HubError::Http { repo: repo.into(), message: format!("{what}: {e}") }
+    HubError::Http {
+        repo: repo.into(),
+        message: format!("{what}: {e}"),
+    }
 }
 
 fn files_under(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
@@ -24,7 +27,11 @@ fn files_under(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(dir).expect("walked from dir: this is a bug").to_string_lossy().replace('\\', "/");
+                let rel = p
+                    .strip_prefix(dir)
+                    .expect("walked from dir: this is a bug")
+                    .to_string_lossy()
+                    .replace('\\', "/");
                 out.push((rel, p));
             }
         }
@@ -35,15 +42,33 @@ fn files_under(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
 
 /// Pushes every file of `dir` plus `README.md` = `card` to `repo_id` (created if needed,
 /// `private` honoured). Returns the commit URL (or oid).
-pub fn push_model(cfg: &HubConfig, repo_id: &str, private: bool, dir: &Path, card: &str, summary: &str) -> Result<String, HubError> {
+pub fn push_model(
+    cfg: &HubConfig,
+    repo_id: &str,
+    private: bool,
+    dir: &Path,
+    card: &str,
+    summary: &str,
+) -> Result<String, HubError> {
     if cfg.offline {
-        return Err(HubError::Http { repo: repo_id.into(), message: "HF_HUB_OFFLINE is set: cannot push".into() });
+        return Err(HubError::Http {
+            repo: repo_id.into(),
+            message: "HF_HUB_OFFLINE is set: cannot push".into(),
+        });
     }
-    let token = cfg.token.clone().ok_or_else(|| HubError::Http { repo: repo_id.into(), message: "pushing needs HF_TOKEN".into() })?;
+    let token = cfg.token.clone().ok_or_else(|| HubError::Http {
+        repo: repo_id.into(),
+        message: "pushing needs HF_TOKEN".into(),
+    })?;
     let auth = format!("Bearer {token}");
-    let agent = ureq::AgentBuilder::new().timeout_connect(std::time::Duration::from_secs(30)).build();
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(std::time::Duration::from_secs(30))
+        .build();
     let ep = &cfg.endpoint;
-    let (org, name) = repo_id.split_once('/').ok_or_else(|| HubError::Http { repo: repo_id.into(), message: "repo_id must be owner/name".into() })?;
+    let (org, name) = repo_id.split_once('/').ok_or_else(|| HubError::Http {
+        repo: repo_id.into(),
+        message: "repo_id must be owner/name".into(),
+    })?;
 
     match agent
         .post(&format!("{ep}/api/repos/create"))
@@ -107,24 +132,32 @@ pub fn push_model(cfg: &HubConfig, repo_id: &str, private: bool, dir: &Path, car
             .map_err(|e| err(repo_id, "lfs batch response", e))?;
         for obj in batch["objects"].as_array().into_iter().flatten() {
             let oid = obj["oid"].as_str().unwrap_or_default();
-            let Some((path, _, bytes)) = lfs.iter().find(|(_, o, _)| o == oid) else { continue };
+            let Some((path, _, bytes)) = lfs.iter().find(|(_, o, _)| o == oid) else {
+                continue;
+            };
             if let Some(e) = obj.get("error") {
                 return Err(err(repo_id, &format!("lfs {path}"), e));
             }
-            let Some(upload) = obj.pointer("/actions/upload") else { continue }; // already stored
-            let href = upload["href"].as_str().ok_or_else(|| err(repo_id, "lfs", "upload action without href"))?;
+            let Some(upload) = obj.pointer("/actions/upload") else {
+                continue;
+            }; // already stored
+            let href = upload["href"]
+                .as_str()
+                .ok_or_else(|| err(repo_id, "lfs", "upload action without href"))?;
             let mut req = agent.put(href);
             for (k, v) in upload["header"].as_object().into_iter().flatten() {
                 req = req.set(k, v.as_str().unwrap_or_default());
             }
-            req.send_bytes(bytes).map_err(|e| err(repo_id, &format!("lfs upload {path}"), e))?;
+            req.send_bytes(bytes)
+                .map_err(|e| err(repo_id, &format!("lfs upload {path}"), e))?;
             if let Some(verify) = obj.pointer("/actions/verify") {
                 let href = verify["href"].as_str().unwrap_or_default();
                 let mut req = agent.post(href).set("Authorization", &auth);
                 for (k, v) in verify["header"].as_object().into_iter().flatten() {
                     req = req.set(k, v.as_str().unwrap_or_default());
                 }
-                req.send_json(json!({"oid": oid, "size": bytes.len()})).map_err(|e| err(repo_id, &format!("lfs verify {path}"), e))?;
+                req.send_json(json!({"oid": oid, "size": bytes.len()}))
+                    .map_err(|e| err(repo_id, &format!("lfs verify {path}"), e))?;
             }
         }
     }
@@ -137,7 +170,11 @@ pub fn push_model(cfg: &HubConfig, repo_id: &str, private: bool, dir: &Path, car
         .map_err(|e| err(repo_id, "commit", e))?
         .into_json()
         .map_err(|e| err(repo_id, "commit response", e))?;
-    Ok(resp["commitUrl"].as_str().or(resp["commitOid"].as_str()).unwrap_or("committed").to_string())
+    Ok(resp["commitUrl"]
+        .as_str()
+        .or(resp["commitOid"].as_str())
+        .unwrap_or("committed")
+        .to_string())
 }
 
 fn hex(bytes: &[u8]) -> String {

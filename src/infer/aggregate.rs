@@ -39,7 +39,11 @@ impl FromStr for Strategy {
             "first" => Strategy::First,
             "average" => Strategy::Average,
             "max" => Strategy::Max,
-            _ => return Err(format!("aggregation_strategy must be none, simple, first, average or max, got {s:?}")),
+            _ => {
+                return Err(format!(
+                    "aggregation_strategy must be none, simple, first, average or max, got {s:?}"
+                ));
+            }
         })
     }
 }
@@ -113,7 +117,9 @@ fn aggregate_word(group: &[&TokenScores], strategy: Strategy, labels: &[String])
             let best = group
                 .iter()
                 .fold(None::<&TokenScores>, |acc, t| match acc {
-                    Some(a) if a.scores[argmax(&a.scores)] >= t.scores[argmax(&t.scores)] => Some(a),
+                    Some(a) if a.scores[argmax(&a.scores)] >= t.scores[argmax(&t.scores)] => {
+                        Some(a)
+                    }
                     _ => Some(*t),
                 })
                 .expect("non-empty word group: this is a bug");
@@ -122,7 +128,12 @@ fn aggregate_word(group: &[&TokenScores], strategy: Strategy, labels: &[String])
         }
         Strategy::Average => {
             let n = labels.len();
-            let mean: Vec<f32> = (0..n).map(|l| (group.iter().map(|t| t.scores[l] as f64).sum::<f64>() / group.len() as f64) as f32).collect();
+            let mean: Vec<f32> = (0..n)
+                .map(|l| {
+                    (group.iter().map(|t| t.scores[l] as f64).sum::<f64>() / group.len() as f64)
+                        as f32
+                })
+                .collect();
             let i = argmax(&mean);
             (i, mean[i])
         }
@@ -131,7 +142,12 @@ fn aggregate_word(group: &[&TokenScores], strategy: Strategy, labels: &[String])
             (i, group[0].scores[i])
         }
     };
-    Labeled { label: labels[label].clone(), score, start: group[0].start, end: group[group.len() - 1].end }
+    Labeled {
+        label: labels[label].clone(),
+        score,
+        start: group[0].start,
+        end: group[group.len() - 1].end,
+    }
 }
 
 /// The pipeline's `group_entities` followed by the `ignore_labels=["O"]` filter.
@@ -154,19 +170,36 @@ fn group_entities(items: Vec<Labeled>, span: &dyn Fn(usize, usize) -> String) ->
     groups
         .into_iter()
         .filter_map(|g| {
-            let group_label = g[0].label.split_once('-').map(|(_, t)| t.to_string()).unwrap_or_else(|| g[0].label.clone());
+            let group_label = g[0]
+                .label
+                .split_once('-')
+                .map(|(_, t)| t.to_string())
+                .unwrap_or_else(|| g[0].label.clone());
             if group_label == "O" {
                 return None;
             }
             let score = (g.iter().map(|e| e.score as f64).sum::<f64>() / g.len() as f64) as f32;
             let (start, end) = (g[0].start, g[g.len() - 1].end);
-            Some(Entity { entity_group: Some(group_label), entity: None, score, word: span(start, end), start, end, index: None })
+            Some(Entity {
+                entity_group: Some(group_label),
+                entity: None,
+                score,
+                word: span(start, end),
+                start,
+                end,
+                index: None,
+            })
         })
         .collect()
 }
 
 /// Aggregates token scores into entities; `span(start, end)` renders the text of a span.
-pub fn aggregate(tokens: &[TokenScores], labels: &[String], strategy: Strategy, span: &dyn Fn(usize, usize) -> String) -> Vec<Entity> {
+pub fn aggregate(
+    tokens: &[TokenScores],
+    labels: &[String],
+    strategy: Strategy,
+    span: &dyn Fn(usize, usize) -> String,
+) -> Vec<Entity> {
     match strategy {
         Strategy::None => tokens
             .iter()
@@ -188,7 +221,12 @@ pub fn aggregate(tokens: &[TokenScores], labels: &[String], strategy: Strategy, 
                 .iter()
                 .map(|t| {
                     let i = argmax(&t.scores);
-                    Labeled { label: labels[i].clone(), score: t.scores[i], start: t.start, end: t.end }
+                    Labeled {
+                        label: labels[i].clone(),
+                        score: t.scores[i],
+                        start: t.start,
+                        end: t.end,
+                    }
                 })
                 .collect();
             group_entities(items, span)
@@ -201,7 +239,10 @@ pub fn aggregate(tokens: &[TokenScores], labels: &[String], strategy: Strategy, 
                     _ => words.push(vec![t]),
                 }
             }
-            let items = words.iter().map(|w| aggregate_word(w, strategy, labels)).collect();
+            let items = words
+                .iter()
+                .map(|w| aggregate_word(w, strategy, labels))
+                .collect();
             group_entities(items, span)
         }
     }
@@ -216,7 +257,13 @@ mod tests {
     }
 
     fn tok(index: usize, start: usize, end: usize, word: usize, s: [f32; 3]) -> TokenScores {
-        TokenScores { index, start, end, word_id: Some(word), scores: s.to_vec() }
+        TokenScores {
+            index,
+            start,
+            end,
+            word_id: Some(word),
+            scores: s.to_vec(),
+        }
     }
 
     #[test]
@@ -248,7 +295,10 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!(e[0].word, "home");
         // two sub-tokens of one word: average picks the mean
-        let t = vec![tok(1, 0, 2, 0, [0.6, 0.4, 0.0]), tok(2, 2, 4, 0, [0.0, 1.0, 0.0])];
+        let t = vec![
+            tok(1, 0, 2, 0, [0.6, 0.4, 0.0]),
+            tok(2, 2, 4, 0, [0.0, 1.0, 0.0]),
+        ];
         let e = aggregate(&t, &labels(), Strategy::Average, &span);
         assert_eq!((e[0].start, e[0].end), (0, 4));
         assert!((e[0].score - 0.7).abs() < 1e-6);

@@ -21,8 +21,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::Serialize;
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::data::batch::HostBatch;
 use crate::data::RobertaTokenizer;
+use crate::data::batch::HostBatch;
 use crate::model::backend::{BackendTask, Resolved, dispatch};
 use crate::model::{HeadInit, LoadError, load_token_classifier};
 
@@ -47,7 +47,13 @@ pub struct DetectorOptions {
 
 impl Default for DetectorOptions {
     fn default() -> Self {
-        DetectorOptions { queue: 256, batch_tokens: 8192, batch_wait: Duration::from_millis(2), stride: 128, window: None }
+        DetectorOptions {
+            queue: 256,
+            batch_tokens: 8192,
+            batch_wait: Duration::from_millis(2),
+            stride: 128,
+            window: None,
+        }
     }
 }
 
@@ -156,17 +162,29 @@ fn fingerprint(dir: &Path) -> String {
         if let Ok(m) = std::fs::metadata(dir.join(f)) {
             h.update(f.as_bytes());
             h.update(m.len().to_le_bytes());
-            if let Ok(t) = m.modified().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).map_err(std::io::Error::other)) {
+            if let Ok(t) = m.modified().and_then(|t| {
+                t.duration_since(std::time::UNIX_EPOCH)
+                    .map_err(std::io::Error::other)
+            }) {
                 h.update(t.as_nanos().to_le_bytes());
             }
         }
     }
-    h.finalize().iter().take(6).map(|b| format!("{b:02x}")).collect()
+    h.finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 impl Detector {
     /// Loads an HF model directory onto `device` and starts its executor thread.
-    pub fn load(name: &str, dir: &Path, device: Resolved, opts: DetectorOptions) -> Result<Self, DetectError> {
+    pub fn load(
+        name: &str,
+        dir: &Path,
+        device: Resolved,
+        opts: DetectorOptions,
+    ) -> Result<Self, DetectError> {
         let tokenizer = RobertaTokenizer::from_dir(dir)?;
         let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<(Vec<String>, usize), LoadError>>();
@@ -189,7 +207,12 @@ impl Detector {
                     }
                 }
                 fn executor<B: Backend>(t: Task, device: &B::Device) {
-                    let (model, config) = match load_token_classifier::<B>(&t.dir, None, HeadInit::FromCheckpoint, device) {
+                    let (model, config) = match load_token_classifier::<B>(
+                        &t.dir,
+                        None,
+                        HeadInit::FromCheckpoint,
+                        device,
+                    ) {
                         Ok((m, c, _)) => (m, c),
                         Err(e) => {
                             let _ = t.ready.send(Err(e));
@@ -198,14 +221,35 @@ impl Detector {
                     };
                     let labels = config.labels().unwrap_or_default();
                     let _ = t.ready.send(Ok((labels, config.max_tokens())));
-                    run_executor(&model, &t.rx, t.batch_tokens, t.batch_wait, config.pad_token_id as u32, device);
+                    run_executor(
+                        &model,
+                        &t.rx,
+                        t.batch_tokens,
+                        t.batch_wait,
+                        config.pad_token_id as u32,
+                        device,
+                    );
                 }
-                dispatch(device, Task { dir: dir_owned, rx, ready: ready_tx, batch_tokens, batch_wait });
+                dispatch(
+                    device,
+                    Task {
+                        dir: dir_owned,
+                        rx,
+                        ready: ready_tx,
+                        batch_tokens,
+                        batch_wait,
+                    },
+                );
             })
             .map_err(|e| DetectError::Invalid(format!("cannot start executor thread: {e}")))?;
-        let (labels, max_tokens) = ready_rx.recv().map_err(|_| DetectError::Stopped(name.into()))??;
+        let (labels, max_tokens) = ready_rx
+            .recv()
+            .map_err(|_| DetectError::Stopped(name.into()))??;
         if labels.is_empty() {
-            return Err(DetectError::Invalid(format!("{}: config.json has no id2label", dir.display())));
+            return Err(DetectError::Invalid(format!(
+                "{}: config.json has no id2label",
+                dir.display()
+            )));
         }
         let max_tokens = max_tokens.min(tokenizer.model_max_length.unwrap_or(usize::MAX));
         let info = ModelInfo {
@@ -217,12 +261,22 @@ impl Detector {
             max_tokens,
             job_id: None,
         };
-        Ok(Detector { info, tokenizer, tx, permits: Arc::new(Semaphore::new(opts.queue.max(1))), opts })
+        Ok(Detector {
+            info,
+            tokenizer,
+            tx,
+            permits: Arc::new(Semaphore::new(opts.queue.max(1))),
+            opts,
+        })
     }
 
     /// Window size (content tokens + 2 special tokens).
     fn window(&self) -> usize {
-        self.opts.window.map(|w| w.min(self.info.max_tokens)).unwrap_or(self.info.max_tokens).max(3)
+        self.opts
+            .window
+            .map(|w| w.min(self.info.max_tokens))
+            .unwrap_or(self.info.max_tokens)
+            .max(3)
     }
 
     /// Encodes one piece of input with its windows.
@@ -241,7 +295,13 @@ impl Detector {
                 s
             })
             .collect();
-        Piece { enc, char_offset, windows, owner, seqs }
+        Piece {
+            enc,
+            char_offset,
+            windows,
+            owner,
+            seqs,
+        }
     }
 
     /// Cuts an input into pieces: the whole text when it fits the window (the pipeline's
@@ -266,7 +326,14 @@ impl Detector {
         }
     }
 
-    fn postprocess(&self, pieces: &[Piece], probs: &[Vec<Vec<f32>>], input: Either<'_>, strategy: Strategy, threshold: Option<f64>) -> TextResult {
+    fn postprocess(
+        &self,
+        pieces: &[Piece],
+        probs: &[Vec<Vec<f32>>],
+        input: Either<'_>,
+        strategy: Strategy,
+        threshold: Option<f64>,
+    ) -> TextResult {
         let mut entities = Vec::new();
         let mut probs = probs.iter();
         for p in pieces {
@@ -276,13 +343,23 @@ impl Detector {
                     let w = p.owner[i];
                     let pos = i - p.windows[w].start + 1; // +1 for <s>
                     let (start, end) = p.enc.offsets[i + 1];
-                    TokenScores { index: i + 1, start: start + p.char_offset, end: end + p.char_offset, word_id: p.enc.word_ids[i + 1], scores: mine[w][pos].clone() }
+                    TokenScores {
+                        index: i + 1,
+                        start: start + p.char_offset,
+                        end: end + p.char_offset,
+                        word_id: p.enc.word_ids[i + 1],
+                        scores: mine[w][pos].clone(),
+                    }
                 })
                 .collect();
             entities.extend(match input {
                 Either::Text(text) => {
                     let chars: Vec<char> = text.chars().collect();
-                    let span = |s: usize, e: usize| chars[s.min(chars.len())..e.min(chars.len())].iter().collect::<String>();
+                    let span = |s: usize, e: usize| {
+                        chars[s.min(chars.len())..e.min(chars.len())]
+                            .iter()
+                            .collect::<String>()
+                    };
                     aggregate(&tokens, &self.info.labels, strategy, &span)
                 }
                 Either::Words(words) => {
@@ -295,7 +372,9 @@ impl Detector {
                             t
                         })
                         .collect();
-                    let span = |s: usize, e: usize| words[s.min(words.len())..e.min(words.len())].join(" ");
+                    let span = |s: usize, e: usize| {
+                        words[s.min(words.len())..e.min(words.len())].join(" ")
+                    };
                     aggregate(&by_word, &self.info.labels, strategy, &span)
                 }
             });
@@ -303,7 +382,10 @@ impl Detector {
         if let Some(th) = threshold {
             entities.retain(|e| e.score as f64 >= th);
         }
-        TextResult { entities, windows: pieces.iter().map(|p| p.seqs.len()).sum() }
+        TextResult {
+            entities,
+            windows: pieces.iter().map(|p| p.seqs.len()).sum(),
+        }
     }
 
     fn inputs(input: &Input) -> Vec<Either<'_>> {
@@ -315,29 +397,74 @@ impl Detector {
     }
 
     /// Detects entities; fails fast with `Busy` when the queue is full.
-    pub async fn detect(&self, input: Input, strategy: Strategy, threshold: Option<f64>, long: LongText) -> Result<DetectOutput, DetectError> {
-        let _permit = self.permits.clone().try_acquire_owned().map_err(|_| DetectError::Busy(self.info.name.clone()))?;
+    pub async fn detect(
+        &self,
+        input: Input,
+        strategy: Strategy,
+        threshold: Option<f64>,
+        long: LongText,
+    ) -> Result<DetectOutput, DetectError> {
+        let _permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| DetectError::Busy(self.info.name.clone()))?;
         let items = Self::inputs(&input);
-        let prepared: Vec<Vec<Piece>> = items.iter().map(|i| self.prepare(*i, long)).collect::<Result<_, _>>()?;
+        let prepared: Vec<Vec<Piece>> = items
+            .iter()
+            .map(|i| self.prepare(*i, long))
+            .collect::<Result<_, _>>()?;
         let (reply, rx) = oneshot::channel();
-        let seqs: Vec<Vec<u32>> = prepared.iter().flatten().flat_map(|p| p.seqs.iter().cloned()).collect();
-        self.tx.send(Job { seqs, reply }).map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
-        let probs = rx.await.map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
+        let seqs: Vec<Vec<u32>> = prepared
+            .iter()
+            .flatten()
+            .flat_map(|p| p.seqs.iter().cloned())
+            .collect();
+        self.tx
+            .send(Job { seqs, reply })
+            .map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
+        let probs = rx
+            .await
+            .map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
         Ok(self.assemble(&prepared, probs, &items, strategy, threshold))
     }
 
     /// Blocking variant for the CLI and benchmarks (no queue bound).
-    pub fn detect_blocking(&self, input: Input, strategy: Strategy, threshold: Option<f64>, long: LongText) -> Result<DetectOutput, DetectError> {
+    pub fn detect_blocking(
+        &self,
+        input: Input,
+        strategy: Strategy,
+        threshold: Option<f64>,
+        long: LongText,
+    ) -> Result<DetectOutput, DetectError> {
         let items = Self::inputs(&input);
-        let prepared: Vec<Vec<Piece>> = items.iter().map(|i| self.prepare(*i, long)).collect::<Result<_, _>>()?;
+        let prepared: Vec<Vec<Piece>> = items
+            .iter()
+            .map(|i| self.prepare(*i, long))
+            .collect::<Result<_, _>>()?;
         let (reply, rx) = oneshot::channel();
-        let seqs: Vec<Vec<u32>> = prepared.iter().flatten().flat_map(|p| p.seqs.iter().cloned()).collect();
-        self.tx.send(Job { seqs, reply }).map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
-        let probs = rx.blocking_recv().map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
+        let seqs: Vec<Vec<u32>> = prepared
+            .iter()
+            .flatten()
+            .flat_map(|p| p.seqs.iter().cloned())
+            .collect();
+        self.tx
+            .send(Job { seqs, reply })
+            .map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
+        let probs = rx
+            .blocking_recv()
+            .map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
         Ok(self.assemble(&prepared, probs, &items, strategy, threshold))
     }
 
-    fn assemble(&self, prepared: &[Vec<Piece>], probs: Probs, items: &[Either<'_>], strategy: Strategy, threshold: Option<f64>) -> DetectOutput {
+    fn assemble(
+        &self,
+        prepared: &[Vec<Piece>],
+        probs: Probs,
+        items: &[Either<'_>],
+        strategy: Strategy,
+        threshold: Option<f64>,
+    ) -> DetectOutput {
         let mut probs = probs.into_iter();
         let results = prepared
             .iter()
@@ -348,7 +475,11 @@ impl Detector {
                 self.postprocess(pieces, &mine, *input, strategy, threshold)
             })
             .collect();
-        DetectOutput { model: self.info.name.clone(), model_version: self.info.version.clone(), results }
+        DetectOutput {
+            model: self.info.name.clone(),
+            model_version: self.info.version.clone(),
+            results,
+        }
     }
 
     /// Requests currently waiting or running.
@@ -402,9 +533,16 @@ fn run_executor<B: Backend>(
             continue;
         }
         // (job, seq) pairs sorted by length; batches bounded by padded tokens.
-        let mut order: Vec<(usize, usize)> = jobs.iter().enumerate().flat_map(|(j, job)| (0..job.seqs.len()).map(move |s| (j, s))).collect();
+        let mut order: Vec<(usize, usize)> = jobs
+            .iter()
+            .enumerate()
+            .flat_map(|(j, job)| (0..job.seqs.len()).map(move |s| (j, s)))
+            .collect();
         order.sort_by_key(|(j, s)| jobs[*j].seqs[*s].len());
-        let mut out: Vec<Vec<Vec<Vec<f32>>>> = jobs.iter().map(|j| vec![Vec::new(); j.seqs.len()]).collect();
+        let mut out: Vec<Vec<Vec<Vec<f32>>>> = jobs
+            .iter()
+            .map(|j| vec![Vec::new(); j.seqs.len()])
+            .collect();
         let mut i = 0;
         while i < order.len() {
             let mut end = i + 1;
@@ -415,16 +553,25 @@ fn run_executor<B: Backend>(
                 }
                 end += 1;
             }
-            let items: Vec<(&[u32], Option<&[i64]>)> = order[i..end].iter().map(|(j, s)| (jobs[*j].seqs[*s].as_slice(), None)).collect();
+            let items: Vec<(&[u32], Option<&[i64]>)> = order[i..end]
+                .iter()
+                .map(|(j, s)| (jobs[*j].seqs[*s].as_slice(), None))
+                .collect();
             let seq = items.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
             let host = HostBatch::collate_ids(items.into_iter(), seq, pad_id);
             let batch = host.to_device::<B>(device);
             let logits = model.forward(batch.input_ids, batch.attention_mask); // [batch, seq, labels]
             let [_, _, c] = logits.dims();
-            let probs: Vec<f32> = softmax(logits, 2).into_data().convert::<f32>().to_vec().expect("f32 probabilities: this is a bug");
+            let probs: Vec<f32> = softmax(logits, 2)
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .expect("f32 probabilities: this is a bug");
             for (row, (j, s)) in order[i..end].iter().enumerate() {
                 let len = jobs[*j].seqs[*s].len();
-                out[*j][*s] = (0..len).map(|t| probs[(row * seq + t) * c..(row * seq + t + 1) * c].to_vec()).collect();
+                out[*j][*s] = (0..len)
+                    .map(|t| probs[(row * seq + t) * c..(row * seq + t + 1) * c].to_vec())
+                    .collect();
             }
             i = end;
         }

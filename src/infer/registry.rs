@@ -18,32 +18,57 @@ pub struct Registry {
 
 impl Registry {
     pub fn new(device: Resolved, opts: DetectorOptions) -> Self {
-        Registry { models: RwLock::new(BTreeMap::new()), device, opts }
+        Registry {
+            models: RwLock::new(BTreeMap::new()),
+            device,
+            opts,
+        }
     }
 
     /// The model deployed under `name`.
     pub fn get(&self, name: &str) -> Option<Arc<Detector>> {
-        self.models.read().expect("registry lock poisoned: this is a bug").get(name).cloned()
+        self.models
+            .read()
+            .expect("registry lock poisoned: this is a bug")
+            .get(name)
+            .cloned()
     }
 
     /// Descriptions of every deployed model.
     pub fn list(&self) -> Vec<ModelInfo> {
-        self.models.read().expect("registry lock poisoned: this is a bug").values().map(|d| d.info.clone()).collect()
+        self.models
+            .read()
+            .expect("registry lock poisoned: this is a bug")
+            .values()
+            .map(|d| d.info.clone())
+            .collect()
     }
 
     /// Loads `dir` and deploys it under `name`, replacing any model of that name once the new
     /// one is ready (blocking: call from a blocking thread).
-    pub fn deploy(&self, name: &str, dir: &Path, job_id: Option<String>) -> Result<ModelInfo, DetectError> {
+    pub fn deploy(
+        &self,
+        name: &str,
+        dir: &Path,
+        job_id: Option<String>,
+    ) -> Result<ModelInfo, DetectError> {
         let mut detector = Detector::load(name, dir, self.device, self.opts.clone())?;
         detector.info.job_id = job_id;
         let info = detector.info.clone();
-        self.models.write().expect("registry lock poisoned: this is a bug").insert(name.to_string(), Arc::new(detector));
+        self.models
+            .write()
+            .expect("registry lock poisoned: this is a bug")
+            .insert(name.to_string(), Arc::new(detector));
         tracing::info!(model = name, version = %info.version, path = %dir.display(), "model deployed");
         Ok(info)
     }
 
     /// Removes a deployed model; in-flight requests finish.
     pub fn remove(&self, name: &str) -> bool {
-        self.models.write().expect("registry lock poisoned: this is a bug").remove(name).is_some()
+        self.models
+            .write()
+            .expect("registry lock poisoned: this is a bug")
+            .remove(name)
+            .is_some()
     }
 }

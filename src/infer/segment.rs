@@ -35,7 +35,9 @@ pub fn sentences(text: &str) -> Vec<(usize, usize)> {
             start = i + 1;
         } else if matches!(c, '.' | '!' | '?' | '…') {
             let mut j = i + 1;
-            while j < chars.len() && (matches!(chars[j], '.' | '!' | '?' | '…') || CLOSERS.contains(&chars[j])) {
+            while j < chars.len()
+                && (matches!(chars[j], '.' | '!' | '?' | '…') || CLOSERS.contains(&chars[j]))
+            {
                 j += 1;
             }
             if j == chars.len() || chars[j].is_whitespace() {
@@ -56,13 +58,22 @@ mod tests {
     use super::*;
 
     fn texts(t: &str) -> Vec<String> {
-        sentences(t).into_iter().map(|(s, e)| t.chars().skip(s).take(e - s).collect()).collect()
+        sentences(t)
+            .into_iter()
+            .map(|(s, e)| t.chars().skip(s).take(e - s).collect())
+            .collect()
     }
 
     #[test]
     fn splits_on_end_punctuation_and_lines() {
-        assert_eq!(texts("Hola món. Què tal?\nBé… i tu!"), vec!["Hola món.", "Què tal?", "Bé…", "i tu!"]);
-        assert_eq!(texts("Va dir: «Prou.» I se'n va anar"), vec!["Va dir: «Prou.»", "I se'n va anar"]);
+        assert_eq!(
+            texts("Hola món. Què tal?\nBé… i tu!"),
+            vec!["Hola món.", "Què tal?", "Bé…", "i tu!"]
+        );
+        assert_eq!(
+            texts("Va dir: «Prou.» I se'n va anar"),
+            vec!["Va dir: «Prou.»", "I se'n va anar"]
+        );
         assert_eq!(texts("1.500 € i 2,5 km"), vec!["1.500 € i 2,5 km"]);
         assert!(texts("   \n ").is_empty());
     }

@@ -48,7 +48,12 @@ impl ModelRef {
     /// The CSV `model` value.
     pub fn display_name(&self) -> String {
         self.name.clone().unwrap_or_else(|| {
-            self.checkpoint.trim_end_matches('/').rsplit('/').next().unwrap_or(&self.checkpoint).to_string()
+            self.checkpoint
+                .trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .unwrap_or(&self.checkpoint)
+                .to_string()
         })
     }
 }
@@ -109,7 +114,11 @@ pub struct HubSpec {
 
 impl Default for HubSpec {
     fn default() -> Self {
-        HubSpec { push: false, repo_id: None, private: true }
+        HubSpec {
+            push: false,
+            repo_id: None,
+            private: true,
+        }
     }
 }
 
@@ -137,13 +146,20 @@ fn is_hub_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     (1..=2).contains(&parts.len())
         && parts.iter().all(|p| {
-            !p.is_empty() && p.len() <= 96 && !p.starts_with('.') && p.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            !p.is_empty()
+                && p.len() <= 96
+                && !p.starts_with('.')
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         })
 }
 
 fn check_name(field: &str, v: &str) -> Result<(), FieldError> {
     if v.is_empty() || v.len() > 200 || v.chars().any(|c| c.is_control()) {
-        return Err(FieldError::new(field, format!("must be 1-200 printable characters, got {v:?}")));
+        return Err(FieldError::new(
+            field,
+            format!("must be 1-200 printable characters, got {v:?}"),
+        ));
     }
     Ok(())
 }
@@ -155,7 +171,10 @@ impl JobSpec {
         let spec: JobSpec = serde_path_to_error::deserialize(de).map_err(|e| {
             let path = e.path().to_string();
             let msg = e.into_inner().to_string();
-            let field = match msg.strip_prefix("missing field `").and_then(|r| r.split('`').next()) {
+            let field = match msg
+                .strip_prefix("missing field `")
+                .and_then(|r| r.split('`').next())
+            {
                 Some(missing) if path == "." => missing.to_string(),
                 Some(missing) => format!("{path}.{missing}"),
                 None if path == "." => "body".to_string(),
@@ -174,14 +193,23 @@ impl JobSpec {
             check_name("model.name", n)?;
         }
         let d = &self.dataset;
-        let sources = [d.path.is_some(), d.hub_id.is_some(), d.id.is_some()].iter().filter(|x| **x).count();
+        let sources = [d.path.is_some(), d.hub_id.is_some(), d.id.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
         if sources != 1 {
-            return Err(FieldError::new("dataset", "needs exactly one of path, hub_id or id"));
+            return Err(FieldError::new(
+                "dataset",
+                "needs exactly one of path, hub_id or id",
+            ));
         }
         if let Some(h) = &d.hub_id
             && !is_hub_id(h)
         {
-            return Err(FieldError::new("dataset.hub_id", format!("must look like owner/name, got {h:?}")));
+            return Err(FieldError::new(
+                "dataset.hub_id",
+                format!("must look like owner/name, got {h:?}"),
+            ));
         }
         for (f, v) in [
             ("dataset.train_split", &d.train_split),
@@ -196,11 +224,21 @@ impl JobSpec {
             if labels.len() < 2 {
                 return Err(FieldError::new("dataset.labels", "needs at least 2 labels"));
             }
-            crate::metrics::LabelScheme::new(labels).map_err(|e| FieldError::new("dataset.labels", e.to_string()))?;
+            crate::metrics::LabelScheme::new(labels)
+                .map_err(|e| FieldError::new("dataset.labels", e.to_string()))?;
         }
         self.training.validate(d.labels.as_ref().map(|l| l.len()))?;
-        if self.hub.push && self.hub.repo_id.as_deref().is_none_or(|r| !is_hub_id(r) || !r.contains('/')) {
-            return Err(FieldError::new("hub.repo_id", "must be owner/name when hub.push is true"));
+        if self.hub.push
+            && self
+                .hub
+                .repo_id
+                .as_deref()
+                .is_none_or(|r| !is_hub_id(r) || !r.contains('/'))
+        {
+            return Err(FieldError::new(
+                "hub.repo_id",
+                "must be owner/name when hub.push is true",
+            ));
         }
         if let Some(name) = &self.deploy_as
             && !(1..=64).contains(&name.len())
@@ -208,9 +246,14 @@ impl JobSpec {
             return Err(FieldError::new("deploy_as", "must be 1-64 characters"));
         }
         if let Some(name) = &self.deploy_as
-            && !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            && !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return Err(FieldError::new("deploy_as", format!("may use letters, digits, '-', '_' and '.', got {name:?}")));
+            return Err(FieldError::new(
+                "deploy_as",
+                format!("may use letters, digits, '-', '_' and '.', got {name:?}"),
+            ));
         }
         Ok(())
     }
@@ -218,7 +261,11 @@ impl JobSpec {
     /// Whether `model.checkpoint` names a Hub repository rather than a local directory.
     pub fn model_is_hub(&self) -> bool {
         let c = &self.model.checkpoint;
-        !(c.starts_with('/') || c.starts_with('.') || c.starts_with('~') || std::path::Path::new(c).exists()) && is_hub_id(c)
+        !(c.starts_with('/')
+            || c.starts_with('.')
+            || c.starts_with('~')
+            || std::path::Path::new(c).exists())
+            && is_hub_id(c)
     }
 }
 
@@ -242,11 +289,17 @@ mod tests {
     fn errors_name_the_field() {
         let e = parse(r#"{"model": {"checkpoint": "x"}, "dataset": {"path": "d"}, "training": {"learning_rate": -1}}"#).unwrap_err();
         assert_eq!(e.to_string(), "training.learning_rate must be > 0, got -1");
-        let e = parse(r#"{"model": {"checkpoint": "x"}, "dataset": {"path": "d"}, "training": {"lr": 1}}"#).unwrap_err();
+        let e = parse(
+            r#"{"model": {"checkpoint": "x"}, "dataset": {"path": "d"}, "training": {"lr": 1}}"#,
+        )
+        .unwrap_err();
         assert_eq!(e.field, "training.lr");
-        let e = parse(r#"{"model": {"checkpoint": "x"}, "dataset": {"path": "d"}, "seed": "a"}"#).unwrap_err();
+        let e = parse(r#"{"model": {"checkpoint": "x"}, "dataset": {"path": "d"}, "seed": "a"}"#)
+            .unwrap_err();
         assert_eq!(e.field, "seed");
-        let e = parse(r#"{"model": {"checkpoint": "x"}, "dataset": {"path": "d", "hub_id": "a/b"}}"#).unwrap_err();
+        let e =
+            parse(r#"{"model": {"checkpoint": "x"}, "dataset": {"path": "d", "hub_id": "a/b"}}"#)
+                .unwrap_err();
         assert_eq!(e.field, "dataset");
         let e = parse(r#"{"model": {"checkpoint": "x"}}"#).unwrap_err();
         assert_eq!(e.field, "dataset");

@@ -56,7 +56,12 @@ impl Shared {
     /// Stores an event and broadcasts it.
     pub async fn emit(&self, job_id: &str, kind: &str, data: Value) -> Result<(), StoreError> {
         let row = store::events::insert(&self.pool, job_id, kind, &data.to_string()).await?;
-        let _ = self.events.send(JobEvent { id: row.id, job_id: job_id.into(), kind: kind.into(), data });
+        let _ = self.events.send(JobEvent {
+            id: row.id,
+            job_id: job_id.into(),
+            kind: kind.into(),
+            data,
+        });
         Ok(())
     }
 
@@ -88,7 +93,14 @@ pub struct Worker {
     shutdown: watch::Receiver<bool>,
 }
 
-fn progress_json(stage: &str, epoch: usize, epochs: usize, step: usize, steps: usize, eta: Option<f64>) -> Value {
+fn progress_json(
+    stage: &str,
+    epoch: usize,
+    epochs: usize,
+    step: usize,
+    steps: usize,
+    eta: Option<f64>,
+) -> Value {
     json!({"stage": stage, "epoch": epoch, "epochs": epochs, "step": step, "steps": steps, "eta_seconds": eta.map(|e| e.round())})
 }
 
@@ -121,7 +133,9 @@ impl Worker {
         if *self.shutdown.borrow() {
             return Ok(Outcome::Idle);
         }
-        let Some(row) = store::jobs::claim_next(&self.shared.pool).await? else { return Ok(Outcome::Idle) };
+        let Some(row) = store::jobs::claim_next(&self.shared.pool).await? else {
+            return Ok(Outcome::Idle);
+        };
         let id = row.id.clone();
         let status = self.run_job(row).await?;
         Ok(Outcome::Ran { id, status })
@@ -134,19 +148,29 @@ impl Worker {
         let output_dir = PathBuf::from(&row.output_dir);
         let resume = row.attempts > 1;
         tracing::info!(job = %id, attempt = row.attempts, resume, "job started");
-        sh.emit(&id, "status", json!({"status": "running", "attempt": row.attempts, "resumed": resume})).await?;
+        sh.emit(
+            &id,
+            "status",
+            json!({"status": "running", "attempt": row.attempts, "resumed": resume}),
+        )
+        .await?;
         store::jobs::set_device(&sh.pool, &id, &sh.device.to_string()).await?;
 
         let cancel = CancelToken::new();
-        sh.running.lock().expect("running map poisoned: this is a bug").insert(id.clone(), cancel.clone());
+        sh.running
+            .lock()
+            .expect("running map poisoned: this is a bug")
+            .insert(id.clone(), cancel.clone());
         // A cancel requested while queued->running raced: honour it.
         if store::jobs::cancel_requested(&sh.pool, &id).await? {
             cancel.cancel();
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-        let (done_tx, mut done_rx) = tokio::sync::oneshot::channel::<Result<RunOutcome, TrainError>>();
+        let (done_tx, mut done_rx) =
+            tokio::sync::oneshot::channel::<Result<RunOutcome, TrainError>>();
         let thread_ctx = sh.ctx.clone();
-        let (thread_spec, thread_out, device, thread_cancel) = (spec.clone(), output_dir.clone(), sh.device, cancel.clone());
+        let (thread_spec, thread_out, device, thread_cancel) =
+            (spec.clone(), output_dir.clone(), sh.device, cancel.clone());
         std::thread::Builder::new()
             .name(format!("train-{}", &id[..8.min(id.len())]))
             .spawn(move || {
@@ -155,7 +179,8 @@ impl Worker {
                     let mut dl = |d: Download| {
                         let _ = tx2.send(Msg::Download(d));
                     };
-                    let cfg = run_config(&thread_spec, &thread_ctx, &thread_out, device, &mut dl).map_err(|e| match e {
+                    let cfg = run_config(&thread_spec, &thread_ctx, &thread_out, device, &mut dl)
+                        .map_err(|e| match e {
                         ResolveError::Field(f) => TrainError::Spec(f),
                         ResolveError::Data(d) => TrainError::Data(d),
                         ResolveError::Hub(h) => TrainError::Checkpoint(format!("hub: {h}")),
@@ -171,7 +196,8 @@ impl Worker {
         let mut epochs = spec.training.num_train_epochs;
         let mut steps_total = 0usize;
         let mut base = None;
-        let (mut last_progress, mut last_cancel_check) = (Instant::now() - Duration::from_secs(10), Instant::now());
+        let (mut last_progress, mut last_cancel_check) =
+            (Instant::now() - Duration::from_secs(10), Instant::now());
         let started = Instant::now();
         let mut first_step: Option<(usize, Instant)> = None;
         let mut shutdown = self.shutdown.clone();
@@ -248,8 +274,21 @@ impl Worker {
                 }
             }
         };
-        sh.running.lock().expect("running map poisoned: this is a bug").remove(&id);
-        let status = self.finish(&id, &spec, &output_dir, row.results_csv.as_deref(), base, result, started).await?;
+        sh.running
+            .lock()
+            .expect("running map poisoned: this is a bug")
+            .remove(&id);
+        let status = self
+            .finish(
+                &id,
+                &spec,
+                &output_dir,
+                row.results_csv.as_deref(),
+                base,
+                result,
+                started,
+            )
+            .await?;
         tracing::info!(job = %id, %status, "job ended");
         Ok(status)
     }
@@ -268,17 +307,31 @@ impl Worker {
         let sh = &self.shared;
         if let Err(TrainError::Interrupted { checkpoint }) = &result {
             store::jobs::requeue(&sh.pool, id).await?;
-            sh.emit(id, "status", json!({"status": "queued", "reason": "shutdown", "checkpoint": checkpoint})).await?;
+            sh.emit(
+                id,
+                "status",
+                json!({"status": "queued", "reason": "shutdown", "checkpoint": checkpoint}),
+            )
+            .await?;
             return Ok("queued".into());
         }
-        let mut row = CsvRow::new(&spec.model.display_name(), &spec.model.checkpoint, spec.seed, spec.training.gradient_accumulation_steps);
+        let mut row = CsvRow::new(
+            &spec.model.display_name(),
+            &spec.model.checkpoint,
+            spec.seed,
+            spec.training.gradient_accumulation_steps,
+        );
         let (status, mut finish) = match &result {
             Ok(o) => {
                 row.succeed(o);
                 let f = Finish {
                     status: "succeeded",
                     best_epoch: Some(o.best_epoch as i64),
-                    best_checkpoint: o.epochs.iter().find(|e| e.epoch == o.best_epoch).map(|e| e.checkpoint.clone()),
+                    best_checkpoint: o
+                        .epochs
+                        .iter()
+                        .find(|e| e.epoch == o.best_epoch)
+                        .map(|e| e.checkpoint.clone()),
                     best_model_dir: Some(o.best_model_dir.display().to_string()),
                     improvement_f1: Some(o.improvement_f1),
                     ..Default::default()
@@ -290,19 +343,36 @@ impl Worker {
                     row.set_base(b);
                 }
                 row.fail(e);
-                let status = if matches!(e, TrainError::Cancelled) { "cancelled" } else { "failed" };
-                (status, Finish { status, error: Some(row.error.clone()), ..Default::default() })
+                let status = if matches!(e, TrainError::Cancelled) {
+                    "cancelled"
+                } else {
+                    "failed"
+                };
+                (
+                    status,
+                    Finish {
+                        status,
+                        error: Some(row.error.clone()),
+                        ..Default::default()
+                    },
+                )
             }
         };
         finish.csv_row = Some(serde_json::to_string(&row.cells())?);
         let _ = std::fs::create_dir_all(output_dir);
-        let csv_path = results_csv.map(PathBuf::from).unwrap_or_else(|| output_dir.join("results.csv"));
+        let csv_path = results_csv
+            .map(PathBuf::from)
+            .unwrap_or_else(|| output_dir.join("results.csv"));
         if let Err(e) = append_csv(&csv_path, &row) {
             tracing::warn!(job = %id, error = %e, "could not write results.csv");
         }
         let report = match &result {
-            Ok(o) => json!({"status": status, "job_id": id, "spec": spec, "outcome": o, "versions": crate::cli::versions(), "total_seconds": started.elapsed().as_secs_f64()}),
-            Err(e) => json!({"status": status, "job_id": id, "spec": spec, "error": format!("{}: {e}", e.kind()), "base_test": base, "versions": crate::cli::versions(), "total_seconds": started.elapsed().as_secs_f64()}),
+            Ok(o) => {
+                json!({"status": status, "job_id": id, "spec": spec, "outcome": o, "versions": crate::cli::versions(), "total_seconds": started.elapsed().as_secs_f64()})
+            }
+            Err(e) => {
+                json!({"status": status, "job_id": id, "spec": spec, "error": format!("{}: {e}", e.kind()), "base_test": base, "versions": crate::cli::versions(), "total_seconds": started.elapsed().as_secs_f64()})
+            }
         };
         if let Err(e) = crate::model::export::write_json(&output_dir.join("report.json"), &report) {
             tracing::warn!(job = %id, error = %e, "could not write report.json");
@@ -310,11 +380,31 @@ impl Worker {
         store::jobs::finish(&sh.pool, id, &finish).await?;
         if let Ok(o) = &result {
             if let Some(name) = &spec.deploy_as {
-                let (registry, dir, job) = (sh.registry.clone(), o.best_model_dir.clone(), id.to_string());
+                let (registry, dir, job) = (
+                    sh.registry.clone(),
+                    o.best_model_dir.clone(),
+                    id.to_string(),
+                );
                 let name2 = name.clone();
-                match tokio::task::spawn_blocking(move || registry.deploy(&name2, &dir, Some(job))).await {
-                    Ok(Ok(info)) => sh.emit(id, "deployed", json!({"model": info.name, "version": info.version})).await?,
-                    Ok(Err(e)) => sh.emit(id, "deploy_failed", json!({"model": name, "error": e.to_string()})).await?,
+                match tokio::task::spawn_blocking(move || registry.deploy(&name2, &dir, Some(job)))
+                    .await
+                {
+                    Ok(Ok(info)) => {
+                        sh.emit(
+                            id,
+                            "deployed",
+                            json!({"model": info.name, "version": info.version}),
+                        )
+                        .await?
+                    }
+                    Ok(Err(e)) => {
+                        sh.emit(
+                            id,
+                            "deploy_failed",
+                            json!({"model": name, "error": e.to_string()}),
+                        )
+                        .await?
+                    }
                     Err(e) => tracing::error!(error = %e, "deploy task panicked"),
                 }
             }
@@ -330,27 +420,58 @@ impl Worker {
 
 /// Pushes a succeeded job's best model; records the outcome on the job, never fails it.
 /// `outcome` is the run's outcome as JSON (as in report.json).
-pub async fn push_job(sh: &Shared, id: &str, spec: &JobSpec, best_model_dir: &Path, outcome: &Value) -> Result<(), StoreError> {
+pub async fn push_job(
+    sh: &Shared,
+    id: &str,
+    spec: &JobSpec,
+    best_model_dir: &Path,
+    outcome: &Value,
+) -> Result<(), StoreError> {
     let repo = spec.hub.repo_id.clone().unwrap_or_default();
     store::jobs::set_push(&sh.pool, id, "pending", None, None).await?;
     let card = crate::hub::card::model_card(spec, outcome);
-    let (cfg, dir, private) = (sh.ctx.hub.as_ref().map(|h| h.config.clone()), best_model_dir.to_path_buf(), spec.hub.private);
+    let (cfg, dir, private) = (
+        sh.ctx.hub.as_ref().map(|h| h.config.clone()),
+        best_model_dir.to_path_buf(),
+        spec.hub.private,
+    );
     let repo2 = repo.clone();
     let result = tokio::task::spawn_blocking(move || match cfg {
-        Some(cfg) => crate::hub::push_model(&cfg, &repo2, private, &dir, &card, "Upload model fine-tuned with metafora"),
-        None => Err(crate::hub::HubError::Http { repo: repo2, message: "Hub is not configured".into() }),
+        Some(cfg) => crate::hub::push_model(
+            &cfg,
+            &repo2,
+            private,
+            &dir,
+            &card,
+            "Upload model fine-tuned with metafora",
+        ),
+        None => Err(crate::hub::HubError::Http {
+            repo: repo2,
+            message: "Hub is not configured".into(),
+        }),
     })
     .await
-    .unwrap_or_else(|e| Err(crate::hub::HubError::Http { repo: repo.clone(), message: format!("push task panicked: {e}") }));
+    .unwrap_or_else(|e| {
+        Err(crate::hub::HubError::Http {
+            repo: repo.clone(),
+            message: format!("push task panicked: {e}"),
+        })
+    });
     match result {
         Ok(url) => {
             store::jobs::set_push(&sh.pool, id, "pushed", None, Some(&url)).await?;
-            sh.emit(id, "pushed", json!({"repo_id": repo, "url": url})).await?;
+            sh.emit(id, "pushed", json!({"repo_id": repo, "url": url}))
+                .await?;
         }
         Err(e) => {
             tracing::warn!(job = %id, error = %e, "push failed");
             store::jobs::set_push(&sh.pool, id, "failed", Some(&e.to_string()), None).await?;
-            sh.emit(id, "push_failed", json!({"repo_id": repo, "error": e.to_string()})).await?;
+            sh.emit(
+                id,
+                "push_failed",
+                json!({"repo_id": repo, "error": e.to_string()}),
+            )
+            .await?;
         }
     }
     Ok(())

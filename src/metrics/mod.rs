@@ -32,7 +32,9 @@ pub struct LabelScheme {
 }
 
 fn is_prefixed(label: &str) -> bool {
-    ["B-", "I-", "E-", "S-"].iter().any(|p| label.starts_with(p) && label.len() > 2)
+    ["B-", "I-", "E-", "S-"]
+        .iter()
+        .any(|p| label.starts_with(p) && label.len() > 2)
 }
 
 impl LabelScheme {
@@ -55,7 +57,11 @@ impl LabelScheme {
             };
             match display.get(&ty) {
                 Some(existing) if *existing != name => {
-                    return Err(MetricsError::Collision(owner[&ty].clone(), label.clone(), ty));
+                    return Err(MetricsError::Collision(
+                        owner[&ty].clone(),
+                        label.clone(),
+                        ty,
+                    ));
                 }
                 _ => {
                     display.insert(ty.clone(), name);
@@ -63,12 +69,18 @@ impl LabelScheme {
                 }
             }
         }
-        Ok(LabelScheme { labels: labels.to_vec(), display })
+        Ok(LabelScheme {
+            labels: labels.to_vec(),
+            display,
+        })
     }
 
     /// The label name reported for a seqeval type.
     pub fn name_of_type(&self, ty: &str) -> String {
-        self.display.get(ty).cloned().unwrap_or_else(|| ty.to_string())
+        self.display
+            .get(ty)
+            .cloned()
+            .unwrap_or_else(|| ty.to_string())
     }
 }
 
@@ -84,13 +96,25 @@ pub struct Metrics {
 
 impl Metrics {
     /// Scores word-level label sequences with seqeval semantics.
-    pub fn compute<S: AsRef<str>>(scheme: &LabelScheme, gold: &[Vec<S>], pred: &[Vec<S>]) -> Result<Self, MetricsError> {
+    pub fn compute<S: AsRef<str>>(
+        scheme: &LabelScheme,
+        gold: &[Vec<S>],
+        pred: &[Vec<S>],
+    ) -> Result<Self, MetricsError> {
         if gold.len() != pred.len() {
-            return Err(MetricsError::Shape(format!("{} gold sentences but {} predicted", gold.len(), pred.len())));
+            return Err(MetricsError::Shape(format!(
+                "{} gold sentences but {} predicted",
+                gold.len(),
+                pred.len()
+            )));
         }
         for (i, (g, p)) in gold.iter().zip(pred).enumerate() {
             if g.len() != p.len() {
-                return Err(MetricsError::Shape(format!("sentence {i}: {} gold labels but {} predicted", g.len(), p.len())));
+                return Err(MetricsError::Shape(format!(
+                    "sentence {i}: {} gold labels but {} predicted",
+                    g.len(),
+                    p.len()
+                )));
             }
         }
         let r = seqeval::report(gold, pred);
@@ -99,18 +123,40 @@ impl Metrics {
             .labels
             .iter()
             .filter(|l| *l != "O")
-            .map(|l| (scheme.name_of_type(&seqeval::tag_and_type(l).1), Prf { precision: 0.0, recall: 0.0, f1: 0.0, support: 0 }))
+            .map(|l| {
+                (
+                    scheme.name_of_type(&seqeval::tag_and_type(l).1),
+                    Prf {
+                        precision: 0.0,
+                        recall: 0.0,
+                        f1: 0.0,
+                        support: 0,
+                    },
+                )
+            })
             .collect();
         for (ty, prf) in r.per_type {
             per_label.insert(scheme.name_of_type(&ty), prf);
         }
-        Ok(Metrics { precision: r.micro.precision, recall: r.micro.recall, f1: r.micro.f1, accuracy: r.accuracy, per_label })
+        Ok(Metrics {
+            precision: r.micro.precision,
+            recall: r.micro.recall,
+            f1: r.micro.f1,
+            accuracy: r.accuracy,
+            per_label,
+        })
     }
 
     /// Scores label-id sequences.
-    pub fn from_ids(scheme: &LabelScheme, gold: &[Vec<usize>], pred: &[Vec<usize>]) -> Result<Self, MetricsError> {
+    pub fn from_ids(
+        scheme: &LabelScheme,
+        gold: &[Vec<usize>],
+        pred: &[Vec<usize>],
+    ) -> Result<Self, MetricsError> {
         let names = |v: &[Vec<usize>]| -> Vec<Vec<&str>> {
-            v.iter().map(|s| s.iter().map(|i| scheme.labels[*i].as_str()).collect()).collect()
+            v.iter()
+                .map(|s| s.iter().map(|i| scheme.labels[*i].as_str()).collect())
+                .collect()
         };
         Self::compute(scheme, &names(gold), &names(pred))
     }
@@ -127,17 +173,30 @@ mod tests {
     #[test]
     fn plain_label_reported_under_its_name() {
         let scheme = LabelScheme::new(&l(&["O", "METAPHOR"])).unwrap();
-        let m = Metrics::compute(&scheme, &[l(&["O", "METAPHOR"])], &[l(&["O", "METAPHOR"])]).unwrap();
+        let m =
+            Metrics::compute(&scheme, &[l(&["O", "METAPHOR"])], &[l(&["O", "METAPHOR"])]).unwrap();
         assert_eq!(m.per_label.keys().collect::<Vec<_>>(), vec!["METAPHOR"]);
         assert_eq!(m.f1, 1.0);
     }
 
     #[test]
     fn rejects_labels_seqeval_misreads() {
-        assert_eq!(LabelScheme::new(&l(&["O", "BODY"])), Err(MetricsError::MisreadPrefix("BODY".into())));
-        assert_eq!(LabelScheme::new(&l(&["O", "SIMIL"])), Err(MetricsError::MisreadPrefix("SIMIL".into())));
-        assert!(matches!(LabelScheme::new(&l(&["O", "MET", "NET"])), Err(MetricsError::Collision(..))));
-        assert!(matches!(LabelScheme::new(&l(&["O", "B-ETAPHOR", "METAPHOR"])), Err(MetricsError::Collision(..))));
+        assert_eq!(
+            LabelScheme::new(&l(&["O", "BODY"])),
+            Err(MetricsError::MisreadPrefix("BODY".into()))
+        );
+        assert_eq!(
+            LabelScheme::new(&l(&["O", "SIMIL"])),
+            Err(MetricsError::MisreadPrefix("SIMIL".into()))
+        );
+        assert!(matches!(
+            LabelScheme::new(&l(&["O", "MET", "NET"])),
+            Err(MetricsError::Collision(..))
+        ));
+        assert!(matches!(
+            LabelScheme::new(&l(&["O", "B-ETAPHOR", "METAPHOR"])),
+            Err(MetricsError::Collision(..))
+        ));
         assert!(LabelScheme::new(&l(&["O", "B-METAPHOR", "I-METAPHOR"])).is_ok());
     }
 

@@ -22,7 +22,14 @@ pub fn tag_and_type(chunk: &str) -> (char, String) {
         Some((_, after)) => after,
         None => rest,
     };
-    (tag, if ty.is_empty() { "_".to_string() } else { ty.to_string() })
+    (
+        tag,
+        if ty.is_empty() {
+            "_".to_string()
+        } else {
+            ty.to_string()
+        },
+    )
 }
 
 fn end_of_chunk(prev_tag: char, tag: char, prev_type: &str, ty: &str) -> bool {
@@ -40,7 +47,9 @@ fn start_of_chunk(prev_tag: char, tag: char, prev_type: &str, ty: &str) -> bool 
 
 /// seqeval `get_entities` over sentences (flattened with an `O` after each sentence).
 pub fn get_entities<S: AsRef<str>>(sentences: &[Vec<S>]) -> Vec<Entity> {
-    let flat = sentences.iter().flat_map(|s| s.iter().map(|x| x.as_ref()).chain(std::iter::once("O")));
+    let flat = sentences
+        .iter()
+        .flat_map(|s| s.iter().map(|x| x.as_ref()).chain(std::iter::once("O")));
     let (mut prev_tag, mut prev_type) = ('O', String::new());
     let mut begin = 0;
     let mut chunks = Vec::new();
@@ -70,11 +79,28 @@ pub struct Prf {
 impl Prf {
     /// seqeval's `_prf_divide` with zero_division -> 0 and `beta = 1`.
     fn from_counts(tp: usize, pred: usize, truth: usize) -> Self {
-        let precision = if pred == 0 { 0.0 } else { tp as f64 / pred as f64 };
-        let recall = if truth == 0 { 0.0 } else { tp as f64 / truth as f64 };
+        let precision = if pred == 0 {
+            0.0
+        } else {
+            tp as f64 / pred as f64
+        };
+        let recall = if truth == 0 {
+            0.0
+        } else {
+            tp as f64 / truth as f64
+        };
         let denom = 1.0 * precision + recall;
-        let f1 = if denom == 0.0 { 0.0 } else { (1.0 + 1.0) * precision * recall / denom };
-        Prf { precision, recall, f1, support: truth }
+        let f1 = if denom == 0.0 {
+            0.0
+        } else {
+            (1.0 + 1.0) * precision * recall / denom
+        };
+        Prf {
+            precision,
+            recall,
+            f1,
+            support: truth,
+        }
     }
 }
 
@@ -121,7 +147,11 @@ pub fn report<S: AsRef<str>>(y_true: &[Vec<S>], y_pred: &[Vec<S>]) -> Report {
     }
     Report {
         micro: Prf::from_counts(tp_all, pred_all, true_all),
-        accuracy: if total == 0 { 0.0 } else { correct as f64 / total as f64 },
+        accuracy: if total == 0 {
+            0.0
+        } else {
+            correct as f64 / total as f64
+        },
         per_type,
     }
 }
@@ -137,7 +167,10 @@ mod tests {
     #[test]
     fn plain_labels_merge_adjacent_runs() {
         // seqeval_examples ex3: [METAPHOR METAPHOR O O] -> one entity (ETAPHOR, 0, 1)
-        assert_eq!(get_entities(&[s(&["METAPHOR", "METAPHOR", "O", "O"])]), vec![("ETAPHOR".into(), 0, 1)]);
+        assert_eq!(
+            get_entities(&[s(&["METAPHOR", "METAPHOR", "O", "O"])]),
+            vec![("ETAPHOR".into(), 0, 1)]
+        );
     }
 
     #[test]
@@ -152,8 +185,14 @@ mod tests {
     #[test]
     fn b_prefixed_plain_label_splits_every_token() {
         // ex6: BODY BODY -> (ODY,0,0), (ODY,1,1); IDIOM IDIOM -> (DIOM,0,1)
-        assert_eq!(get_entities(&[s(&["BODY", "BODY", "O"])]), vec![("ODY".into(), 0, 0), ("ODY".into(), 1, 1)]);
-        assert_eq!(get_entities(&[s(&["IDIOM", "IDIOM", "O"])]), vec![("DIOM".into(), 0, 1)]);
+        assert_eq!(
+            get_entities(&[s(&["BODY", "BODY", "O"])]),
+            vec![("ODY".into(), 0, 0), ("ODY".into(), 1, 1)]
+        );
+        assert_eq!(
+            get_entities(&[s(&["IDIOM", "IDIOM", "O"])]),
+            vec![("DIOM".into(), 0, 1)]
+        );
     }
 
     #[test]
@@ -161,14 +200,21 @@ mod tests {
         // ex10: [B-METAPHOR, METAPHOR, I-METAPHOR] -> (METAPHOR,0,0), (ETAPHOR,1,1), (METAPHOR,2,2)
         assert_eq!(
             get_entities(&[s(&["B-METAPHOR", "METAPHOR", "I-METAPHOR"])]),
-            vec![("METAPHOR".into(), 0, 0), ("ETAPHOR".into(), 1, 1), ("METAPHOR".into(), 2, 2)]
+            vec![
+                ("METAPHOR".into(), 0, 0),
+                ("ETAPHOR".into(), 1, 1),
+                ("METAPHOR".into(), 2, 2)
+            ]
         );
     }
 
     #[test]
     fn no_entities_gives_zeros_not_nan() {
         let r = report(&[s(&["O", "O"])], &[s(&["O", "O"])]);
-        assert_eq!((r.micro.precision, r.micro.recall, r.micro.f1, r.accuracy), (0.0, 0.0, 0.0, 1.0));
+        assert_eq!(
+            (r.micro.precision, r.micro.recall, r.micro.f1, r.accuracy),
+            (0.0, 0.0, 0.0, 1.0)
+        );
         assert!(r.per_type.is_empty());
     }
 }

@@ -114,10 +114,14 @@ impl DeviceSpec {
                     if n < count {
                         return Ok(Resolved::Cuda(n));
                     }
-                    Err(format!("cuda:{n} requested but {count} CUDA device(s) found"))
+                    Err(format!(
+                        "cuda:{n} requested but {count} CUDA device(s) found"
+                    ))
                 }
                 #[cfg(not(feature = "cuda"))]
-                Err(format!("cuda:{n} requested but this binary was built without the `cuda` feature"))
+                Err(format!(
+                    "cuda:{n} requested but this binary was built without the `cuda` feature"
+                ))
             }
         }
     }
@@ -131,9 +135,14 @@ pub fn cuda_device_count() -> usize {
     // SAFETY: cuInit and cuDeviceGetCount have these C signatures in every CUDA driver
     // (cuda.h); the library stays loaded for the process lifetime.
     unsafe {
-        let Ok(lib) = libloading::Library::new("libcuda.so.1") else { return 0 };
+        let Ok(lib) = libloading::Library::new("libcuda.so.1") else {
+            return 0;
+        };
         let lib = Box::leak(Box::new(lib));
-        let (Ok(init), Ok(count)) = (lib.get::<CuInit>(b"cuInit\0"), lib.get::<CuCount>(b"cuDeviceGetCount\0")) else {
+        let (Ok(init), Ok(count)) = (
+            lib.get::<CuInit>(b"cuInit\0"),
+            lib.get::<CuCount>(b"cuDeviceGetCount\0"),
+        ) else {
             return 0;
         };
         if init(0) != 0 {
@@ -159,7 +168,9 @@ pub fn dispatch<T: BackendTask>(resolved: Resolved, task: T) -> T::Output {
     match resolved {
         Resolved::Cpu => task.run::<CpuTrain>(Default::default(), resolved),
         #[cfg(feature = "cuda")]
-        Resolved::Cuda(n) => task.run::<CudaTrain>(burn::backend::cuda::CudaDevice::new(n), resolved),
+        Resolved::Cuda(n) => {
+            task.run::<CudaTrain>(burn::backend::cuda::CudaDevice::new(n), resolved)
+        }
     }
 }
 

@@ -99,12 +99,13 @@ impl RobertaConfig {
             path: path.clone(),
             source: e,
         })?;
-        let config: RobertaConfig =
-            serde_json::from_str(&text).map_err(|e| LoadError::Config {
-                path: path.clone(),
-                message: e.to_string(),
-            })?;
-        config.validate().map_err(|message| LoadError::Config { path, message })?;
+        let config: RobertaConfig = serde_json::from_str(&text).map_err(|e| LoadError::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        config
+            .validate()
+            .map_err(|message| LoadError::Config { path, message })?;
         Ok(config)
     }
 
@@ -113,14 +114,17 @@ impl RobertaConfig {
         if self.hidden_size == 0 || self.num_attention_heads == 0 {
             return Err("hidden_size and num_attention_heads must be > 0".into());
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
             ));
         }
         if self.hidden_act != "gelu" {
-            return Err(format!("hidden_act {:?} is not supported (only \"gelu\")", self.hidden_act));
+            return Err(format!(
+                "hidden_act {:?} is not supported (only \"gelu\")",
+                self.hidden_act
+            ));
         }
         if self.position_embedding_type != "absolute" {
             return Err(format!(
@@ -155,8 +159,16 @@ impl RobertaConfig {
 
     /// Sets `id2label`/`label2id` and the token-classification architecture.
     pub fn with_labels(mut self, labels: &[String]) -> Self {
-        self.id2label = labels.iter().enumerate().map(|(i, l)| (i.to_string(), l.clone())).collect();
-        self.label2id = labels.iter().enumerate().map(|(i, l)| (l.clone(), i as i64)).collect();
+        self.id2label = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i.to_string(), l.clone()))
+            .collect();
+        self.label2id = labels
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.clone(), i as i64))
+            .collect();
         self.architectures = vec!["RobertaForTokenClassification".into()];
         self
     }
@@ -167,7 +179,13 @@ impl RobertaConfig {
     }
 
     /// A small config for unit tests and benchmarks (`roberta-base` when called with base sizes).
-    pub fn synthetic(hidden: usize, layers: usize, heads: usize, intermediate: usize, vocab: usize) -> Self {
+    pub fn synthetic(
+        hidden: usize,
+        layers: usize,
+        heads: usize,
+        intermediate: usize,
+        vocab: usize,
+    ) -> Self {
         RobertaConfig {
             vocab_size: vocab,
             hidden_size: hidden,

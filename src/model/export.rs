@@ -11,39 +11,60 @@ use burn::tensor::TensorData;
 use burn::tensor::backend::Backend;
 use safetensors::Dtype;
 
+use super::LoadError;
 use super::config::RobertaConfig;
 use super::loader::hf_tensors;
 use super::roberta::RobertaForTokenClassification;
-use super::LoadError;
 
 /// Tokenizer files copied next to an exported model when the source has them.
-pub const TOKENIZER_FILES: [&str; 5] =
-    ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"];
+pub const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
 
 /// Writes (key, f32 data) pairs as one safetensors file, atomically (temp file + rename).
 pub fn write_safetensors(path: &Path, tensors: &[(String, TensorData)]) -> Result<(), LoadError> {
-    let io = |e: std::io::Error| LoadError::Io { path: path.to_path_buf(), source: e };
+    let io = |e: std::io::Error| LoadError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
         .iter()
         .map(|(k, d)| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, d.shape.to_vec(), d.as_bytes())
-                .map_err(|e| LoadError::Format { path: path.into(), message: format!("{k}: {e}") })?;
+            let view =
+                safetensors::tensor::TensorView::new(Dtype::F32, d.shape.to_vec(), d.as_bytes())
+                    .map_err(|e| LoadError::Format {
+                        path: path.into(),
+                        message: format!("{k}: {e}"),
+                    })?;
             Ok((k.clone(), view))
         })
         .collect::<Result<_, LoadError>>()?;
     let mut metadata = std::collections::HashMap::new();
     metadata.insert("format".to_string(), "pt".to_string());
     let tmp = path.with_extension("safetensors.tmp");
-    safetensors::serialize_to_file(views, Some(metadata), &tmp)
-        .map_err(|e| LoadError::Format { path: path.into(), message: e.to_string() })?;
+    safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| LoadError::Format {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 
 /// Writes a JSON value atomically.
 pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), LoadError> {
-    let io = |e: std::io::Error| LoadError::Io { path: path.to_path_buf(), source: e };
+    let io = |e: std::io::Error| LoadError::Io {
+        path: path.to_path_buf(),
+        source: e,
+    };
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(value).expect("serialising JSON: this is a bug")).map_err(io)?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(value).expect("serialising JSON: this is a bug"),
+    )
+    .map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)
 }
 
@@ -57,12 +78,17 @@ pub fn save_hf_dir<B: Backend>(
     tokenizer_json: Option<&str>,
     out: &Path,
 ) -> Result<(), LoadError> {
-    std::fs::create_dir_all(out).map_err(|e| LoadError::Io { path: out.into(), source: e })?;
+    std::fs::create_dir_all(out).map_err(|e| LoadError::Io {
+        path: out.into(),
+        source: e,
+    })?;
     let tensors = hf_tensors(model);
     write_safetensors(&out.join("model.safetensors"), &tensors)?;
     let mut config = config.clone();
     config.architectures = vec!["RobertaForTokenClassification".into()];
-    config.extra.insert("transformers_version".into(), "4.57.0".into());
+    config
+        .extra
+        .insert("transformers_version".into(), "4.57.0".into());
     config.extra.insert("torch_dtype".into(), "float32".into());
     write_json(&out.join("config.json"), &config)?;
     copy_tokenizer_files(tokenizer_dir, out)?;
@@ -84,7 +110,10 @@ pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<(), LoadError> {
         let src = from.join(name);
         if src.is_file() {
             let dst = to.join(name);
-            std::fs::copy(&src, &dst).map_err(|e| LoadError::Io { path: dst, source: e })?;
+            std::fs::copy(&src, &dst).map_err(|e| LoadError::Io {
+                path: dst,
+                source: e,
+            })?;
         }
     }
     Ok(())

@@ -21,17 +21,26 @@ use burn::tensor::{Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+use super::LoadError;
 use super::config::RobertaConfig;
 use super::roberta::RobertaForTokenClassification;
 use super::weights::{WeightFormat, Weights};
-use super::LoadError;
 
 /// Renames from burn path segments to HF key segments (see the module docs).
-const SEGMENT_RENAMES: [(&str, &str); 4] =
-    [("self_attn", "self"), ("layer_norm", "LayerNorm"), ("gamma", "weight"), ("beta", "bias")];
+const SEGMENT_RENAMES: [(&str, &str); 4] = [
+    ("self_attn", "self"),
+    ("layer_norm", "LayerNorm"),
+    ("gamma", "weight"),
+    ("beta", "bias"),
+];
 
 /// Checkpoint key prefixes/suffixes that carry nothing a token classifier uses.
-pub const IGNORED: [&str; 4] = ["pooler.", "lm_head.", "embeddings.position_ids", "embeddings.token_type_ids"];
+pub const IGNORED: [&str; 4] = [
+    "pooler.",
+    "lm_head.",
+    "embeddings.position_ids",
+    "embeddings.token_type_ids",
+];
 
 /// How the classifier head is obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,20 +133,30 @@ pub fn load_with_weights<B: Backend>(
             continue;
         }
         let bare = key.strip_prefix("roberta.").unwrap_or(key);
-        let replaced_head = matches!(head, HeadInit::Fresh { .. }) && key.starts_with("classifier.");
+        let replaced_head =
+            matches!(head, HeadInit::Fresh { .. }) && key.starts_with("classifier.");
         if replaced_head || IGNORED.iter().any(|p| bare.starts_with(p)) {
             ignored.push(key.clone());
         } else {
-            mapper.problems.push(format!("unexpected tensor {key} with shape {:?}", entry.shape));
+            mapper.problems.push(format!(
+                "unexpected tensor {key} with shape {:?}",
+                entry.shape
+            ));
         }
     }
     if !mapper.problems.is_empty() {
-        return Err(LoadError::Tensors { problems: mapper.problems });
+        return Err(LoadError::Tensors {
+            problems: mapper.problems,
+        });
     }
     let report = LoadReport {
         format: weights.format,
         prefixed,
-        head: if matches!(head, HeadInit::Fresh { .. }) { "fresh" } else { "loaded" },
+        head: if matches!(head, HeadInit::Fresh { .. }) {
+            "fresh"
+        } else {
+            "loaded"
+        },
         ignored,
         num_parameters: model.num_params(),
     };
@@ -186,7 +205,9 @@ impl<B: Backend> LoadMapper<'_, B> {
         // HF draws weight [num_labels, hidden]; burn stores it as [hidden, num_labels].
         let (hidden, labels) = (shape[0], shape[1]);
         let mut rng = StdRng::seed_from_u64(seed);
-        let hf_layout: Vec<f32> = (0..hidden * labels).map(|_| (normal(&mut rng) * self.std) as f32).collect();
+        let hf_layout: Vec<f32> = (0..hidden * labels)
+            .map(|_| (normal(&mut rng) * self.std) as f32)
+            .collect();
         let mut values = vec![0f32; hidden * labels];
         for l in 0..labels {
             for h in 0..hidden {
@@ -207,7 +228,8 @@ fn normal(rng: &mut StdRng) -> f64 {
 
 impl<B: Backend> ModuleMapper<B> for LoadMapper<'_, B> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.stack.push((name.to_string(), container_type.to_string()));
+        self.stack
+            .push((name.to_string(), container_type.to_string()));
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
@@ -219,21 +241,33 @@ impl<B: Backend> ModuleMapper<B> for LoadMapper<'_, B> {
         let parent = self.stack.last().map(|(_, c)| c.as_str()).unwrap_or("");
         let (hf, transposed) = hf_key(&path, parent);
         let expected: Vec<usize> = param.lazy_shape().to_vec();
-        let expected_hf: Vec<usize> = if transposed { expected.iter().rev().copied().collect() } else { expected.clone() };
+        let expected_hf: Vec<usize> = if transposed {
+            expected.iter().rev().copied().collect()
+        } else {
+            expected.clone()
+        };
 
         if hf.starts_with("classifier.") && matches!(self.head, HeadInit::Fresh { .. }) {
             let data = self.fresh_head(&hf, &expected);
             let id = param.id;
             return param.transform_for_load(Tensor::from_data(data, &self.device), id);
         }
-        let Some(key) = self.candidates(&hf).into_iter().find(|k| self.weights.entries.contains_key(k)) else {
-            self.problems.push(format!("missing tensor {hf} (expected shape {expected_hf:?})"));
+        let Some(key) = self
+            .candidates(&hf)
+            .into_iter()
+            .find(|k| self.weights.entries.contains_key(k))
+        else {
+            self.problems.push(format!(
+                "missing tensor {hf} (expected shape {expected_hf:?})"
+            ));
             return param;
         };
         self.used.insert(key.clone());
         let found = &self.weights.entries[&key].shape;
         if *found != expected_hf {
-            self.problems.push(format!("tensor {key} has shape {found:?}, expected {expected_hf:?}"));
+            self.problems.push(format!(
+                "tensor {key} has shape {found:?}, expected {expected_hf:?}"
+            ));
             return param;
         }
         let data = match self.weights.read(&key) {
@@ -244,7 +278,11 @@ impl<B: Backend> ModuleMapper<B> for LoadMapper<'_, B> {
             }
         };
         let tensor = Tensor::<B, D>::from_data(data, &self.device);
-        let tensor = if transposed { tensor.transpose() } else { tensor };
+        let tensor = if transposed {
+            tensor.transpose()
+        } else {
+            tensor
+        };
         let id = param.id;
         param.transform_for_load(tensor, id)
     }
@@ -258,7 +296,8 @@ pub fn hf_tensors<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, TensorDa
     }
     impl<B: Backend> ModuleVisitor<B> for Collect {
         fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.stack.push((name.to_string(), container_type.to_string()));
+            self.stack
+                .push((name.to_string(), container_type.to_string()));
         }
         fn exit_module(&mut self, _: &str, _: &str) {
             self.stack.pop();
@@ -272,7 +311,10 @@ pub fn hf_tensors<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, TensorDa
             self.out.push((key, t.into_data().convert::<f32>()));
         }
     }
-    let mut c = Collect { stack: Vec::new(), out: Vec::new() };
+    let mut c = Collect {
+        stack: Vec::new(),
+        out: Vec::new(),
+    };
     module.visit(&mut c);
     c.out
 }
@@ -288,16 +330,31 @@ mod tests {
     #[test]
     fn hf_key_renames_and_transposes() {
         assert_eq!(
-            hf_key(&p("roberta.encoder.layer.3.attention.self_attn.query.weight"), "Struct:Linear"),
-            ("roberta.encoder.layer.3.attention.self.query.weight".into(), true)
+            hf_key(
+                &p("roberta.encoder.layer.3.attention.self_attn.query.weight"),
+                "Struct:Linear"
+            ),
+            (
+                "roberta.encoder.layer.3.attention.self.query.weight".into(),
+                true
+            )
         );
         assert_eq!(
-            hf_key(&p("roberta.embeddings.layer_norm.gamma"), "Struct:LayerNorm"),
+            hf_key(
+                &p("roberta.embeddings.layer_norm.gamma"),
+                "Struct:LayerNorm"
+            ),
             ("roberta.embeddings.LayerNorm.weight".into(), false)
         );
-        assert_eq!(hf_key(&p("classifier.bias"), "Struct:Linear"), ("classifier.bias".into(), false));
         assert_eq!(
-            hf_key(&p("roberta.embeddings.word_embeddings.weight"), "Struct:Embedding"),
+            hf_key(&p("classifier.bias"), "Struct:Linear"),
+            ("classifier.bias".into(), false)
+        );
+        assert_eq!(
+            hf_key(
+                &p("roberta.embeddings.word_embeddings.weight"),
+                "Struct:Embedding"
+            ),
             ("roberta.embeddings.word_embeddings.weight".into(), false)
         );
     }

@@ -19,12 +19,17 @@ pub use roberta::RobertaForTokenClassification;
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{path}: invalid config: {message}")]
     Config { path: PathBuf, message: String },
     #[error("{path}: {message}")]
     Format { path: PathBuf, message: String },
-    #[error("no weights in {dir} (looked for model.safetensors, pytorch_model.bin and their sharded index)")]
+    #[error(
+        "no weights in {dir} (looked for model.safetensors, pytorch_model.bin and their sharded index)"
+    )]
     NoWeights { dir: PathBuf },
     #[error("missing tensor {key} (expected shape {expected:?})")]
     MissingTensor { key: String, expected: Vec<usize> },

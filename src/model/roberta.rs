@@ -187,7 +187,7 @@ impl<B: Backend> RobertaEmbeddings<B> {
             .token_type_embeddings
             .weight
             .val()
-            .slice([0..1])
+            .narrow(0, 0, 1)
             .reshape([1, 1, hidden]);
         let embeddings = self.word_embeddings.forward(input_ids)
             + self.position_embeddings.forward(position_ids)
@@ -222,10 +222,16 @@ impl<B: Backend> RobertaLayer<B> {
     pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let attn = &self.attention;
         let context = attn.self_attn.forward(hidden.clone(), mask_bias);
-        let out = attn.output.dropout.forward(attn.output.dense.forward(context));
+        let out = attn
+            .output
+            .dropout
+            .forward(attn.output.dense.forward(context));
         let hidden = attn.output.layer_norm.forward(out + hidden);
         let inner = gelu(self.intermediate.dense.forward(hidden.clone()));
-        let out = self.output.dropout.forward(self.output.dense.forward(inner));
+        let out = self
+            .output
+            .dropout
+            .forward(self.output.dense.forward(inner));
         self.output.layer_norm.forward(out + hidden)
     }
 }
@@ -243,7 +249,11 @@ pub fn attention_bias<B: Backend>(attention_mask: Tensor<B, 2, Int>) -> Tensor<B
 
 impl<B: Backend> RobertaModel<B> {
     /// Last hidden state `[batch, seq, hidden]`.
-    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
         let bias = attention_bias(attention_mask);
         let mut hidden = self.embeddings.forward(input_ids);
         for layer in &self.encoder.layer {
@@ -255,7 +265,11 @@ impl<B: Backend> RobertaModel<B> {
 
 impl<B: Backend> RobertaForTokenClassification<B> {
     /// Logits `[batch, seq, num_labels]`.
-    pub fn forward(&self, input_ids: Tensor<B, 2, Int>, attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    pub fn forward(
+        &self,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
         let hidden = self.roberta.forward(input_ids, attention_mask);
         self.classifier.forward(self.dropout.forward(hidden))
     }

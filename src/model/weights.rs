@@ -57,20 +57,30 @@ impl Weights {
                 return Self::open(&path);
             }
         }
-        Err(LoadError::NoWeights { dir: dir.to_path_buf() })
+        Err(LoadError::NoWeights {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// Opens one weight file, or every shard named by an `*.index.json`.
     pub fn open(path: &Path) -> Result<Self, LoadError> {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         let files: Vec<PathBuf> = if name.ends_with(".index.json") {
             read_index(path)?
         } else {
             vec![path.to_path_buf()]
         };
-        let pytorch = name.starts_with("pytorch_model") || name.ends_with(".bin") || name.ends_with(".pt");
+        let pytorch =
+            name.starts_with("pytorch_model") || name.ends_with(".bin") || name.ends_with(".pt");
         let mut weights = Weights {
-            format: if pytorch { WeightFormat::Pytorch } else { WeightFormat::Safetensors },
+            format: if pytorch {
+                WeightFormat::Pytorch
+            } else {
+                WeightFormat::Safetensors
+            },
             entries: BTreeMap::new(),
             mmaps: Vec::new(),
         };
@@ -85,10 +95,16 @@ impl Weights {
     }
 
     fn add_safetensors(&mut self, path: &Path) -> Result<(), LoadError> {
-        let file = File::open(path).map_err(|e| LoadError::Io { path: path.into(), source: e })?;
+        let file = File::open(path).map_err(|e| LoadError::Io {
+            path: path.into(),
+            source: e,
+        })?;
         // SAFETY: the file is opened read-only and not modified while mapped; a concurrent
         // writer would be a misuse of the model directory.
-        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::Io { path: path.into(), source: e })?;
+        let mmap = unsafe { Mmap::map(&file) }.map_err(|e| LoadError::Io {
+            path: path.into(),
+            source: e,
+        })?;
         let index = self.mmaps.len();
         {
             let st = SafeTensors::deserialize(&mmap).map_err(|e| LoadError::Format {
@@ -98,7 +114,10 @@ impl Weights {
             for (key, view) in st.tensors() {
                 self.entries.insert(
                     key,
-                    WeightEntry { shape: view.shape().to_vec(), source: EntrySource::Safetensors { file: index } },
+                    WeightEntry {
+                        shape: view.shape().to_vec(),
+                        source: EntrySource::Safetensors { file: index },
+                    },
                 );
             }
         }
@@ -107,35 +126,49 @@ impl Weights {
     }
 
     fn add_pytorch(&mut self, path: &Path) -> Result<(), LoadError> {
-        let reader = burn_store::pytorch::PytorchReader::new(path).map_err(|e| LoadError::Format {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
+        let reader =
+            burn_store::pytorch::PytorchReader::new(path).map_err(|e| LoadError::Format {
+                path: path.into(),
+                message: e.to_string(),
+            })?;
         for (key, snapshot) in reader.into_tensors() {
             let shape = snapshot.shape.to_vec();
-            self.entries.insert(key, WeightEntry { shape, source: EntrySource::Pytorch(snapshot) });
+            self.entries.insert(
+                key,
+                WeightEntry {
+                    shape,
+                    source: EntrySource::Pytorch(snapshot),
+                },
+            );
         }
         Ok(())
     }
 
     /// Reads one tensor as f32 data.
     pub fn read(&self, key: &str) -> Result<TensorData, LoadError> {
-        let entry = self.entries.get(key).ok_or_else(|| LoadError::MissingTensor {
-            key: key.into(),
-            expected: vec![],
-        })?;
+        let entry = self
+            .entries
+            .get(key)
+            .ok_or_else(|| LoadError::MissingTensor {
+                key: key.into(),
+                expected: vec![],
+            })?;
         match &entry.source {
             EntrySource::Safetensors { file } => {
                 let (path, mmap) = &self.mmaps[*file];
-                let st = SafeTensors::deserialize(mmap)
-                    .map_err(|e| LoadError::Format { path: path.clone(), message: e.to_string() })?;
-                let view = st
-                    .tensor(key)
-                    .map_err(|e| LoadError::Format { path: path.clone(), message: e.to_string() })?;
-                let values = to_f32(view.dtype(), view.data()).ok_or_else(|| LoadError::Format {
+                let st = SafeTensors::deserialize(mmap).map_err(|e| LoadError::Format {
                     path: path.clone(),
-                    message: format!("tensor {key}: unsupported dtype {:?}", view.dtype()),
+                    message: e.to_string(),
                 })?;
+                let view = st.tensor(key).map_err(|e| LoadError::Format {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                let values =
+                    to_f32(view.dtype(), view.data()).ok_or_else(|| LoadError::Format {
+                        path: path.clone(),
+                        message: format!("tensor {key}: unsupported dtype {:?}", view.dtype()),
+                    })?;
                 Ok(TensorData::new(values, entry.shape.clone()))
             }
             EntrySource::Pytorch(snapshot) => {
@@ -154,9 +187,14 @@ fn read_index(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
     struct Index {
         weight_map: BTreeMap<String, String>,
     }
-    let text = std::fs::read_to_string(path).map_err(|e| LoadError::Io { path: path.into(), source: e })?;
-    let index: Index = serde_json::from_str(&text)
-        .map_err(|e| LoadError::Format { path: path.into(), message: e.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|e| LoadError::Io {
+        path: path.into(),
+        source: e,
+    })?;
+    let index: Index = serde_json::from_str(&text).map_err(|e| LoadError::Format {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut files: Vec<PathBuf> = index.weight_map.values().map(|f| dir.join(f)).collect();
     files.sort();
@@ -166,7 +204,10 @@ fn read_index(path: &Path) -> Result<Vec<PathBuf>, LoadError> {
 
 fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
         Dtype::F16 => bytes
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())

@@ -17,7 +17,15 @@ pub struct DatasetRow {
     pub created_at: String,
 }
 
-pub async fn insert(pool: &SqlitePool, id: &str, name: &str, format: &str, labels: &str, stats: &str, size: i64) -> Result<DatasetRow, StoreError> {
+pub async fn insert(
+    pool: &SqlitePool,
+    id: &str,
+    name: &str,
+    format: &str,
+    labels: &str,
+    stats: &str,
+    size: i64,
+) -> Result<DatasetRow, StoreError> {
     Ok(sqlx::query_as::<_, DatasetRow>(
         "INSERT INTO datasets (id, name, format, labels, stats, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
     )
@@ -33,9 +41,18 @@ pub async fn insert(pool: &SqlitePool, id: &str, name: &str, format: &str, label
 }
 
 pub async fn list(pool: &SqlitePool) -> Result<Vec<DatasetRow>, StoreError> {
-    Ok(sqlx::query_as::<_, DatasetRow>("SELECT * FROM datasets ORDER BY created_at DESC, id").fetch_all(pool).await?)
+    Ok(
+        sqlx::query_as::<_, DatasetRow>("SELECT * FROM datasets ORDER BY created_at DESC, id")
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<DatasetRow>, StoreError> {
-    Ok(sqlx::query_as::<_, DatasetRow>("SELECT * FROM datasets WHERE id = ?").bind(id).fetch_optional(pool).await?)
+    Ok(
+        sqlx::query_as::<_, DatasetRow>("SELECT * FROM datasets WHERE id = ?")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
 }

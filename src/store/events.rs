@@ -16,17 +16,34 @@ pub struct EventRow {
 }
 
 /// Appends an event; returns its id.
-pub async fn insert(pool: &SqlitePool, job_id: &str, kind: &str, data: &str) -> Result<EventRow, StoreError> {
-    Ok(sqlx::query_as::<_, EventRow>("INSERT INTO events (job_id, kind, data, created_at) VALUES (?, ?, ?, ?) RETURNING *")
-        .bind(job_id)
-        .bind(kind)
-        .bind(data)
-        .bind(now())
-        .fetch_one(pool)
-        .await?)
+pub async fn insert(
+    pool: &SqlitePool,
+    job_id: &str,
+    kind: &str,
+    data: &str,
+) -> Result<EventRow, StoreError> {
+    Ok(sqlx::query_as::<_, EventRow>(
+        "INSERT INTO events (job_id, kind, data, created_at) VALUES (?, ?, ?, ?) RETURNING *",
+    )
+    .bind(job_id)
+    .bind(kind)
+    .bind(data)
+    .bind(now())
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Events of a job after `after` (exclusive), oldest first.
-pub async fn since(pool: &SqlitePool, job_id: &str, after: i64) -> Result<Vec<EventRow>, StoreError> {
-    Ok(sqlx::query_as::<_, EventRow>("SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id").bind(job_id).bind(after).fetch_all(pool).await?)
+pub async fn since(
+    pool: &SqlitePool,
+    job_id: &str,
+    after: i64,
+) -> Result<Vec<EventRow>, StoreError> {
+    Ok(sqlx::query_as::<_, EventRow>(
+        "SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id",
+    )
+    .bind(job_id)
+    .bind(after)
+    .fetch_all(pool)
+    .await?)
 }

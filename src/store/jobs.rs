@@ -6,7 +6,14 @@ use sqlx::{FromRow, SqlitePool};
 use super::{StoreError, begin_immediate, commit, now, rollback};
 
 /// Job statuses (the CHECK constraint's values).
-pub const STATUSES: [&str; 6] = ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"];
+pub const STATUSES: [&str; 6] = [
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "interrupted",
+];
 
 /// Whether a status is final.
 pub fn is_finished(status: &str) -> bool {
@@ -42,9 +49,18 @@ pub struct JobRow {
 }
 
 /// Inserts a queued job unless `max_queued` jobs are already waiting.
-pub async fn insert(pool: &SqlitePool, id: &str, spec: &str, output_dir: &str, results_csv: Option<&str>, max_queued: usize) -> Result<JobRow, StoreError> {
+pub async fn insert(
+    pool: &SqlitePool,
+    id: &str,
+    spec: &str,
+    output_dir: &str,
+    results_csv: Option<&str>,
+    max_queued: usize,
+) -> Result<JobRow, StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    let (queued,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE status = 'queued'").fetch_one(&mut *conn).await?;
+    let (queued,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE status = 'queued'")
+        .fetch_one(&mut *conn)
+        .await?;
     if queued as usize >= max_queued {
         rollback(conn).await?;
         return Err(StoreError::QueueFull(queued as usize));
@@ -66,11 +82,21 @@ pub async fn insert(pool: &SqlitePool, id: &str, spec: &str, output_dir: &str, r
 }
 
 pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, StoreError> {
-    Ok(sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = ?").bind(id).fetch_optional(pool).await?)
+    Ok(
+        sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(pool)
+            .await?,
+    )
 }
 
 /// Newest first; `cursor` is the `seq` of the last job of the previous page.
-pub async fn list(pool: &SqlitePool, status: Option<&str>, limit: i64, cursor: Option<i64>) -> Result<Vec<JobRow>, StoreError> {
+pub async fn list(
+    pool: &SqlitePool,
+    status: Option<&str>,
+    limit: i64,
+    cursor: Option<i64>,
+) -> Result<Vec<JobRow>, StoreError> {
     Ok(sqlx::query_as::<_, JobRow>(
         "SELECT * FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR seq < ?2) ORDER BY seq DESC LIMIT ?3",
     )
@@ -83,7 +109,11 @@ pub async fn list(pool: &SqlitePool, status: Option<&str>, limit: i64, cursor: O
 
 /// Finished jobs, oldest first (the comparison CSV).
 pub async fn list_finished(pool: &SqlitePool) -> Result<Vec<JobRow>, StoreError> {
-    Ok(sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE csv_row IS NOT NULL ORDER BY seq").fetch_all(pool).await?)
+    Ok(
+        sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE csv_row IS NOT NULL ORDER BY seq")
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 /// Atomically moves the oldest queued job to `running`.
@@ -101,7 +131,10 @@ pub async fn claim_next(pool: &SqlitePool) -> Result<Option<JobRow>, StoreError>
 
 /// At start: jobs left `running` by a crash go back to the queue to resume from their last
 /// checkpoint; after `max_attempts` tries they are marked `interrupted` (data kept).
-pub async fn recover_orphans(pool: &SqlitePool, max_attempts: i64) -> Result<(Vec<String>, Vec<String>), StoreError> {
+pub async fn recover_orphans(
+    pool: &SqlitePool,
+    max_attempts: i64,
+) -> Result<(Vec<String>, Vec<String>), StoreError> {
     let t = now();
     let mut conn = begin_immediate(pool).await?;
     let gave_up: Vec<(String,)> = sqlx::query_as(
@@ -119,16 +152,29 @@ pub async fn recover_orphans(pool: &SqlitePool, max_attempts: i64) -> Result<(Ve
     .fetch_all(&mut *conn)
     .await?;
     commit(conn).await?;
-    Ok((requeued.into_iter().map(|r| r.0).collect(), gave_up.into_iter().map(|r| r.0).collect()))
+    Ok((
+        requeued.into_iter().map(|r| r.0).collect(),
+        gave_up.into_iter().map(|r| r.0).collect(),
+    ))
 }
 
 pub async fn set_progress(pool: &SqlitePool, id: &str, progress: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ?").bind(progress).bind(now()).bind(id).execute(pool).await?;
+    sqlx::query("UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ?")
+        .bind(progress)
+        .bind(now())
+        .bind(id)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
 pub async fn set_device(pool: &SqlitePool, id: &str, device: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE jobs SET device = ?, updated_at = ? WHERE id = ?").bind(device).bind(now()).bind(id).execute(pool).await?;
+    sqlx::query("UPDATE jobs SET device = ?, updated_at = ? WHERE id = ?")
+        .bind(device)
+        .bind(now())
+        .bind(id)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -168,7 +214,13 @@ pub async fn finish(pool: &SqlitePool, id: &str, f: &Finish<'_>) -> Result<(), S
 
 /// Puts a running job back in the queue (graceful shutdown: it resumes at the next start).
 pub async fn requeue(pool: &SqlitePool, id: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE jobs SET status = 'queued', updated_at = ? WHERE id = ? AND status = 'running'").bind(now()).bind(id).execute(pool).await?;
+    sqlx::query(
+        "UPDATE jobs SET status = 'queued', updated_at = ? WHERE id = ? AND status = 'running'",
+    )
+    .bind(now())
+    .bind(id)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 
@@ -184,7 +236,10 @@ pub enum Cancel {
 /// Cancels a queued job at once, flags a running one; a finished job is a conflict.
 pub async fn request_cancel(pool: &SqlitePool, id: &str) -> Result<Option<Cancel>, StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    let row: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = ?").bind(id).fetch_optional(&mut *conn).await?;
+    let row: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
     let t = now();
     let out = match row.as_ref().map(|r| r.0.as_str()) {
         None => None,
@@ -197,7 +252,11 @@ pub async fn request_cancel(pool: &SqlitePool, id: &str) -> Result<Option<Cancel
             Some(Cancel::Cancelled)
         }
         Some("running") => {
-            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?").bind(&t).bind(id).execute(&mut *conn).await?;
+            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?")
+                .bind(&t)
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
             Some(Cancel::Requested)
         }
         Some(other) => {
@@ -213,7 +272,10 @@ pub async fn request_cancel(pool: &SqlitePool, id: &str) -> Result<Option<Cancel
 /// Deletes a finished job (and, by cascade, its epochs, evaluations and events).
 pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    let row = sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = ?").bind(id).fetch_optional(&mut *conn).await?;
+    let row = sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?;
     match &row {
         Some(r) if !is_finished(&r.status) => {
             let s = r.status.clone();
@@ -221,7 +283,10 @@ pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, Store
             return Err(StoreError::Conflict(s));
         }
         Some(_) => {
-            sqlx::query("DELETE FROM jobs WHERE id = ?").bind(id).execute(&mut *conn).await?;
+            sqlx::query("DELETE FROM jobs WHERE id = ?")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
         }
         None => {}
     }
@@ -231,11 +296,28 @@ pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, Store
 
 /// Jobs per status (every status present, 0 when none).
 pub async fn counts(pool: &SqlitePool) -> Result<Vec<(String, i64)>, StoreError> {
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status").fetch_all(pool).await?;
-    Ok(STATUSES.iter().map(|s| (s.to_string(), rows.iter().find(|r| r.0 == *s).map(|r| r.1).unwrap_or(0))).collect())
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+            .fetch_all(pool)
+            .await?;
+    Ok(STATUSES
+        .iter()
+        .map(|s| {
+            (
+                s.to_string(),
+                rows.iter().find(|r| r.0 == *s).map(|r| r.1).unwrap_or(0),
+            )
+        })
+        .collect())
 }
 
-pub async fn set_push(pool: &SqlitePool, id: &str, status: &str, error: Option<&str>, url: Option<&str>) -> Result<(), StoreError> {
+pub async fn set_push(
+    pool: &SqlitePool,
+    id: &str,
+    status: &str,
+    error: Option<&str>,
+    url: Option<&str>,
+) -> Result<(), StoreError> {
     sqlx::query("UPDATE jobs SET push_status = ?, push_error = ?, push_url = COALESCE(?, push_url), updated_at = ? WHERE id = ?")
         .bind(status)
         .bind(error)
@@ -249,6 +331,9 @@ pub async fn set_push(pool: &SqlitePool, id: &str, status: &str, error: Option<&
 
 /// Whether a cancel was requested for a running job.
 pub async fn cancel_requested(pool: &SqlitePool, id: &str) -> Result<bool, StoreError> {
-    let r: Option<(i64,)> = sqlx::query_as("SELECT cancel_requested FROM jobs WHERE id = ?").bind(id).fetch_optional(pool).await?;
+    let r: Option<(i64,)> = sqlx::query_as("SELECT cancel_requested FROM jobs WHERE id = ?")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
     Ok(r.is_some_and(|r| r.0 != 0))
 }

@@ -35,7 +35,10 @@ pub async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
         .synchronous(SqliteSynchronous::Normal)
         .busy_timeout(Duration::from_secs(10))
         .foreign_keys(true);
-    let pool = SqlitePoolOptions::new().max_connections(8).connect_with(opts).await?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(opts)
+        .await?;
     sqlx::migrate!("./migrations").run(&pool).await?;
     Ok(pool)
 }
@@ -43,12 +46,17 @@ pub async fn connect(url: &str) -> Result<SqlitePool, StoreError> {
 /// Current time as RFC 3339 UTC with milliseconds.
 pub fn now() -> String {
     let t = time::OffsetDateTime::now_utc();
-    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    t.format(&fmt).expect("formatting a UTC timestamp: this is a bug")
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt)
+        .expect("formatting a UTC timestamp: this is a bug")
 }
 
 /// `BEGIN IMMEDIATE` transaction: takes the write lock up front, so read-then-write is atomic.
-pub async fn begin_immediate(pool: &SqlitePool) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
+pub async fn begin_immediate(
+    pool: &SqlitePool,
+) -> Result<sqlx::pool::PoolConnection<sqlx::Sqlite>, StoreError> {
     let mut conn = pool.acquire().await?;
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
     Ok(conn)
@@ -61,7 +69,9 @@ pub async fn commit(mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) -> Resul
 }
 
 /// Rolls back a transaction opened by [`begin_immediate`].
-pub async fn rollback(mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>) -> Result<(), StoreError> {
+pub async fn rollback(
+    mut conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+) -> Result<(), StoreError> {
     sqlx::query("ROLLBACK").execute(&mut *conn).await?;
     Ok(())
 }

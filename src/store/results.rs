@@ -32,7 +32,11 @@ pub struct EpochRow {
 }
 
 /// Inserts or replaces an epoch (a resumed job may report an epoch again: no duplicates).
-pub async fn upsert_epoch(pool: &SqlitePool, job_id: &str, r: &EpochRecord) -> Result<(), StoreError> {
+pub async fn upsert_epoch(
+    pool: &SqlitePool,
+    job_id: &str,
+    r: &EpochRecord,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT OR REPLACE INTO epochs (job_id, epoch, step, train_loss, eval_loss, precision, recall, f1, accuracy, per_label,
          learning_rate, train_seconds, eval_seconds, samples_per_second, checkpoint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -58,7 +62,12 @@ pub async fn upsert_epoch(pool: &SqlitePool, job_id: &str, r: &EpochRecord) -> R
 }
 
 pub async fn epochs(pool: &SqlitePool, job_id: &str) -> Result<Vec<EpochRow>, StoreError> {
-    Ok(sqlx::query_as::<_, EpochRow>("SELECT * FROM epochs WHERE job_id = ? ORDER BY epoch").bind(job_id).fetch_all(pool).await?)
+    Ok(
+        sqlx::query_as::<_, EpochRow>("SELECT * FROM epochs WHERE job_id = ? ORDER BY epoch")
+            .bind(job_id)
+            .fetch_all(pool)
+            .await?,
+    )
 }
 
 /// One row of `evaluations`.
@@ -82,7 +91,12 @@ impl EvaluationRow {
 }
 
 /// Stores the `base` or `finetuned` test evaluation.
-pub async fn upsert_evaluation(pool: &SqlitePool, job_id: &str, kind: &str, s: &EvalSummary) -> Result<(), StoreError> {
+pub async fn upsert_evaluation(
+    pool: &SqlitePool,
+    job_id: &str,
+    kind: &str,
+    s: &EvalSummary,
+) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT OR REPLACE INTO evaluations (job_id, kind, loss, precision, recall, f1, accuracy, per_label, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
@@ -100,8 +114,16 @@ pub async fn upsert_evaluation(pool: &SqlitePool, job_id: &str, kind: &str, s: &
     Ok(())
 }
 
-pub async fn evaluations(pool: &SqlitePool, job_id: &str) -> Result<Vec<EvaluationRow>, StoreError> {
-    Ok(sqlx::query_as::<_, EvaluationRow>("SELECT * FROM evaluations WHERE job_id = ? ORDER BY kind").bind(job_id).fetch_all(pool).await?)
+pub async fn evaluations(
+    pool: &SqlitePool,
+    job_id: &str,
+) -> Result<Vec<EvaluationRow>, StoreError> {
+    Ok(sqlx::query_as::<_, EvaluationRow>(
+        "SELECT * FROM evaluations WHERE job_id = ? ORDER BY kind",
+    )
+    .bind(job_id)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// One label of one split.
@@ -117,9 +139,16 @@ pub struct DistributionRow {
 }
 
 /// Replaces the label distribution of a job.
-pub async fn set_distribution(pool: &SqlitePool, job_id: &str, stats: &[SplitStats]) -> Result<(), StoreError> {
+pub async fn set_distribution(
+    pool: &SqlitePool,
+    job_id: &str,
+    stats: &[SplitStats],
+) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("DELETE FROM label_distribution WHERE job_id = ?").bind(job_id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM label_distribution WHERE job_id = ?")
+        .bind(job_id)
+        .execute(&mut *tx)
+        .await?;
     for s in stats {
         for (label, c) in &s.labels {
             sqlx::query(
@@ -141,7 +170,10 @@ pub async fn set_distribution(pool: &SqlitePool, job_id: &str, stats: &[SplitSta
     Ok(())
 }
 
-pub async fn distribution(pool: &SqlitePool, job_id: &str) -> Result<Vec<DistributionRow>, StoreError> {
+pub async fn distribution(
+    pool: &SqlitePool,
+    job_id: &str,
+) -> Result<Vec<DistributionRow>, StoreError> {
     Ok(sqlx::query_as::<_, DistributionRow>(
         "SELECT split, label, count, percent, sentences, words, sentences_with_entity FROM label_distribution WHERE job_id = ? ORDER BY rowid",
     )

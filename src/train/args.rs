@@ -24,7 +24,10 @@ impl std::error::Error for FieldError {}
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError { field: field.into(), message: message.into() }
+        FieldError {
+            field: field.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -148,13 +151,25 @@ impl TrainingArgs {
         let f = |name: &str, msg: String| Err(FieldError::new(format!("training.{name}"), msg));
         let finite = |v: f64| v.is_finite();
         if !(finite(self.learning_rate) && self.learning_rate > 0.0) {
-            return f("learning_rate", format!("must be > 0, got {}", self.learning_rate));
+            return f(
+                "learning_rate",
+                format!("must be > 0, got {}", self.learning_rate),
+            );
         }
         for (name, v) in [
-            ("per_device_train_batch_size", self.per_device_train_batch_size),
-            ("per_device_eval_batch_size", self.per_device_eval_batch_size),
+            (
+                "per_device_train_batch_size",
+                self.per_device_train_batch_size,
+            ),
+            (
+                "per_device_eval_batch_size",
+                self.per_device_eval_batch_size,
+            ),
             ("num_train_epochs", self.num_train_epochs),
-            ("gradient_accumulation_steps", self.gradient_accumulation_steps),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+            ),
         ] {
             if v == 0 {
                 return f(name, "must be >= 1, got 0".into());
@@ -164,52 +179,93 @@ impl TrainingArgs {
             return f("per_device_train_batch_size", "must be <= 4096".into());
         }
         if self.num_train_epochs > 10_000 {
-            return f("num_train_epochs", format!("must be <= 10000, got {}", self.num_train_epochs));
+            return f(
+                "num_train_epochs",
+                format!("must be <= 10000, got {}", self.num_train_epochs),
+            );
         }
         if !(finite(self.weight_decay) && self.weight_decay >= 0.0) {
-            return f("weight_decay", format!("must be >= 0, got {}", self.weight_decay));
+            return f(
+                "weight_decay",
+                format!("must be >= 0, got {}", self.weight_decay),
+            );
         }
-        if !(finite(self.warmup_steps) && self.warmup_steps >= 0.0) || (self.warmup_steps >= 1.0 && self.warmup_steps.fract() != 0.0) {
-            return f("warmup_steps", format!("must be a ratio in [0, 1) or a whole number of steps, got {}", self.warmup_steps));
+        if !(finite(self.warmup_steps) && self.warmup_steps >= 0.0)
+            || (self.warmup_steps >= 1.0 && self.warmup_steps.fract() != 0.0)
+        {
+            return f(
+                "warmup_steps",
+                format!(
+                    "must be a ratio in [0, 1) or a whole number of steps, got {}",
+                    self.warmup_steps
+                ),
+            );
         }
         if !(finite(self.max_grad_norm) && self.max_grad_norm >= 0.0) {
-            return f("max_grad_norm", format!("must be >= 0, got {}", self.max_grad_norm));
+            return f(
+                "max_grad_norm",
+                format!("must be >= 0, got {}", self.max_grad_norm),
+            );
         }
         if self.save_total_limit == 0 {
             return f("save_total_limit", "must be >= 1, got 0".into());
         }
         if self.early_stopping_patience == Some(0) {
-            return f("early_stopping_patience", "must be >= 1 or null, got 0".into());
+            return f(
+                "early_stopping_patience",
+                "must be >= 1 or null, got 0".into(),
+            );
         }
         if !(finite(self.early_stopping_threshold) && self.early_stopping_threshold >= 0.0) {
-            return f("early_stopping_threshold", format!("must be >= 0, got {}", self.early_stopping_threshold));
+            return f(
+                "early_stopping_threshold",
+                format!("must be >= 0, got {}", self.early_stopping_threshold),
+            );
         }
         if let LossKind::Focal { gamma } = self.loss
             && !(finite(gamma) && (0.0..=10.0).contains(&gamma))
         {
-            return f("loss.focal.gamma", format!("must be in [0, 10], got {gamma}"));
+            return f(
+                "loss.focal.gamma",
+                format!("must be in [0, 10], got {gamma}"),
+            );
         }
         if !(8..=100_000).contains(&self.max_length) {
-            return f("max_length", format!("must be in [8, 100000], got {}", self.max_length));
+            return f(
+                "max_length",
+                format!("must be in [8, 100000], got {}", self.max_length),
+            );
         }
         match &self.class_weights {
             Some(ClassWeights::Named(n)) if n != "balanced" => {
-                return f("class_weights", format!("must be null, \"balanced\" or a list of numbers, got {n:?}"));
+                return f(
+                    "class_weights",
+                    format!("must be null, \"balanced\" or a list of numbers, got {n:?}"),
+                );
             }
             Some(ClassWeights::Explicit(w)) => {
                 if let Some(i) = w.iter().position(|x| !(x.is_finite() && *x > 0.0)) {
-                    return f(&format!("class_weights[{i}]"), format!("must be > 0, got {}", w[i]));
+                    return f(
+                        &format!("class_weights[{i}]"),
+                        format!("must be > 0, got {}", w[i]),
+                    );
                 }
                 if let Some(n) = num_labels
                     && w.len() != n
                 {
-                    return f("class_weights", format!("needs one weight per label ({n}), got {}", w.len()));
+                    return f(
+                        "class_weights",
+                        format!("needs one weight per label ({n}), got {}", w.len()),
+                    );
                 }
             }
             _ => {}
         }
         if matches!(self.precision, Precision::Bf16 | Precision::F16) {
-            return f("precision", "bf16/f16 training is not implemented yet; use \"auto\" or \"f32\"".into());
+            return f(
+                "precision",
+                "bf16/f16 training is not implemented yet; use \"auto\" or \"f32\"".into(),
+            );
         }
         Ok(())
     }
@@ -222,20 +278,35 @@ mod tests {
     #[test]
     fn defaults_are_the_notebooks() {
         let a = TrainingArgs::default();
-        assert_eq!((a.learning_rate, a.per_device_train_batch_size, a.num_train_epochs), (2e-5, 8, 5));
-        assert_eq!((a.weight_decay, a.save_total_limit, a.max_length), (0.01, 2, 512));
+        assert_eq!(
+            (
+                a.learning_rate,
+                a.per_device_train_batch_size,
+                a.num_train_epochs
+            ),
+            (2e-5, 8, 5)
+        );
+        assert_eq!(
+            (a.weight_decay, a.save_total_limit, a.max_length),
+            (0.01, 2, 512)
+        );
         assert_eq!(a.loss, LossKind::CrossEntropy);
     }
 
     #[test]
     fn negative_learning_rate_names_the_field() {
         let a: TrainingArgs = serde_json::from_str(r#"{"learning_rate": -1}"#).unwrap();
-        assert_eq!(a.validate(None).unwrap_err().to_string(), "training.learning_rate must be > 0, got -1");
+        assert_eq!(
+            a.validate(None).unwrap_err().to_string(),
+            "training.learning_rate must be > 0, got -1"
+        );
     }
 
     #[test]
     fn loss_and_weights_forms() {
-        let a: TrainingArgs = serde_json::from_str(r#"{"loss": {"focal": {"gamma": 1.5}}, "class_weights": [1, 4]}"#).unwrap();
+        let a: TrainingArgs =
+            serde_json::from_str(r#"{"loss": {"focal": {"gamma": 1.5}}, "class_weights": [1, 4]}"#)
+                .unwrap();
         assert_eq!(a.loss, LossKind::Focal { gamma: 1.5 });
         assert!(a.validate(Some(2)).is_ok());
         assert!(a.validate(Some(3)).is_err());

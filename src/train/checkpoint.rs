@@ -6,8 +6,8 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::backend::AutodiffBackend;
 use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
 use serde::{Deserialize, Serialize};
 
 use crate::model::export::{write_json, write_safetensors};
@@ -63,7 +63,11 @@ pub struct EvalSummary {
 
 impl EvalSummary {
     pub fn new(out: &EvalOutput, seconds: f64) -> Self {
-        EvalSummary { loss: out.loss, metrics: out.metrics.clone(), seconds }
+        EvalSummary {
+            loss: out.loss,
+            metrics: out.metrics.clone(),
+            seconds,
+        }
     }
 }
 
@@ -95,18 +99,26 @@ pub fn save<B: AutodiffBackend>(
 /// Reads the optimizer tensors of a checkpoint.
 pub fn read_optimizer(dir: &Path) -> Result<Vec<(String, burn::tensor::TensorData)>, TrainError> {
     let w = Weights::open(&dir.join("optimizer.safetensors"))?;
-    w.entries.keys().map(|k| Ok((k.clone(), w.read(k)?))).collect()
+    w.entries
+        .keys()
+        .map(|k| Ok((k.clone(), w.read(k)?)))
+        .collect()
 }
 
 /// Complete checkpoints under `output`, oldest first.
 pub fn list(output: &Path) -> Vec<(usize, PathBuf)> {
-    let Ok(entries) = std::fs::read_dir(output) else { return vec![] };
+    let Ok(entries) = std::fs::read_dir(output) else {
+        return vec![];
+    };
     let mut out: Vec<(usize, PathBuf)> = entries
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().to_string();
             let step = name.strip_prefix("checkpoint-")?.parse().ok()?;
-            e.path().join("trainer_state.json").is_file().then(|| (step, e.path()))
+            e.path()
+                .join("trainer_state.json")
+                .is_file()
+                .then(|| (step, e.path()))
         })
         .collect();
     out.sort();
@@ -115,10 +127,13 @@ pub fn list(output: &Path) -> Vec<(usize, PathBuf)> {
 
 /// The newest complete checkpoint and its state.
 pub fn latest(output: &Path) -> Result<Option<(PathBuf, TrainerState)>, TrainError> {
-    let Some((_, dir)) = list(output).pop() else { return Ok(None) };
+    let Some((_, dir)) = list(output).pop() else {
+        return Ok(None);
+    };
     let path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
-    let state = serde_json::from_str(&text).map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
+    let state = serde_json::from_str(&text)
+        .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
     Ok(Some((dir, state)))
 }
 

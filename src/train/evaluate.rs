@@ -8,8 +8,8 @@ use crate::data::batch::HostBatch;
 use crate::metrics::{LabelScheme, Metrics};
 use crate::model::RobertaForTokenClassification;
 
-use super::loss::{LossKind, position_weights, token_loss};
 use super::TrainError;
+use super::loss::{LossKind, position_weights, token_loss};
 
 /// Predictions and scores on one split.
 #[derive(Debug, Clone)]
@@ -43,18 +43,37 @@ pub fn predict<B: Backend>(
         let n_label = host.num_label_tokens();
         if n_label > 0 {
             let w = position_weights(&host.labels, None);
-            let l = token_loss(LossKind::CrossEntropy, logits.clone(), &host.labels, &w, n_label as f64);
+            let l = token_loss(
+                LossKind::CrossEntropy,
+                logits.clone(),
+                &host.labels,
+                &w,
+                n_label as f64,
+            );
             loss_sum += l.into_scalar().elem::<f64>() * chunk.len() as f64;
             loss_n += chunk.len();
         }
         let arg = logits.argmax(2).into_data(); // [batch, seq, 1]
-        let arg: Vec<i64> = arg.convert::<i64>().to_vec().expect("argmax as i64: this is a bug");
+        let arg: Vec<i64> = arg
+            .convert::<i64>()
+            .to_vec()
+            .expect("argmax as i64: this is a bug");
         for (row, idx) in chunk.iter().enumerate() {
             let len = examples[*idx].input_ids.len();
-            preds[*idx] = arg[row * host.seq..row * host.seq + len].iter().map(|x| *x as usize).collect();
+            preds[*idx] = arg[row * host.seq..row * host.seq + len]
+                .iter()
+                .map(|x| *x as usize)
+                .collect();
         }
     }
-    (preds, if loss_n == 0 { 0.0 } else { loss_sum / loss_n as f64 })
+    (
+        preds,
+        if loss_n == 0 {
+            0.0
+        } else {
+            loss_sum / loss_n as f64
+        },
+    )
 }
 
 use burn::tensor::ElementConversion;
@@ -71,17 +90,27 @@ pub fn evaluate<B: Backend>(
 ) -> Result<EvalOutput, TrainError> {
     let (token_preds, loss) = predict(model, examples, batch_size, pad_id, device);
     let mut word_preds = Vec::with_capacity(examples.len());
-    let (mut g_all, mut p_all) = (Vec::with_capacity(examples.len()), Vec::with_capacity(examples.len()));
+    let (mut g_all, mut p_all) = (
+        Vec::with_capacity(examples.len()),
+        Vec::with_capacity(examples.len()),
+    );
     for ((ex, tp), g) in examples.iter().zip(&token_preds).zip(gold) {
         let wp = word_predictions(&ex.word_ids, tp, ex.num_words);
         // Words truncated away have no prediction; like the notebook they are not scored
         // (their number is reported as dropped_words).
-        let (gs, ps): (Vec<usize>, Vec<usize>) =
-            g.iter().zip(&wp).filter_map(|(g, p)| p.map(|p| (*g as usize, p))).unzip();
+        let (gs, ps): (Vec<usize>, Vec<usize>) = g
+            .iter()
+            .zip(&wp)
+            .filter_map(|(g, p)| p.map(|p| (*g as usize, p)))
+            .unzip();
         g_all.push(gs);
         p_all.push(ps);
         word_preds.push(wp);
     }
     let metrics = Metrics::from_ids(scheme, &g_all, &p_all)?;
-    Ok(EvalOutput { loss, metrics, word_preds })
+    Ok(EvalOutput {
+        loss,
+        metrics,
+        word_preds,
+    })
 }

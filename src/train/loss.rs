@@ -48,7 +48,10 @@ pub fn token_loss<B: Backend>(
     let [batch, seq, num_labels] = logits.dims();
     let n = batch * seq;
     let device = logits.device();
-    let targets: Vec<i32> = labels.iter().map(|l| if *l == IGNORE { 0 } else { *l as i32 }).collect();
+    let targets: Vec<i32> = labels
+        .iter()
+        .map(|l| if *l == IGNORE { 0 } else { *l as i32 })
+        .collect();
     let targets = Tensor::<B, 2, Int>::from_data(TensorData::new(targets, [n, 1]), &device);
     let weights = Tensor::<B, 1>::from_data(TensorData::new(weights.to_vec(), [n]), &device);
     let logp = log_softmax(logits.reshape([n, num_labels]), 1);
@@ -61,7 +64,9 @@ pub fn token_loss<B: Backend>(
             (modulating * logp_t).neg()
         }
     };
-    (per_token * weights).sum().div_scalar(denominator.max(f64::MIN_POSITIVE))
+    (per_token * weights)
+        .sum()
+        .div_scalar(denominator.max(f64::MIN_POSITIVE))
 }
 
 /// "balanced" class weights (scikit-learn): `n_words / (n_labels * count[label])`; labels that
@@ -69,7 +74,16 @@ pub fn token_loss<B: Backend>(
 pub fn balanced_weights(counts: &[usize]) -> Vec<f64> {
     let total: usize = counts.iter().sum();
     let k = counts.len() as f64;
-    counts.iter().map(|c| if *c == 0 { 1.0 } else { total as f64 / (k * *c as f64) }).collect()
+    counts
+        .iter()
+        .map(|c| {
+            if *c == 0 {
+                1.0
+            } else {
+                total as f64 / (k * *c as f64)
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -81,12 +95,18 @@ mod tests {
     fn ignored_positions_do_not_count() {
         let device = Default::default();
         // two positions, logits favour label 0 at both; second is ignored.
-        let logits = Tensor::<Flex, 3>::from_data(TensorData::new(vec![2.0f32, 0.0, 2.0, 0.0], [1, 2, 2]), &device);
+        let logits = Tensor::<Flex, 3>::from_data(
+            TensorData::new(vec![2.0f32, 0.0, 2.0, 0.0], [1, 2, 2]),
+            &device,
+        );
         let labels = [1, IGNORE];
         let w = position_weights(&labels, None);
         let loss = token_loss(LossKind::CrossEntropy, logits, &labels, &w, 1.0).into_scalar();
         let expected = -(f64::exp(0.0) / (f64::exp(2.0) + f64::exp(0.0))).ln();
-        assert!((loss as f64 - expected).abs() < 1e-5, "{loss} vs {expected}");
+        assert!(
+            (loss as f64 - expected).abs() < 1e-5,
+            "{loss} vs {expected}"
+        );
     }
 
     #[test]
@@ -95,13 +115,28 @@ mod tests {
         let data = TensorData::new(vec![0.3f32, -1.0, 0.5, 0.7, 1.5, -0.2], [1, 3, 2]);
         let labels = [0, 1, 1];
         let w = position_weights(&labels, Some(&[1.0, 3.0]));
-        let ce = token_loss(LossKind::CrossEntropy, Tensor::<Flex, 3>::from_data(data.clone(), &device), &labels, &w, 7.0);
-        let fl = token_loss(LossKind::Focal { gamma: 0.0 }, Tensor::<Flex, 3>::from_data(data, &device), &labels, &w, 7.0);
+        let ce = token_loss(
+            LossKind::CrossEntropy,
+            Tensor::<Flex, 3>::from_data(data.clone(), &device),
+            &labels,
+            &w,
+            7.0,
+        );
+        let fl = token_loss(
+            LossKind::Focal { gamma: 0.0 },
+            Tensor::<Flex, 3>::from_data(data, &device),
+            &labels,
+            &w,
+            7.0,
+        );
         assert!((ce.into_scalar() - fl.into_scalar()).abs() < 1e-6);
     }
 
     #[test]
     fn balanced_weights_like_sklearn() {
-        assert_eq!(balanced_weights(&[90, 10]), vec![100.0 / 180.0, 100.0 / 20.0]);
+        assert_eq!(
+            balanced_weights(&[90, 10]),
+            vec![100.0 / 180.0, 100.0 / 20.0]
+        );
     }
 }

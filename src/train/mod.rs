@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU8, Ordering};
 
 use serde::{Deserialize, Serialize};
 
-use crate::data::{DataError, Dataset};
 use crate::data::dataset::SplitStats;
+use crate::data::{DataError, Dataset};
 use crate::metrics::{Metrics, MetricsError};
 use crate::model::LoadError;
 use crate::model::backend::Resolved;
@@ -41,7 +41,10 @@ pub enum TrainError {
     #[error(transparent)]
     Spec(#[from] FieldError),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("checkpoint: {0}")]
     Checkpoint(String),
     #[error("cancelled")]
@@ -54,7 +57,10 @@ pub enum TrainError {
 
 impl TrainError {
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        TrainError::Io { path: path.to_path_buf(), source }
+        TrainError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     /// The error's kind for `error="Kind: message"` in the CSV.
@@ -91,10 +97,14 @@ impl CancelToken {
         Self::default()
     }
     pub fn cancel(&self) {
-        let _ = self.0.compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self
+            .0
+            .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst);
     }
     pub fn shutdown(&self) {
-        let _ = self.0.compare_exchange(0, 2, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self
+            .0
+            .compare_exchange(0, 2, Ordering::SeqCst, Ordering::SeqCst);
     }
     pub fn reason(&self) -> Option<StopReason> {
         match self.0.load(Ordering::SeqCst) {
@@ -145,7 +155,15 @@ pub enum Progress {
     /// The base model (fresh head) on test.
     BaseEvaluated { summary: EvalSummary },
     /// After an optimizer step.
-    Step { epoch: usize, epochs: usize, step: usize, total_steps: usize, loss: f64, learning_rate: f64, seconds_per_step: f64 },
+    Step {
+        epoch: usize,
+        epochs: usize,
+        step: usize,
+        total_steps: usize,
+        loss: f64,
+        learning_rate: f64,
+        seconds_per_step: f64,
+    },
     /// After an epoch's validation and checkpoint.
     Epoch { record: EpochRecord },
     /// The best model on test.

@@ -27,7 +27,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 }
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.0,
+        }
     }
 }
 
@@ -61,7 +66,10 @@ impl PathStack {
 }
 
 /// Global L2 norm of the gradients of `module`.
-pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f64 {
+pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> f64 {
     struct Norm<'a, B: AutodiffBackend> {
         grads: &'a GradientsParams,
         sum: Option<Tensor<B::InnerBackend, 1>>,
@@ -79,20 +87,38 @@ pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &G
     }
     let mut v = Norm::<B> { grads, sum: None };
     module.visit(&mut v);
-    v.sum.map(|s| (s.into_scalar().elem::<f64>()).sqrt()).unwrap_or(0.0)
+    v.sum
+        .map(|s| (s.into_scalar().elem::<f64>()).sqrt())
+        .unwrap_or(0.0)
 }
 
 use burn::tensor::ElementConversion;
 
 impl<B: AutodiffBackend> AdamW<B> {
     pub fn new(config: AdamWConfig) -> Self {
-        AdamW { config, step: 0, state: BTreeMap::new() }
+        AdamW {
+            config,
+            step: 0,
+            state: BTreeMap::new(),
+        }
     }
 
     /// One update with learning rate `lr`; gradients are scaled by `grad_scale` first (clipping).
-    pub fn step<M: AutodiffModule<B>>(&mut self, lr: f64, module: M, grads: GradientsParams, grad_scale: f64) -> M {
+    pub fn step<M: AutodiffModule<B>>(
+        &mut self,
+        lr: f64,
+        module: M,
+        grads: GradientsParams,
+        grad_scale: f64,
+    ) -> M {
         self.step += 1;
-        let mut mapper = StepMapper { optim: self, grads, lr, grad_scale, stack: PathStack(Vec::new()) };
+        let mut mapper = StepMapper {
+            optim: self,
+            grads,
+            lr,
+            grad_scale,
+            stack: PathStack(Vec::new()),
+        };
         module.map(&mut mapper)
     }
 
@@ -100,14 +126,25 @@ impl<B: AutodiffBackend> AdamW<B> {
     pub fn state_tensors(&self) -> Vec<(String, TensorData)> {
         let mut out = Vec::with_capacity(self.state.len() * 2);
         for (k, m) in &self.state {
-            out.push((format!("{k}.exp_avg"), m.exp_avg.clone().into_data().convert::<f32>()));
-            out.push((format!("{k}.exp_avg_sq"), m.exp_avg_sq.clone().into_data().convert::<f32>()));
+            out.push((
+                format!("{k}.exp_avg"),
+                m.exp_avg.clone().into_data().convert::<f32>(),
+            ));
+            out.push((
+                format!("{k}.exp_avg_sq"),
+                m.exp_avg_sq.clone().into_data().convert::<f32>(),
+            ));
         }
         out
     }
 
     /// Restores the state written by [`Self::state_tensors`].
-    pub fn load_state(&mut self, step: u64, tensors: Vec<(String, TensorData)>, device: &<B::InnerBackend as burn::tensor::backend::BackendTypes>::Device) -> Result<(), String> {
+    pub fn load_state(
+        &mut self,
+        step: u64,
+        tensors: Vec<(String, TensorData)>,
+        device: &<B::InnerBackend as burn::tensor::backend::BackendTypes>::Device,
+    ) -> Result<(), String> {
         let mut avg: BTreeMap<String, TensorData> = BTreeMap::new();
         let mut sq: BTreeMap<String, TensorData> = BTreeMap::new();
         for (k, d) in tensors {
@@ -121,13 +158,21 @@ impl<B: AutodiffBackend> AdamW<B> {
         }
         self.state.clear();
         for (k, a) in avg {
-            let s = sq.remove(&k).ok_or_else(|| format!("optimizer state for {k} has no exp_avg_sq"))?;
+            let s = sq
+                .remove(&k)
+                .ok_or_else(|| format!("optimizer state for {k} has no exp_avg_sq"))?;
             let n = a.shape.iter().product::<usize>();
             self.state.insert(
                 k,
                 Moments {
-                    exp_avg: Tensor::from_data(TensorData::new(a.to_vec::<f32>().map_err(|e| format!("{e:?}"))?, [n]), device),
-                    exp_avg_sq: Tensor::from_data(TensorData::new(s.to_vec::<f32>().map_err(|e| format!("{e:?}"))?, [n]), device),
+                    exp_avg: Tensor::from_data(
+                        TensorData::new(a.to_vec::<f32>().map_err(|e| format!("{e:?}"))?, [n]),
+                        device,
+                    ),
+                    exp_avg_sq: Tensor::from_data(
+                        TensorData::new(s.to_vec::<f32>().map_err(|e| format!("{e:?}"))?, [n]),
+                        device,
+                    ),
                 },
             );
         }
@@ -146,7 +191,9 @@ struct StepMapper<'a, B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.stack.0.push((name.to_string(), container_type.to_string()));
+        self.stack
+            .0
+            .push((name.to_string(), container_type.to_string()));
     }
 
     fn exit_module(&mut self, _: &str, _: &str) {
@@ -163,11 +210,16 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
         let dims = tensor.dims();
         let n: usize = dims.iter().product();
         let grad = grad.reshape([n]);
-        let grad = if self.grad_scale != 1.0 { grad.mul_scalar(self.grad_scale) } else { grad };
+        let grad = if self.grad_scale != 1.0 {
+            grad.mul_scalar(self.grad_scale)
+        } else {
+            grad
+        };
         let m = match self.optim.state.remove(&key) {
             Some(m) => Moments {
                 exp_avg: m.exp_avg.mul_scalar(c.beta1) + grad.clone().mul_scalar(1.0 - c.beta1),
-                exp_avg_sq: m.exp_avg_sq.mul_scalar(c.beta2) + grad.square().mul_scalar(1.0 - c.beta2),
+                exp_avg_sq: m.exp_avg_sq.mul_scalar(c.beta2)
+                    + grad.square().mul_scalar(1.0 - c.beta2),
             },
             None => Moments {
                 exp_avg: grad.clone().mul_scalar(1.0 - c.beta1),
@@ -178,7 +230,12 @@ impl<B: AutodiffBackend> ModuleMapper<B> for StepMapper<'_, B> {
         let bias1 = 1.0 - c.beta1.powi(t);
         let bias2 = 1.0 - c.beta2.powi(t);
         // torch: denom = sqrt(v) / sqrt(bias2) + eps; p -= (lr / bias1) * m / denom
-        let denom = m.exp_avg_sq.clone().sqrt().div_scalar(bias2.sqrt()).add_scalar(c.eps);
+        let denom = m
+            .exp_avg_sq
+            .clone()
+            .sqrt()
+            .div_scalar(bias2.sqrt())
+            .add_scalar(c.eps);
         let update = m.exp_avg.clone().div(denom).mul_scalar(self.lr / bias1);
         let mut value = tensor.inner().reshape([n]);
         if c.weight_decay != 0.0 && !no_decay(&path, &parent) {
@@ -200,9 +257,15 @@ mod tests {
 
     #[test]
     fn decay_groups_match_the_trainer() {
-        assert!(no_decay(&p("roberta.embeddings.layer_norm.gamma"), "Struct:LayerNorm"));
+        assert!(no_decay(
+            &p("roberta.embeddings.layer_norm.gamma"),
+            "Struct:LayerNorm"
+        ));
         assert!(no_decay(&p("classifier.bias"), "Struct:Linear"));
         assert!(!no_decay(&p("classifier.weight"), "Struct:Linear"));
-        assert!(!no_decay(&p("roberta.embeddings.word_embeddings.weight"), "Struct:Embedding"));
+        assert!(!no_decay(
+            &p("roberta.embeddings.word_embeddings.weight"),
+            "Struct:Embedding"
+        ));
     }
 }

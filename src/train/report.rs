@@ -45,7 +45,12 @@ pub struct CsvRow {
 }
 
 fn prfa(s: &EvalSummary) -> [f64; 4] {
-    [s.metrics.precision, s.metrics.recall, s.metrics.f1, s.metrics.accuracy]
+    [
+        s.metrics.precision,
+        s.metrics.recall,
+        s.metrics.f1,
+        s.metrics.accuracy,
+    ]
 }
 
 impl CsvRow {
@@ -112,7 +117,13 @@ pub fn csv_text(rows: &[CsvRow]) -> String {
     let mut out = CSV_COLUMNS.join(",");
     out.push_str("\r\n");
     for r in rows {
-        out.push_str(&r.cells().iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","));
+        out.push_str(
+            &r.cells()
+                .iter()
+                .map(|c| csv_cell(c))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         out.push_str("\r\n");
     }
     out
@@ -123,11 +134,24 @@ pub fn append_csv(path: &Path, row: &CsvRow) -> Result<(), TrainError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
     }
-    let new = std::fs::metadata(path).map(|m| m.len() == 0).unwrap_or(true);
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| TrainError::io(path, e))?;
+    let new = std::fs::metadata(path)
+        .map(|m| m.len() == 0)
+        .unwrap_or(true);
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainError::io(path, e))?;
     let text = csv_text(std::slice::from_ref(row));
-    let text = if new { text.as_str() } else { text.split_once("\r\n").map(|(_, rest)| rest).unwrap_or_default() };
-    f.write_all(text.as_bytes()).map_err(|e| TrainError::io(path, e))
+    let text = if new {
+        text.as_str()
+    } else {
+        text.split_once("\r\n")
+            .map(|(_, rest)| rest)
+            .unwrap_or_default()
+    };
+    f.write_all(text.as_bytes())
+        .map_err(|e| TrainError::io(path, e))
 }
 
 #[cfg(test)]

@@ -42,7 +42,11 @@ pub fn lr_factor(kind: LrScheduler, step: usize, warmup: usize, total: usize) ->
 /// Warm-up steps from the spec's `warmup_steps`: an integer count, or a ratio of the total
 /// when below 1 (rounded up, as `TrainingArguments.get_warmup_steps`).
 pub fn warmup_steps(warmup: f64, total: usize) -> usize {
-    if warmup < 1.0 { (warmup * total as f64).ceil() as usize } else { warmup as usize }
+    if warmup < 1.0 {
+        (warmup * total as f64).ceil() as usize
+    } else {
+        warmup as usize
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,10 @@ use super::evaluate::{EvalOutput, evaluate};
 use super::loss::{balanced_weights, position_weights, token_loss};
 use super::optim::{AdamW, AdamWConfig, grad_norm};
 use super::schedule::{lr_factor, warmup_steps};
-use super::{CancelToken, EpochRecord, Progress, RunConfig, RunOutcome, StopReason, TrainError, train_label_counts};
+use super::{
+    CancelToken, EpochRecord, Progress, RunConfig, RunOutcome, StopReason, TrainError,
+    train_label_counts,
+};
 
 /// splitmix64: decorrelated seeds from (seed, counter).
 pub fn mix(seed: u64, counter: u64) -> u64 {
@@ -51,31 +54,57 @@ pub struct Prepared {
 }
 
 /// Tokenizes and aligns one split; returns the examples and the words truncated away.
-pub fn encode_split(split: &crate::data::Split, tokenizer: &RobertaTokenizer, max_len: usize) -> Result<(Vec<Example>, usize), TrainError> {
+pub fn encode_split(
+    split: &crate::data::Split,
+    tokenizer: &RobertaTokenizer,
+    max_len: usize,
+) -> Result<(Vec<Example>, usize), TrainError> {
     let examples = split
         .sentences
         .iter()
-        .map(|sent| Ok(example(tokenizer.encode_words(&sent.tokens)?, &sent.tags, max_len)))
+        .map(|sent| {
+            Ok(example(
+                tokenizer.encode_words(&sent.tokens)?,
+                &sent.tags,
+                max_len,
+            ))
+        })
         .collect::<Result<Vec<_>, TrainError>>()?;
     let dropped = examples.iter().map(|e| e.dropped_words).sum();
     Ok((examples, dropped))
 }
 
 /// Tokenizes and aligns every split (`tokenize_and_align_labels`).
-pub fn prepare(dataset: &Dataset, tokenizer: &RobertaTokenizer, max_len: usize) -> Result<Prepared, TrainError> {
+pub fn prepare(
+    dataset: &Dataset,
+    tokenizer: &RobertaTokenizer,
+    max_len: usize,
+) -> Result<Prepared, TrainError> {
     let (train, a) = encode_split(&dataset.train, tokenizer, max_len)?;
     let (validation, b) = encode_split(&dataset.validation, tokenizer, max_len)?;
     let (test, c) = encode_split(&dataset.test, tokenizer, max_len)?;
-    Ok(Prepared { train, validation, test, dropped_words: a + b + c })
+    Ok(Prepared {
+        train,
+        validation,
+        test,
+        dropped_words: a + b + c,
+    })
 }
 
 /// Longest token sequence for a model and tokenizer under the spec's `max_length`.
 pub fn max_len(config: &RobertaConfig, tokenizer: &RobertaTokenizer, requested: usize) -> usize {
-    requested.min(config.max_tokens()).min(tokenizer.model_max_length.unwrap_or(usize::MAX))
+    requested
+        .min(config.max_tokens())
+        .min(tokenizer.model_max_length.unwrap_or(usize::MAX))
 }
 
 /// Runs the whole pipeline on the configured backend.
-pub fn run(cfg: &RunConfig, resume: bool, cancel: &CancelToken, progress: &mut dyn FnMut(Progress)) -> Result<RunOutcome, TrainError> {
+pub fn run(
+    cfg: &RunConfig,
+    resume: bool,
+    cancel: &CancelToken,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<RunOutcome, TrainError> {
     struct Task<'a> {
         cfg: &'a RunConfig,
         resume: bool,
@@ -85,10 +114,25 @@ pub fn run(cfg: &RunConfig, resume: bool, cancel: &CancelToken, progress: &mut d
     impl BackendTask for Task<'_> {
         type Output = Result<RunOutcome, TrainError>;
         fn run<B: AutodiffBackend>(self, device: B::Device, resolved: Resolved) -> Self::Output {
-            run_on::<B>(self.cfg, self.resume, self.cancel, self.progress, &device, resolved)
+            run_on::<B>(
+                self.cfg,
+                self.resume,
+                self.cancel,
+                self.progress,
+                &device,
+                resolved,
+            )
         }
     }
-    dispatch(cfg.device, Task { cfg, resume, cancel, progress })
+    dispatch(
+        cfg.device,
+        Task {
+            cfg,
+            resume,
+            cancel,
+            progress,
+        },
+    )
 }
 
 fn better(metric: BestMetric, new: f64, old: f64, threshold: f64) -> bool {
@@ -137,7 +181,9 @@ fn run_on<B: AutodiffBackend>(
     let config = base_config.clone().with_labels(labels);
     let max_len = max_len(&base_config, &tokenizer, args.max_length);
     let data = prepare(&cfg.dataset, &tokenizer, max_len)?;
-    let gold = |split: &crate::data::Split| -> Vec<Vec<i64>> { split.sentences.iter().map(|s| s.tags.clone()).collect() };
+    let gold = |split: &crate::data::Split| -> Vec<Vec<i64>> {
+        split.sentences.iter().map(|s| s.tags.clone()).collect()
+    };
     let (gold_val, gold_test) = (gold(&cfg.dataset.validation), gold(&cfg.dataset.test));
     let class_weights: Option<Vec<f64>> = match &args.class_weights {
         None => None,
@@ -146,16 +192,30 @@ fn run_on<B: AutodiffBackend>(
     };
 
     std::fs::create_dir_all(&cfg.output_dir).map_err(|e| TrainError::io(&cfg.output_dir, e))?;
-    let resumed = if resume { checkpoint::latest(&cfg.output_dir)? } else { None };
+    let resumed = if resume {
+        checkpoint::latest(&cfg.output_dir)?
+    } else {
+        None
+    };
     if !resume {
         clear_previous(&cfg.output_dir)?;
     }
 
     // Model: a checkpoint to resume, or the base checkpoint with a head.
-    let (mut model, mut state, resumed_from): (RobertaForTokenClassification<B>, TrainerState, Option<String>) = match &resumed {
+    let (mut model, mut state, resumed_from): (
+        RobertaForTokenClassification<B>,
+        TrainerState,
+        Option<String>,
+    ) = match &resumed {
         Some((dir, state)) => {
             let weights = Weights::open_dir(dir)?;
-            let (m, _) = load_with_weights::<B>(&base_config, &weights, num_labels, HeadInit::FromCheckpoint, device)?;
+            let (m, _) = load_with_weights::<B>(
+                &base_config,
+                &weights,
+                num_labels,
+                HeadInit::FromCheckpoint,
+                device,
+            )?;
             (m, state.clone(), Some(dir.display().to_string()))
         }
         None => {
@@ -166,7 +226,8 @@ fn run_on<B: AutodiffBackend>(
             } else {
                 HeadInit::Fresh { seed: cfg.seed }
             };
-            let (m, report) = load_with_weights::<B>(&base_config, &weights, num_labels, head, device)?;
+            let (m, report) =
+                load_with_weights::<B>(&base_config, &weights, num_labels, head, device)?;
             tracing::info!(format = ?report.format, head = report.head, ignored = report.ignored.len(), params = report.num_parameters, "loaded base checkpoint");
             let state = TrainerState {
                 global_step: 0,
@@ -215,18 +276,35 @@ fn run_on<B: AutodiffBackend>(
         Some(b) => b.clone(),
         None => {
             let t = Instant::now();
-            let out = evaluate(&model.valid(), &data.test, &gold_test, &scheme, args.per_device_eval_batch_size, pad, device)?;
+            let out = evaluate(
+                &model.valid(),
+                &data.test,
+                &gold_test,
+                &scheme,
+                args.per_device_eval_batch_size,
+                pad,
+                device,
+            )?;
             let s = EvalSummary::new(&out, t.elapsed().as_secs_f64());
             state.base_test = Some(s.clone());
             s
         }
     };
-    progress(Progress::BaseEvaluated { summary: base_test.clone() });
+    progress(Progress::BaseEvaluated {
+        summary: base_test.clone(),
+    });
 
-    let mut optim = AdamW::<B>::new(AdamWConfig { weight_decay: args.weight_decay, ..Default::default() });
+    let mut optim = AdamW::<B>::new(AdamWConfig {
+        weight_decay: args.weight_decay,
+        ..Default::default()
+    });
     if let Some((dir, st)) = &resumed {
         optim
-            .load_state(st.global_step as u64, checkpoint::read_optimizer(dir)?, device)
+            .load_state(
+                st.global_step as u64,
+                checkpoint::read_optimizer(dir)?,
+                device,
+            )
             .map_err(TrainError::Checkpoint)?;
     }
 
@@ -244,22 +322,36 @@ fn run_on<B: AutodiffBackend>(
                     StopReason::Cancel => return Err(TrainError::Cancelled),
                     StopReason::Shutdown => {
                         state.epoch_seconds += t_epoch.elapsed().as_secs_f64();
-                        let dir = checkpoint::save(&cfg.output_dir, &model, &config, &optim, &state)?;
-                        return Err(TrainError::Interrupted { checkpoint: dir.display().to_string() });
+                        let dir =
+                            checkpoint::save(&cfg.output_dir, &model, &config, &optim, &state)?;
+                        return Err(TrainError::Interrupted {
+                            checkpoint: dir.display().to_string(),
+                        });
                     }
                 }
             }
             let t_step = Instant::now();
             let hosts: Vec<HostBatch> = window
                 .iter()
-                .map(|idx| HostBatch::collate(&idx.iter().map(|i| &data.train[*i]).collect::<Vec<_>>(), pad))
+                .map(|idx| {
+                    HostBatch::collate(
+                        &idx.iter().map(|i| &data.train[*i]).collect::<Vec<_>>(),
+                        pad,
+                    )
+                })
                 .collect();
-            let weights: Vec<Vec<f32>> = hosts.iter().map(|h| position_weights(&h.labels, class_weights.as_deref())).collect();
+            let weights: Vec<Vec<f32>> = hosts
+                .iter()
+                .map(|h| position_weights(&h.labels, class_weights.as_deref()))
+                .collect();
             let denom: f64 = weights.iter().flatten().map(|w| *w as f64).sum();
             let mut acc = GradientsAccumulator::<RobertaForTokenClassification<B>>::new();
             let mut window_loss = 0.0;
             for (micro, (host, w)) in hosts.iter().zip(&weights).enumerate() {
-                B::seed(device, mix(cfg.seed ^ 0xD50F, (state.global_step * 64 + micro) as u64));
+                B::seed(
+                    device,
+                    mix(cfg.seed ^ 0xD50F, (state.global_step * 64 + micro) as u64),
+                );
                 let batch = host.to_device::<B>(device);
                 let logits = model.forward(batch.input_ids, batch.attention_mask);
                 let loss = token_loss(args.loss, logits, &host.labels, w, denom);
@@ -277,7 +369,8 @@ fn run_on<B: AutodiffBackend>(
             } else {
                 1.0
             };
-            last_lr = args.learning_rate * lr_factor(args.lr_scheduler, state.global_step, warmup, total_steps);
+            last_lr = args.learning_rate
+                * lr_factor(args.lr_scheduler, state.global_step, warmup, total_steps);
             model = optim.step(last_lr, model, grads, scale);
             state.global_step += 1;
             state.step_in_epoch += 1;
@@ -296,7 +389,15 @@ fn run_on<B: AutodiffBackend>(
         }
         let train_seconds = state.epoch_seconds + t_epoch.elapsed().as_secs_f64();
         t_epoch = Instant::now();
-        let eval = evaluate(&model.valid(), &data.validation, &gold_val, &scheme, args.per_device_eval_batch_size, pad, device)?;
+        let eval = evaluate(
+            &model.valid(),
+            &data.validation,
+            &gold_val,
+            &scheme,
+            args.per_device_eval_batch_size,
+            pad,
+            device,
+        )?;
         let value = metric_value(args.metric_for_best_model, &eval);
         let improved = match &state.best {
             None => true,
@@ -304,17 +405,34 @@ fn run_on<B: AutodiffBackend>(
         };
         let significant = match &state.best {
             None => true,
-            Some(b) => better(args.metric_for_best_model, value, b.metric, args.early_stopping_threshold),
+            Some(b) => better(
+                args.metric_for_best_model,
+                value,
+                b.metric,
+                args.early_stopping_threshold,
+            ),
         };
         let ckpt_name = checkpoint::dir_name(state.global_step);
         if improved {
-            state.best = Some(Best { epoch: epoch + 1, metric: value, checkpoint: ckpt_name.clone() });
+            state.best = Some(Best {
+                epoch: epoch + 1,
+                metric: value,
+                checkpoint: ckpt_name.clone(),
+            });
         }
-        state.patience_counter = if significant { 0 } else { state.patience_counter + 1 };
+        state.patience_counter = if significant {
+            0
+        } else {
+            state.patience_counter + 1
+        };
         let record = EpochRecord {
             epoch: epoch + 1,
             step: state.global_step,
-            train_loss: if state.loss_count == 0 { 0.0 } else { state.loss_sum / state.loss_count as f64 },
+            train_loss: if state.loss_count == 0 {
+                0.0
+            } else {
+                state.loss_sum / state.loss_count as f64
+            },
             eval_loss: eval.loss,
             eval: eval.metrics.clone(),
             learning_rate: last_lr,
@@ -330,15 +448,31 @@ fn run_on<B: AutodiffBackend>(
         state.loss_count = 0;
         state.epoch_seconds = 0.0;
         state.epoch_samples = 0;
-        let stop = args.early_stopping_patience.is_some_and(|p| state.patience_counter >= p);
+        let stop = args
+            .early_stopping_patience
+            .is_some_and(|p| state.patience_counter >= p);
         let eval_seconds = t_epoch.elapsed().as_secs_f64();
         if let Some(last) = state.history.last_mut() {
             last.eval_seconds = eval_seconds;
         }
         checkpoint::save(&cfg.output_dir, &model, &config, &optim, &state)?;
-        let best_name = state.best.as_ref().map(|b| b.checkpoint.clone()).unwrap_or_default();
-        checkpoint::rotate(&cfg.output_dir, args.save_total_limit, &[best_name.as_str(), ckpt_name.as_str()])?;
-        progress(Progress::Epoch { record: state.history.last().cloned().expect("pushed above: this is a bug") });
+        let best_name = state
+            .best
+            .as_ref()
+            .map(|b| b.checkpoint.clone())
+            .unwrap_or_default();
+        checkpoint::rotate(
+            &cfg.output_dir,
+            args.save_total_limit,
+            &[best_name.as_str(), ckpt_name.as_str()],
+        )?;
+        progress(Progress::Epoch {
+            record: state
+                .history
+                .last()
+                .cloned()
+                .expect("pushed above: this is a bug"),
+        });
         if stop {
             stopped_early = true;
             tracing::info!(epoch = epoch + 1, "early stopping");
@@ -347,16 +481,41 @@ fn run_on<B: AutodiffBackend>(
     }
 
     // load_best_model_at_end, then the best model on test.
-    let best = state.best.clone().ok_or_else(|| TrainError::Checkpoint("no epoch finished: no best checkpoint".into()))?;
+    let best = state
+        .best
+        .clone()
+        .ok_or_else(|| TrainError::Checkpoint("no epoch finished: no best checkpoint".into()))?;
     let best_dir = cfg.output_dir.join(&best.checkpoint);
     let weights = Weights::open_dir(&best_dir)?;
-    let (best_model, _) = load_with_weights::<B::InnerBackend>(&base_config, &weights, num_labels, HeadInit::FromCheckpoint, device)?;
+    let (best_model, _) = load_with_weights::<B::InnerBackend>(
+        &base_config,
+        &weights,
+        num_labels,
+        HeadInit::FromCheckpoint,
+        device,
+    )?;
     let t = Instant::now();
-    let fin = evaluate(&best_model, &data.test, &gold_test, &scheme, args.per_device_eval_batch_size, pad, device)?;
+    let fin = evaluate(
+        &best_model,
+        &data.test,
+        &gold_test,
+        &scheme,
+        args.per_device_eval_batch_size,
+        pad,
+        device,
+    )?;
     let finetuned_test = EvalSummary::new(&fin, t.elapsed().as_secs_f64());
-    progress(Progress::FinalEvaluated { summary: finetuned_test.clone() });
+    progress(Progress::FinalEvaluated {
+        summary: finetuned_test.clone(),
+    });
     let best_model_dir = cfg.output_dir.join("best_model");
-    save_hf_dir(&best_model, &config, &cfg.model_dir, Some(&tokenizer.json), &best_model_dir)?;
+    save_hf_dir(
+        &best_model,
+        &config,
+        &cfg.model_dir,
+        Some(&tokenizer.json),
+        &best_model_dir,
+    )?;
 
     let train_seconds: f64 = state.history.iter().map(|e| e.train_seconds).sum();
     let samples = data.train.len() * state.history.len();
@@ -377,4 +536,3 @@ fn run_on<B: AutodiffBackend>(
         device: resolved.to_string(),
     })
 }
-

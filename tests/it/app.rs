@@ -29,7 +29,12 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { api_key: None, max_body_bytes: 1 << 20, max_queued_jobs: 100, allow: vec![fixture("")] }
+        Options {
+            api_key: None,
+            max_body_bytes: 1 << 20,
+            max_queued_jobs: 100,
+            allow: vec![fixture("")],
+        }
     }
 }
 
@@ -56,10 +61,21 @@ pub fn serve_args(dir: &std::path::Path, o: &Options) -> ServeArgs {
 
 pub async fn spawn_app_with(o: Options) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let mut running = start(serve_args(dir.path(), &o)).await.expect("server starts");
-    let worker = running.worker.take().expect("no_worker gives a worker to drive");
+    let mut running = start(serve_args(dir.path(), &o))
+        .await
+        .expect("server starts");
+    let worker = running
+        .worker
+        .take()
+        .expect("no_worker gives a worker to drive");
     let base = format!("http://{}", running.addr);
-    TestApp { base, client: reqwest::Client::new(), running: Some(running), worker, dir }
+    TestApp {
+        base,
+        client: reqwest::Client::new(),
+        running: Some(running),
+        worker,
+        dir,
+    }
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -82,7 +98,13 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self.client.post(self.url(path)).json(body).send().await.unwrap();
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
         let code = r.status().as_u16();
         (code, r.json().await.unwrap_or(Value::Null))
     }
@@ -106,7 +128,10 @@ impl TestApp {
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
             let _ = r.shutdown.send(true);
-            tokio::time::timeout(Duration::from_secs(30), r.wait()).await.expect("shuts down in time").unwrap();
+            tokio::time::timeout(Duration::from_secs(30), r.wait())
+                .await
+                .expect("shuts down in time")
+                .unwrap();
         }
     }
 }
@@ -130,7 +155,10 @@ pub async fn read_sse(resp: reqwest::Response) -> Vec<(String, Value)> {
                 }
             }
             if !ev.is_empty() {
-                out.push((ev, serde_json::from_str(&data).unwrap_or(Value::String(data))));
+                out.push((
+                    ev,
+                    serde_json::from_str(&data).unwrap_or(Value::String(data)),
+                ));
             }
         }
     }

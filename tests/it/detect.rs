@@ -17,7 +17,13 @@ use crate::common::{fixture, json};
 const SCORE_TOL: f32 = 1e-4;
 
 fn detector(dir: &str) -> Detector {
-    Detector::load("t", &fixture(dir), Resolved::Cpu, DetectorOptions::default()).unwrap()
+    Detector::load(
+        "t",
+        &fixture(dir),
+        Resolved::Cpu,
+        DetectorOptions::default(),
+    )
+    .unwrap()
 }
 
 fn slice(text: &str, s: usize, e: usize) -> String {
@@ -25,7 +31,11 @@ fn slice(text: &str, s: usize, e: usize) -> String {
 }
 
 fn detect(d: &Detector, text: &str, s: Strategy) -> Vec<Entity> {
-    d.detect_blocking(Input::Text(text.into()), s, None, LongText::Sentences).unwrap().results.remove(0).entities
+    d.detect_blocking(Input::Text(text.into()), s, None, LongText::Sentences)
+        .unwrap()
+        .results
+        .remove(0)
+        .entities
 }
 
 fn check_simple(d: &Detector, item: &Value) {
@@ -34,9 +44,22 @@ fn check_simple(d: &Detector, item: &Value) {
     let want = item["simple"].as_array().unwrap();
     assert_eq!(got.len(), want.len(), "{text}: {got:?} vs {want:?}");
     for (g, w) in got.iter().zip(want) {
-        assert_eq!(g.entity_group.as_deref(), w["entity_group"].as_str(), "{text}");
-        assert_eq!((g.start as u64, g.end as u64), (w["start"].as_u64().unwrap(), w["end"].as_u64().unwrap()), "{text}");
-        assert!((g.score - w["score"].as_f64().unwrap() as f32).abs() <= SCORE_TOL, "{text}: score {} vs {}", g.score, w["score"]);
+        assert_eq!(
+            g.entity_group.as_deref(),
+            w["entity_group"].as_str(),
+            "{text}"
+        );
+        assert_eq!(
+            (g.start as u64, g.end as u64),
+            (w["start"].as_u64().unwrap(), w["end"].as_u64().unwrap()),
+            "{text}"
+        );
+        assert!(
+            (g.score - w["score"].as_f64().unwrap() as f32).abs() <= SCORE_TOL,
+            "{text}: score {} vs {}",
+            g.score,
+            w["score"]
+        );
         // The pipeline decodes tokens (" pagès semb"); we return the exact text span.
         assert_eq!(g.word, slice(text, g.start, g.end));
         assert_eq!(g.word.trim(), w["word"].as_str().unwrap().trim(), "{text}");
@@ -56,7 +79,10 @@ fn simple_and_none_match_the_pipeline_on_tiny_roberta() {
         for (g, w) in got.iter().zip(want) {
             assert_eq!(g.entity.as_deref(), w["entity"].as_str());
             assert_eq!(g.index.map(|i| i as u64), w["index"].as_u64(), "{text}");
-            assert_eq!((g.start as u64, g.end as u64), (w["start"].as_u64().unwrap(), w["end"].as_u64().unwrap()));
+            assert_eq!(
+                (g.start as u64, g.end as u64),
+                (w["start"].as_u64().unwrap(), w["end"].as_u64().unwrap())
+            );
             assert!((g.score - w["score"].as_f64().unwrap() as f32).abs() <= SCORE_TOL);
             assert_eq!(g.word, slice(text, g.start, g.end));
         }
@@ -68,7 +94,11 @@ fn simple_matches_the_pipeline_on_the_finetuned_model() {
     let d = detector("tiny-roberta-finetuned");
     let fx = json("parity/finetuned_pipeline.json");
     let items = fx["items"].as_array().unwrap();
-    assert!(items.iter().any(|i| !i["simple"].as_array().unwrap().is_empty()));
+    assert!(
+        items
+            .iter()
+            .any(|i| !i["simple"].as_array().unwrap().is_empty())
+    );
     for item in items {
         check_simple(&d, item);
     }
@@ -78,13 +108,34 @@ fn simple_matches_the_pipeline_on_the_finetuned_model() {
 fn token_probs(dir: &str, text: &str) -> (Vec<Vec<f32>>, metafora::data::Encoded) {
     let tok = RobertaTokenizer::from_dir(&fixture(dir)).unwrap();
     let enc = tok.encode_text(text).unwrap();
-    let (model, _, _) = load_token_classifier::<Flex>(&fixture(dir), None, HeadInit::FromCheckpoint, &Default::default()).unwrap();
+    let (model, _, _) = load_token_classifier::<Flex>(
+        &fixture(dir),
+        None,
+        HeadInit::FromCheckpoint,
+        &Default::default(),
+    )
+    .unwrap();
     let n = enc.ids.len();
-    let ids = Tensor::<Flex, 2, Int>::from_data(TensorData::new(enc.ids.iter().map(|x| *x as i32).collect::<Vec<_>>(), [1, n]), &Default::default());
-    let mask = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![1i32; n], [1, n]), &Default::default());
-    let p: Vec<f32> = softmax(model.forward(ids, mask), 2).into_data().to_vec().unwrap();
+    let ids = Tensor::<Flex, 2, Int>::from_data(
+        TensorData::new(
+            enc.ids.iter().map(|x| *x as i32).collect::<Vec<_>>(),
+            [1, n],
+        ),
+        &Default::default(),
+    );
+    let mask = Tensor::<Flex, 2, Int>::from_data(
+        TensorData::new(vec![1i32; n], [1, n]),
+        &Default::default(),
+    );
+    let p: Vec<f32> = softmax(model.forward(ids, mask), 2)
+        .into_data()
+        .to_vec()
+        .unwrap();
     let c = p.len() / n;
-    ((0..n).map(|i| p[i * c..(i + 1) * c].to_vec()).collect(), enc)
+    (
+        (0..n).map(|i| p[i * c..(i + 1) * c].to_vec()).collect(),
+        enc,
+    )
 }
 
 #[test]
@@ -93,7 +144,7 @@ fn word_strategies_follow_tokenizer_words_with_code_point_offsets() {
     let text = "😀 L'home d'una col·lecció menja pèsols, però l'àvia… somriu!";
     let dir = "tiny-roberta";
     let d = detector(dir);
-    let labels = vec!["O", "METAPHOR"];
+    let labels = ["O", "METAPHOR"];
     let (probs, enc) = token_probs(dir, text);
     let argmax = |v: &[f32]| if v[1] > v[0] { 1 } else { 0 };
     for strategy in [Strategy::First, Strategy::Average, Strategy::Max] {
@@ -109,11 +160,18 @@ fn word_strategies_follow_tokenizer_words_with_code_point_offsets() {
             let (label, score) = match strategy {
                 Strategy::First => (argmax(&group[0]), group[0][argmax(&group[0])]),
                 Strategy::Max => {
-                    let best = group.iter().fold(&group[0], |a, t| if t[argmax(t)] > a[argmax(a)] { t } else { a });
+                    let best = group.iter().fold(&group[0], |a, t| {
+                        if t[argmax(t)] > a[argmax(a)] { t } else { a }
+                    });
                     (argmax(best), best[argmax(best)])
                 }
                 _ => {
-                    let mean: Vec<f32> = (0..2).map(|l| (group.iter().map(|t| t[l] as f64).sum::<f64>() / group.len() as f64) as f32).collect();
+                    let mean: Vec<f32> = (0..2)
+                        .map(|l| {
+                            (group.iter().map(|t| t[l] as f64).sum::<f64>() / group.len() as f64)
+                                as f32
+                        })
+                        .collect();
                     (argmax(&mean), mean[argmax(&mean)])
                 }
             };
@@ -149,19 +207,35 @@ fn word_strategies_follow_tokenizer_words_with_code_point_offsets() {
     assert!(enc.offsets.contains(&(2, 3)), "{:?}", enc.offsets);
     // Word ids split l'home at the apostrophe: l | ' | home are three words, unlike the
     // pipeline's heuristic, which fuses tokens not preceded by a space.
-    let words_in_lhome: std::collections::BTreeSet<_> = (1..enc.ids.len() - 1).filter(|i| enc.offsets[*i].0 >= 2 && enc.offsets[*i].1 <= 8).map(|i| enc.word_ids[i]).collect();
+    let words_in_lhome: std::collections::BTreeSet<_> = (1..enc.ids.len() - 1)
+        .filter(|i| enc.offsets[*i].0 >= 2 && enc.offsets[*i].1 <= 8)
+        .map(|i| enc.word_ids[i])
+        .collect();
     assert_eq!(words_in_lhome.len(), 3);
 }
 
 #[test]
 fn pre_split_tokens_return_word_indices() {
     let d = detector("tiny-roberta-finetuned");
-    let words: Vec<String> = ["El", "jove", "prefereix", "la", "reputació", "sòlida", "."].iter().map(|s| s.to_string()).collect();
-    let out = d.detect_blocking(Input::Tokens(words.clone()), Strategy::First, None, LongText::Sentences).unwrap();
+    let words: Vec<String> = ["El", "jove", "prefereix", "la", "reputació", "sòlida", "."]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let out = d
+        .detect_blocking(
+            Input::Tokens(words.clone()),
+            Strategy::First,
+            None,
+            LongText::Sentences,
+        )
+        .unwrap();
     let ents = &out.results[0].entities;
     // finetuned_eval.json: this sentence's prediction is METAPHOR on word 5 only ("sòlida").
     assert_eq!(ents.len(), 1, "{ents:?}");
-    assert_eq!((ents[0].start, ents[0].end, ents[0].word.as_str()), (5, 6, "sòlida"));
+    assert_eq!(
+        (ents[0].start, ents[0].end, ents[0].word.as_str()),
+        (5, 6, "sòlida")
+    );
 }
 
 /// The synthetic test sentences joined into one long text: (text, sentence start offsets).
@@ -169,7 +243,15 @@ fn long_text(words: usize) -> (String, Vec<String>, Vec<usize>) {
     let text = std::fs::read_to_string(fixture("data/synthetic/test.jsonl")).unwrap();
     let sentences: Vec<String> = text
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect::<Vec<_>>().join(" "))
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
         .collect();
     let (mut long, mut used, mut starts, mut n) = (String::new(), Vec::new(), Vec::new(), 0);
     for s in sentences.iter().cycle() {
@@ -193,7 +275,14 @@ fn spans(es: &[Entity]) -> std::collections::BTreeSet<(usize, usize)> {
 fn long_text_by_sentences_equals_sentence_by_sentence() {
     let d = detector("tiny-roberta-finetuned");
     let (long, sentences, starts) = long_text(3000);
-    let out = d.detect_blocking(Input::Text(long.clone()), Strategy::Simple, None, LongText::Sentences).unwrap();
+    let out = d
+        .detect_blocking(
+            Input::Text(long.clone()),
+            Strategy::Simple,
+            None,
+            LongText::Sentences,
+        )
+        .unwrap();
     let got = &out.results[0].entities;
     let mut want = Vec::new();
     for (s, start) in sentences.iter().zip(&starts) {
@@ -208,7 +297,10 @@ fn long_text_by_sentences_equals_sentence_by_sentence() {
     // Tolerance: none. Spans, labels and words are equal; scores equal to float rounding.
     assert_eq!(got.len(), want.len());
     for (g, w) in got.iter().zip(&want) {
-        assert_eq!((g.start, g.end, &g.word, &g.entity_group), (w.start, w.end, &w.word, &w.entity_group));
+        assert_eq!(
+            (g.start, g.end, &g.word, &g.entity_group),
+            (w.start, w.end, &w.word, &w.entity_group)
+        );
         assert!((g.score - w.score).abs() < 1e-5);
         assert_eq!(g.word, slice(&long, g.start, g.end));
     }
@@ -222,8 +314,25 @@ fn overlapping_windows_score_each_token_in_its_most_central_window() {
     // reproduce them exactly.
     let (text, _, _) = long_text(180);
     let dir = "tiny-roberta-finetuned";
-    let small = Detector::load("w", &fixture(dir), Resolved::Cpu, DetectorOptions { window: Some(64), stride: 24, ..Default::default() }).unwrap();
-    let out = small.detect_blocking(Input::Text(text.clone()), Strategy::None, None, LongText::Windows).unwrap();
+    let small = Detector::load(
+        "w",
+        &fixture(dir),
+        Resolved::Cpu,
+        DetectorOptions {
+            window: Some(64),
+            stride: 24,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let out = small
+        .detect_blocking(
+            Input::Text(text.clone()),
+            Strategy::None,
+            None,
+            LongText::Windows,
+        )
+        .unwrap();
     let (got, windows) = (&out.results[0].entities, out.results[0].windows);
     let tok = RobertaTokenizer::from_dir(&fixture(dir)).unwrap();
     let enc = tok.encode_text(&text).unwrap();
@@ -231,7 +340,13 @@ fn overlapping_windows_score_each_token_in_its_most_central_window() {
     let (plan, owner) = metafora::infer::window::plan(n, 62, 24);
     assert_eq!(windows, plan.len());
     assert!(windows >= 5, "{windows} windows");
-    let (model, _, _) = load_token_classifier::<Flex>(&fixture(dir), None, HeadInit::FromCheckpoint, &Default::default()).unwrap();
+    let (model, _, _) = load_token_classifier::<Flex>(
+        &fixture(dir),
+        None,
+        HeadInit::FromCheckpoint,
+        &Default::default(),
+    )
+    .unwrap();
     let probs: Vec<Vec<Vec<f32>>> = plan
         .iter()
         .map(|r| {
@@ -239,9 +354,18 @@ fn overlapping_windows_score_each_token_in_its_most_central_window() {
             ids.extend(enc.ids[1 + r.start..1 + r.end].iter().map(|x| *x as i32));
             ids.push(tok.sep_id as i32);
             let len = ids.len();
-            let t = Tensor::<Flex, 2, Int>::from_data(TensorData::new(ids, [1, len]), &Default::default());
-            let m = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![1i32; len], [1, len]), &Default::default());
-            let p: Vec<f32> = softmax(model.forward(t, m), 2).into_data().to_vec().unwrap();
+            let t = Tensor::<Flex, 2, Int>::from_data(
+                TensorData::new(ids, [1, len]),
+                &Default::default(),
+            );
+            let m = Tensor::<Flex, 2, Int>::from_data(
+                TensorData::new(vec![1i32; len], [1, len]),
+                &Default::default(),
+            );
+            let p: Vec<f32> = softmax(model.forward(t, m), 2)
+                .into_data()
+                .to_vec()
+                .unwrap();
             (0..len).map(|i| p[i * 2..i * 2 + 2].to_vec()).collect()
         })
         .collect();
@@ -257,14 +381,31 @@ fn overlapping_windows_score_each_token_in_its_most_central_window() {
     assert_eq!(got.len(), expected.len());
     for (g, (index, (s, e), score)) in got.iter().zip(&expected) {
         assert_eq!((g.index, g.start, g.end), (Some(*index), *s, *e));
-        assert!((g.score - score).abs() < 1e-5, "token {index}: {} vs {score}", g.score);
+        assert!(
+            (g.score - score).abs() < 1e-5,
+            "token {index}: {} vs {score}",
+            g.score
+        );
         assert_eq!(g.word, slice(&text, g.start, g.end));
     }
     // A sequence split in windows is not the same as one pass: measured, not asserted.
     let one = detect(&detector(dir), &text, Strategy::Simple);
-    let win = small.detect_blocking(Input::Text(text.clone()), Strategy::Simple, None, LongText::Windows).unwrap();
-    let common = spans(&win.results[0].entities).intersection(&spans(&one)).count();
-    eprintln!("windows of 64 tokens vs one pass: {common} of {}/{} entity spans shared", win.results[0].entities.len(), one.len());
+    let win = small
+        .detect_blocking(
+            Input::Text(text.clone()),
+            Strategy::Simple,
+            None,
+            LongText::Windows,
+        )
+        .unwrap();
+    let common = spans(&win.results[0].entities)
+        .intersection(&spans(&one))
+        .count();
+    eprintln!(
+        "windows of 64 tokens vs one pass: {common} of {}/{} entity spans shared",
+        win.results[0].entities.len(),
+        one.len()
+    );
 }
 
 #[test]
@@ -274,11 +415,31 @@ fn raw_text_encoding_matches_transformers() {
     let tok = RobertaTokenizer::from_dir(&fixture("tiny-roberta")).unwrap();
     for item in fx["items"].as_array().unwrap() {
         let enc = tok.encode_text(item["text"].as_str().unwrap()).unwrap();
-        let ids: Vec<u32> = item["input_ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+        let ids: Vec<u32> = item["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect();
         assert_eq!(enc.ids, ids);
-        let offsets: Vec<(usize, usize)> = item["offsets"].as_array().unwrap().iter().map(|o| (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize)).collect();
+        let offsets: Vec<(usize, usize)> = item["offsets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| {
+                (
+                    o[0].as_u64().unwrap() as usize,
+                    o[1].as_u64().unwrap() as usize,
+                )
+            })
+            .collect();
         assert_eq!(enc.offsets, offsets, "{}", item["text"]);
-        let word_ids: Vec<Option<usize>> = item["word_ids"].as_array().unwrap().iter().map(|w| w.as_u64().map(|w| w as usize)).collect();
+        let word_ids: Vec<Option<usize>> = item["word_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w.as_u64().map(|w| w as usize))
+            .collect();
         assert_eq!(enc.word_ids, word_ids, "{}", item["text"]);
     }
 }

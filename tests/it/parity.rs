@@ -15,15 +15,28 @@ use crate::common::{fixture, json};
 const LOGIT_TOL: f32 = 1e-4;
 
 fn words(s: &Value) -> Vec<String> {
-    s["words"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect()
+    s["words"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap().to_string())
+        .collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn word_ids(v: &Value) -> Vec<Option<usize>> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().map(|w| w as usize)).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().map(|w| w as usize))
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
@@ -41,7 +54,10 @@ fn floats(v: &Value) -> Vec<f32> {
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 #[test]
@@ -52,15 +68,30 @@ fn tokenization_matches_reference_from_both_tokenizer_sources() {
         let tok = RobertaTokenizer::from_dir(&fixture(dir)).unwrap();
         for s in fx["sentences"].as_array().unwrap() {
             let enc = tok.encode_words(&words(s)).unwrap();
-            assert_eq!(enc.ids, ids(&s["input_ids"]), "{dir}: ids of {:?}", words(s));
+            assert_eq!(
+                enc.ids,
+                ids(&s["input_ids"]),
+                "{dir}: ids of {:?}",
+                words(s)
+            );
             assert_eq!(enc.word_ids, word_ids(&s["word_ids"]), "{dir}: word ids");
-            let tokens: Vec<String> = s["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect();
+            let tokens: Vec<String> = s["tokens"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_str().unwrap().to_string())
+                .collect();
             assert_eq!(enc.tokens, tokens, "{dir}: tokens");
             let offsets: Vec<(usize, usize)> = s["offsets"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|o| (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize))
+                .map(|o| {
+                    (
+                        o[0].as_u64().unwrap() as usize,
+                        o[1].as_u64().unwrap() as usize,
+                    )
+                })
                 .collect();
             assert_eq!(enc.offsets, offsets, "{dir}: code-point offsets");
         }
@@ -80,7 +111,13 @@ fn batch(rows: &[Vec<u32>], masks: &[Vec<u32>]) -> (Tensor<Flex, 2, Int>, Tensor
 #[test]
 fn tiny_roberta_logits_match_single_and_padded_batch() {
     let fx = json("parity/tokenization_and_logits.json");
-    let (model, _, report) = load_token_classifier::<Flex>(&fixture("tiny-roberta"), None, HeadInit::FromCheckpoint, &Default::default()).unwrap();
+    let (model, _, report) = load_token_classifier::<Flex>(
+        &fixture("tiny-roberta"),
+        None,
+        HeadInit::FromCheckpoint,
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(report.head, "loaded");
     let mut worst = 0f32;
     for s in fx["sentences"].as_array().unwrap() {
@@ -90,7 +127,12 @@ fn tiny_roberta_logits_match_single_and_padded_batch() {
     }
     let b = &fx["batch"];
     let rows: Vec<Vec<u32>> = b["input_ids"].as_array().unwrap().iter().map(ids).collect();
-    let masks: Vec<Vec<u32>> = b["attention_mask"].as_array().unwrap().iter().map(ids).collect();
+    let masks: Vec<Vec<u32>> = b["attention_mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ids)
+        .collect();
     let (i, m) = batch(&rows, &masks);
     let got: Vec<f32> = model.forward(i, m).into_data().to_vec().unwrap();
     let want = floats(&b["logits"]);
@@ -112,10 +154,18 @@ fn tiny_roberta_logits_match_single_and_padded_batch() {
 fn encoder_outputs(dir: &str) -> f32 {
     let fx = json("parity/base_hidden.json");
     let labels = vec!["O".to_string(), "METAPHOR".to_string()];
-    let (model, _, report) =
-        load_token_classifier::<Flex>(&fixture(dir), Some(&labels), HeadInit::Fresh { seed: 1 }, &Default::default()).unwrap();
+    let (model, _, report) = load_token_classifier::<Flex>(
+        &fixture(dir),
+        Some(&labels),
+        HeadInit::Fresh { seed: 1 },
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(report.head, "fresh");
-    assert!(!report.ignored.is_empty(), "{dir}: pooler or lm_head must be ignored, not loaded");
+    assert!(
+        !report.ignored.is_empty(),
+        "{dir}: pooler or lm_head must be ignored, not loaded"
+    );
     let mut worst = 0f32;
     for s in fx["sentences"].as_array().unwrap() {
         let ids_ = ids(&s["input_ids"]);
@@ -153,15 +203,40 @@ fn missing_and_misshaped_tensors_are_named() {
         if k == "roberta.encoder.layer.1.output.dense.bias" {
             continue;
         }
-        let shape = if k == "classifier.bias" { vec![1, 2] } else { v.shape().to_vec() };
+        let shape = if k == "classifier.bias" {
+            vec![1, 2]
+        } else {
+            v.shape().to_vec()
+        };
         kept.push((k, shape, v.data().to_vec()));
     }
     let views: Vec<(String, safetensors::tensor::TensorView)> = kept
         .iter()
-        .map(|(k, s, d)| (k.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d).unwrap()))
+        .map(|(k, s, d)| {
+            (
+                k.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), d)
+                    .unwrap(),
+            )
+        })
         .collect();
     safetensors::serialize_to_file(views, None, &dir.path().join("model.safetensors")).unwrap();
-    let err = load_token_classifier::<Flex>(dir.path(), None, HeadInit::FromCheckpoint, &Default::default()).unwrap_err().to_string();
-    assert!(err.contains("missing tensor roberta.encoder.layer.1.output.dense.bias (expected shape [128])"), "{err}");
-    assert!(err.contains("classifier.bias has shape [1, 2], expected [2]"), "{err}");
+    let err = load_token_classifier::<Flex>(
+        dir.path(),
+        None,
+        HeadInit::FromCheckpoint,
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(
+            "missing tensor roberta.encoder.layer.1.output.dense.bias (expected shape [128])"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("classifier.bias has shape [1, 2], expected [2]"),
+        "{err}"
+    );
 }

@@ -7,7 +7,17 @@ use serde_json::Value;
 use crate::common::fixture;
 
 fn seqs(v: &Value) -> Vec<Vec<String>> {
-    v.as_array().unwrap().iter().map(|s| s.as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            s.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect()
 }
 
 /// seqeval computes in float64 like we do; the budget is 1e-12.
@@ -22,8 +32,17 @@ fn every_reference_case_matches() {
         let id = c["id"].as_str().unwrap();
         let (t, p) = (seqs(&c["y_true"]), seqs(&c["y_pred"]));
         let r = report(&t, &p);
-        for (got, key) in [(r.micro.precision, "precision"), (r.micro.recall, "recall"), (r.micro.f1, "f1"), (r.accuracy, "accuracy")] {
-            assert!((got - c[key].as_f64().unwrap()).abs() <= TOL, "{id}: {key} {got} vs {}", c[key]);
+        for (got, key) in [
+            (r.micro.precision, "precision"),
+            (r.micro.recall, "recall"),
+            (r.micro.f1, "f1"),
+            (r.accuracy, "accuracy"),
+        ] {
+            assert!(
+                (got - c[key].as_f64().unwrap()).abs() <= TOL,
+                "{id}: {key} {got} vs {}",
+                c[key]
+            );
         }
         let want = c["per_type"].as_object().unwrap();
         assert_eq!(r.per_type.len(), want.len(), "{id}: per-type rows");
@@ -37,16 +56,34 @@ fn every_reference_case_matches() {
             let label = c["label_of_type"][ty].as_str().unwrap();
             let got = &r.per_type[ty];
             let named = &m.per_label[label];
-            for (g, key) in [(got.precision, "precision"), (got.recall, "recall"), (got.f1, "f1")] {
-                assert!((g - row[key].as_f64().unwrap()).abs() <= TOL, "{id}/{ty}: {key}");
+            for (g, key) in [
+                (got.precision, "precision"),
+                (got.recall, "recall"),
+                (got.f1, "f1"),
+            ] {
+                assert!(
+                    (g - row[key].as_f64().unwrap()).abs() <= TOL,
+                    "{id}/{ty}: {key}"
+                );
             }
-            assert_eq!(got.support as u64, row["support"].as_u64().unwrap(), "{id}/{ty}: support");
+            assert_eq!(
+                got.support as u64,
+                row["support"].as_u64().unwrap(),
+                "{id}/{ty}: support"
+            );
             assert_eq!(named, got, "{id}: {ty} reported under {label}");
         }
         // Rows we add for labels without entities are all zero.
         for (label, row) in &m.per_label {
-            if !want.keys().any(|ty| c["label_of_type"][ty] == label.as_str()) {
-                assert_eq!((row.precision, row.recall, row.f1, row.support), (0.0, 0.0, 0.0, 0), "{id}: extra row {label}");
+            if !want
+                .keys()
+                .any(|ty| c["label_of_type"][ty] == label.as_str())
+            {
+                assert_eq!(
+                    (row.precision, row.recall, row.f1, row.support),
+                    (0.0, 0.0, 0.0, 0),
+                    "{id}: extra row {label}"
+                );
             }
         }
         n += 1;
