@@ -277,15 +277,27 @@ impl<B: Backend> ModuleMapper<B> for LoadMapper<'_, B> {
                 return param;
             }
         };
+        // Transpose on the host so the parameter is contiguous: a strided view would send the
+        // matmuls down another kernel, and a resumed run would differ from an uninterrupted one
+        // in the last bits.
+        let data = if transposed { transpose_2d(data) } else { data };
         let tensor = Tensor::<B, D>::from_data(data, &self.device);
-        let tensor = if transposed {
-            tensor.transpose()
-        } else {
-            tensor
-        };
         let id = param.id;
         param.transform_for_load(tensor, id)
     }
+}
+
+/// Transposes `[rows, cols]` f32 data into `[cols, rows]`.
+fn transpose_2d(data: TensorData) -> TensorData {
+    let (rows, cols) = (data.shape[0], data.shape[1]);
+    let src: Vec<f32> = data.to_vec().expect("f32 weights: this is a bug");
+    let mut out = vec![0f32; src.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = src[r * cols + c];
+        }
+    }
+    TensorData::new(out, [cols, rows])
 }
 
 /// Every float parameter of a module as (HF key, HF-layout tensor data), in module order.

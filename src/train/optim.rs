@@ -77,7 +77,16 @@ pub fn grad_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     impl<B: AutodiffBackend> ModuleVisitor<B> for Norm<'_, B> {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             if let Some(g) = self.grads.get::<B::InnerBackend, D>(param.id) {
-                let sq = g.square().sum();
+                // Row sums first: a full `sum` of a large tensor is a rayon reduction whose
+                // order depends on timing (burn-flex), which would make runs differ in the last
+                // bits; per-row sums are ordered, and the rest is small enough to be serial.
+                let dims = g.dims();
+                let rows = if D >= 2 { dims[0] } else { 1 };
+                let sq = g
+                    .square()
+                    .reshape([rows, dims.iter().product::<usize>() / rows.max(1)])
+                    .sum_dim(1)
+                    .sum();
                 self.sum = Some(match self.sum.take() {
                     Some(s) => s + sq,
                     None => sq,

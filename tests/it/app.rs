@@ -25,6 +25,8 @@ pub struct Options {
     pub max_body_bytes: usize,
     pub max_queued_jobs: usize,
     pub allow: Vec<PathBuf>,
+    pub detect_queue: usize,
+    pub labelstudio_train_spec: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -34,6 +36,8 @@ impl Default for Options {
             max_body_bytes: 1 << 20,
             max_queued_jobs: 100,
             allow: vec![fixture("")],
+            detect_queue: 64,
+            labelstudio_train_spec: None,
         }
     }
 }
@@ -50,11 +54,11 @@ pub fn serve_args(dir: &std::path::Path, o: &Options) -> ServeArgs {
         max_upload_bytes: 4 << 20,
         max_queued_jobs: o.max_queued_jobs,
         model: Some(fixture("tiny-roberta-finetuned")),
-        detect_queue: 64,
+        detect_queue: o.detect_queue,
         batch_tokens: 4096,
         batch_wait_ms: 2,
         window_stride: 128,
-        labelstudio_train_spec: None,
+        labelstudio_train_spec: o.labelstudio_train_spec.clone(),
         no_worker: true,
     }
 }

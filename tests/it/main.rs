@@ -1,7 +1,9 @@
 //! The one integration-test binary: parity with the Python reference, training, the service.
 
+mod annotate;
 mod app;
 mod common;
+mod crash;
 mod detect;
 mod parity;
 mod seqeval;

@@ -1,0 +1,196 @@
+//! Crash recovery with the real binary: a 10-epoch job, `kill -9` mid-epoch, restart; the job
+//! finishes with every epoch exactly once and the metrics of an uninterrupted run.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use metafora::jobs::spec::JobSpec;
+use metafora::model::backend::Resolved;
+use metafora::train::{CancelToken, RunConfig};
+use serde_json::Value;
+
+use crate::app::tiny_job;
+use crate::common::fixture;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn serve(dir: &std::path::Path, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_metafora"))
+        .args([
+            "serve",
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--device",
+            "cpu",
+        ])
+        .arg("--database-url")
+        .arg(format!("sqlite://{}", dir.join("db.sqlite").display()))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--allow-path")
+        .arg(fixture(""))
+        .arg("--model")
+        .arg(fixture("tiny-roberta-finetuned"))
+        .env("METAFORA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts the binary")
+}
+
+async fn wait_health(client: &reqwest::Client, base: &str) {
+    let t = Instant::now();
+    while !client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn get(client: &reqwest::Client, url: String) -> Value {
+    client.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_epoch_then_resume_gives_the_uninterrupted_result() {
+    let spec_json = tiny_job(10);
+    // Reference: the same spec, uninterrupted, through the library.
+    let spec = JobSpec::parse(spec_json.to_string().as_bytes()).unwrap();
+    let ref_dir = tempfile::tempdir().unwrap();
+    let ctx = metafora::jobs::resolve::ResolveContext::default();
+    let cfg: RunConfig = metafora::jobs::resolve::run_config(
+        &spec,
+        &ctx,
+        ref_dir.path(),
+        Resolved::Cpu,
+        &mut |_| {},
+    )
+    .unwrap();
+    let reference = tokio::task::spawn_blocking(move || {
+        metafora::train::run(&cfg, false, &CancelToken::new(), &mut |_| {}).unwrap()
+    })
+    .await
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = serve(dir.path(), port);
+    wait_health(&client, &base).await;
+    let created: Value = client
+        .post(format!("{base}/v1/jobs"))
+        .json(&spec_json)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    // Wait until three epochs are stored, then a little into the fourth.
+    let t = Instant::now();
+    loop {
+        let e = get(&client, format!("{base}/v1/jobs/{id}/epochs")).await;
+        if e["epochs"].as_array().unwrap().len() >= 3 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(120), "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(
+        client.get(format!("{base}/health")).send().await.is_err(),
+        "server is down"
+    );
+
+    let port2 = free_port();
+    let base2 = format!("http://127.0.0.1:{port2}");
+    let mut child = serve(dir.path(), port2);
+    wait_health(&client, &base2).await;
+    let t = Instant::now();
+    let job = loop {
+        let j = get(&client, format!("{base2}/v1/jobs/{id}")).await;
+        if j["status"] == "succeeded" || j["status"] == "failed" {
+            break j;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "job did not finish: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(job["status"], "succeeded", "{job}");
+    assert_eq!(job["attempts"], 2, "resumed once");
+    let epochs = get(&client, format!("{base2}/v1/jobs/{id}/epochs")).await;
+    let epochs = epochs["epochs"].as_array().unwrap();
+    let numbers: Vec<u64> = epochs
+        .iter()
+        .map(|e| e["epoch"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=10).collect::<Vec<_>>(),
+        "no duplicated or missing epoch"
+    );
+    // Bit-identical: same seed, same backend, per-step RNG seeding.
+    for (e, r) in epochs.iter().zip(&reference.epochs) {
+        for (k, want) in [
+            ("precision", r.eval.precision),
+            ("recall", r.eval.recall),
+            ("f1", r.eval.f1),
+            ("accuracy", r.eval.accuracy),
+        ] {
+            assert_eq!(
+                e["eval"][k].as_f64().unwrap(),
+                want,
+                "epoch {} validation {k}",
+                r.epoch
+            );
+        }
+        assert_eq!(
+            e["train_loss"].as_f64().unwrap(),
+            r.train_loss,
+            "epoch {} train loss",
+            r.epoch
+        );
+        assert_eq!(
+            e["eval_loss"].as_f64().unwrap(),
+            r.eval_loss,
+            "epoch {} eval loss",
+            r.epoch
+        );
+    }
+    let results = get(&client, format!("{base2}/v1/jobs/{id}/results")).await;
+    for k in ["precision", "recall", "f1", "accuracy"] {
+        let want = serde_json::to_value(&reference.finetuned_test.metrics).unwrap()[k]
+            .as_f64()
+            .unwrap();
+        assert_eq!(results["finetuned"][k].as_f64().unwrap(), want, "test {k}");
+    }
+    assert_eq!(
+        results["base"]["f1"].as_f64().unwrap(),
+        reference.base_test.metrics.f1
+    );
+    assert_eq!(
+        results["best_epoch"].as_u64().unwrap() as usize,
+        reference.best_epoch
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
