@@ -36,6 +36,20 @@ pub enum BenchCommand {
     Parity(ParityBench),
     /// HTTP load on /v1/detect at several client counts.
     Detect(DetectBench),
+    /// Logits of a model directory for pre-split sentences (JSON), for export round trips.
+    Logits(LogitsBench),
+}
+
+#[derive(Debug, Args)]
+pub struct LogitsBench {
+    /// HF model directory (e.g. a run's best_model).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL with `tokens` (pre-split words).
+    #[arg(long)]
+    pub sentences: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
 }
 
 #[derive(Debug, Args)]
@@ -102,6 +116,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Model(m) => model_bench(m),
         BenchCommand::Parity(p) => parity_bench(p),
         BenchCommand::Detect(d) => detect_bench(d),
+        BenchCommand::Logits(l) => logits_bench(l),
     }
 }
 
@@ -463,6 +478,7 @@ fn detect_bench(d: DetectBench) -> anyhow::Result<()> {
         window_stride: 128,
         labelstudio_train_spec: None,
         no_worker: true,
+        hub: None,
     };
     let running = rt.block_on(crate::server::start(args))?;
     let url = format!("http://{}/v1/detect", running.addr);
@@ -584,4 +600,59 @@ fn load(url: &str, clients: usize, dur: Duration, sentences: Arc<Vec<String>>) -
         busy: busy.load(Ordering::Relaxed),
         errors: errors.load(Ordering::Relaxed),
     }
+}
+
+fn logits_bench(l: LogitsBench) -> anyhow::Result<()> {
+    let device = l.device.resolve().map_err(anyhow::Error::msg)?;
+    struct Task<'a>(&'a LogitsBench);
+    impl BackendTask for Task<'_> {
+        type Output = anyhow::Result<Vec<Value>>;
+        fn run<B: AutodiffBackend>(self, device: B::Device, _: Resolved) -> Self::Output {
+            let (model, _, _) = load_token_classifier::<B::InnerBackend>(
+                &self.0.model,
+                None,
+                HeadInit::FromCheckpoint,
+                &device,
+            )?;
+            let tok = RobertaTokenizer::from_dir(&self.0.model)?;
+            let mut out = Vec::new();
+            for line in std::fs::read_to_string(&self.0.sentences)?
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+            {
+                let v: Value = serde_json::from_str(line)?;
+                let words: Vec<String> = v["tokens"]
+                    .as_array()
+                    .context("tokens")?
+                    .iter()
+                    .filter_map(|w| w.as_str().map(String::from))
+                    .collect();
+                let enc = tok.encode_words(&words)?;
+                let n = enc.ids.len();
+                let ids = Tensor::<B::InnerBackend, 2, Int>::from_data(
+                    TensorData::new(
+                        enc.ids.iter().map(|x| *x as i32).collect::<Vec<_>>(),
+                        [1, n],
+                    ),
+                    &device,
+                );
+                let mask = Tensor::<B::InnerBackend, 2, Int>::from_data(
+                    TensorData::new(vec![1i32; n], [1, n]),
+                    &device,
+                );
+                let logits: Vec<f32> = model
+                    .forward(ids, mask)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+                out.push(json!({"tokens": words, "input_ids": enc.ids, "logits": logits}));
+            }
+            Ok(out)
+        }
+    }
+    for row in dispatch(device, Task(&l))? {
+        println!("{row}");
+    }
+    Ok(())
 }

@@ -98,6 +98,9 @@ pub struct ServeArgs {
     /// Do not start the training worker (API and /detect only).
     #[arg(long, env = "METAFORA_NO_WORKER")]
     pub no_worker: bool,
+    /// Hub settings; from the standard `HF_*` variables when not set (tests inject a stand-in).
+    #[arg(skip)]
+    pub hub: Option<crate::hub::HubConfig>,
 }
 
 /// `metafora train`

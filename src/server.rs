@@ -101,7 +101,12 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     let ctx = ResolveContext {
         allowed_roots: Some(roots),
         uploads: Some(data_dir.join("datasets")),
-        hub: Some(HubClient::from_env()),
+        hub: Some(
+            args.hub
+                .clone()
+                .map(HubClient::new)
+                .unwrap_or_else(HubClient::from_env),
+        ),
     };
     let (events, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {

@@ -325,8 +325,7 @@ impl HubClient {
         for rev in revisions {
             let repo = Self::repo(RepoType::Dataset, id, rev);
             if self.config.offline {
-                let cache = Cache::new(self.config.cache_dir.clone()).repo(repo.clone());
-                if let Some(root) = offline_dataset(&cache, &self.config.cache_dir, &repo) {
+                if let Some(root) = offline_dataset(&self.config.cache_dir, &repo, splits) {
                     return Ok(root);
                 }
                 tried.push(rev.unwrap_or("main").to_string());
@@ -445,12 +444,28 @@ pub fn is_split_file(path: &str, splits: &[&str]) -> bool {
     })
 }
 
-/// Offline: the cached snapshot of a dataset revision, if its ref resolves.
-fn offline_dataset(_cache: &hf_hub::CacheRepo, cache_dir: &Path, repo: &Repo) -> Option<PathBuf> {
+/// Offline: the cached snapshot of a dataset revision, if its ref resolves and it holds a
+/// data file for every split.
+fn offline_dataset(cache_dir: &Path, repo: &Repo, splits: &[&str]) -> Option<PathBuf> {
     let folder = cache_dir.join(repo.folder_name());
     let commit = std::fs::read_to_string(folder.join("refs").join(repo.revision())).ok()?;
     let snap = folder.join("snapshots").join(commit.trim());
-    snap.is_dir().then_some(snap)
+    let mut files = Vec::new();
+    let mut stack = vec![snap.clone()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if let Ok(rel) = p.strip_prefix(&snap) {
+                files.push(rel.to_string_lossy().replace('\\', "/"));
+            }
+        }
+    }
+    splits
+        .iter()
+        .all(|s| files.iter().any(|f| is_split_file(f, &[s])))
+        .then_some(snap)
 }
 
 #[cfg(test)]

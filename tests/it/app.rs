@@ -27,6 +27,9 @@ pub struct Options {
     pub allow: Vec<PathBuf>,
     pub detect_queue: usize,
     pub labelstudio_train_spec: Option<PathBuf>,
+    pub hub: Option<metafora::hub::HubConfig>,
+    /// Reuse this directory (database, data) instead of a fresh one.
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for Options {
@@ -38,6 +41,8 @@ impl Default for Options {
             allow: vec![fixture("")],
             detect_queue: 64,
             labelstudio_train_spec: None,
+            hub: None,
+            dir: None,
         }
     }
 }
@@ -60,14 +65,14 @@ pub fn serve_args(dir: &std::path::Path, o: &Options) -> ServeArgs {
         window_stride: 128,
         labelstudio_train_spec: o.labelstudio_train_spec.clone(),
         no_worker: true,
+        hub: o.hub.clone(),
     }
 }
 
 pub async fn spawn_app_with(o: Options) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let mut running = start(serve_args(dir.path(), &o))
-        .await
-        .expect("server starts");
+    let root = o.dir.clone().unwrap_or_else(|| dir.path().to_path_buf());
+    let mut running = start(serve_args(&root, &o)).await.expect("server starts");
     let worker = running
         .worker
         .take()

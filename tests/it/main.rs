@@ -5,6 +5,7 @@ mod app;
 mod common;
 mod crash;
 mod detect;
+mod hub;
 mod parity;
 mod seqeval;
 mod service;

@@ -240,3 +240,34 @@ fn missing_and_misshaped_tensors_are_named() {
         "{err}"
     );
 }
+
+#[test]
+fn pytorch_bin_loads_to_the_same_logits_as_safetensors() {
+    // tests/fixtures/tiny-roberta-bin: the same weights saved by torch.save (zip + pickle).
+    let fx = json("parity/tokenization_and_logits.json");
+    let d = Default::default();
+    let (st, _, _) =
+        load_token_classifier::<Flex>(&fixture("tiny-roberta"), None, HeadInit::FromCheckpoint, &d)
+            .unwrap();
+    let (bin, _, report) = load_token_classifier::<Flex>(
+        &fixture("tiny-roberta-bin"),
+        None,
+        HeadInit::FromCheckpoint,
+        &d,
+    )
+    .unwrap();
+    assert_eq!(
+        report.format,
+        metafora::model::weights::WeightFormat::Pytorch
+    );
+    for s in fx["sentences"].as_array().unwrap() {
+        let (i, m) = batch(&[ids(&s["input_ids"])], &[ids(&s["attention_mask"])]);
+        let a: Vec<f32> = st
+            .forward(i.clone(), m.clone())
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let b: Vec<f32> = bin.forward(i, m).into_data().to_vec().unwrap();
+        assert_eq!(a, b, "bit-identical weights give bit-identical logits");
+    }
+}
