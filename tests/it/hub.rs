@@ -396,55 +396,56 @@ async fn job_by_hub_ids_downloads_trains_pushes_then_runs_offline() {
     // The push: repo created private, the HF directory and the card committed.
     let created = hub.created.lock().unwrap().clone();
     assert_eq!(created[0]["private"], true);
-    let repos = hub.repos.lock().unwrap();
-    let pushed = &repos[&(
-        "models".to_string(),
-        "me/tiny-metaphor".to_string(),
-        "main".to_string(),
-    )];
-    let names: Vec<&str> = pushed.files.keys().map(|s| s.as_str()).collect();
-    for f in [
-        "README.md",
-        "config.json",
-        "model.safetensors",
-        "tokenizer.json",
-        "vocab.json",
-        "merges.txt",
-    ] {
-        assert!(names.contains(&f), "{f} pushed: {names:?}");
+    {
+        let repos = hub.repos.lock().unwrap();
+        let pushed = &repos[&(
+            "models".to_string(),
+            "me/tiny-metaphor".to_string(),
+            "main".to_string(),
+        )];
+        let names: Vec<&str> = pushed.files.keys().map(|s| s.as_str()).collect();
+        for f in [
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "tokenizer.json",
+            "vocab.json",
+            "merges.txt",
+        ] {
+            assert!(names.contains(&f), "{f} pushed: {names:?}");
+        }
+        let config_json: Value = serde_json::from_slice(&pushed.files["config.json"]).unwrap();
+        assert_eq!(
+            config_json["architectures"],
+            json!(["RobertaForTokenClassification"])
+        );
+        assert_eq!(
+            config_json["id2label"],
+            json!({"0": "O", "1": "METAPHOR"}),
+            "labels from the card's ClassLabel"
+        );
+        let card = String::from_utf8(pushed.files["README.md"].clone()).unwrap();
+        for needle in [
+            "base_model: projecte-aina/tiny-ca",
+            "Dataset: `someone/metaphor-small`",
+            "Seed: 42",
+            "| base (fresh head) |",
+            "| fine-tuned |",
+            "| METAPHOR |",
+            "## Label distribution",
+            "\"learning_rate\": 0.0005",
+            "metafora 0.1.0",
+        ] {
+            assert!(card.contains(needle), "card has {needle:?}:\n{card}");
+        }
+        let commit_ops = hub.commits.lock().unwrap()[0].1.clone();
+        assert!(
+            commit_ops
+                .iter()
+                .any(|o| o["key"] == "lfsFile" && o["value"]["path"] == "model.safetensors"),
+            "weights go through LFS"
+        );
     }
-    let config_json: Value = serde_json::from_slice(&pushed.files["config.json"]).unwrap();
-    assert_eq!(
-        config_json["architectures"],
-        json!(["RobertaForTokenClassification"])
-    );
-    assert_eq!(
-        config_json["id2label"],
-        json!({"0": "O", "1": "METAPHOR"}),
-        "labels from the card's ClassLabel"
-    );
-    let card = String::from_utf8(pushed.files["README.md"].clone()).unwrap();
-    for needle in [
-        "base_model: projecte-aina/tiny-ca",
-        "Dataset: `someone/metaphor-small`",
-        "Seed: 42",
-        "| base (fresh head) |",
-        "| fine-tuned |",
-        "| METAPHOR |",
-        "## Label distribution",
-        "\"learning_rate\": 0.0005",
-        "metafora 0.1.0",
-    ] {
-        assert!(card.contains(needle), "card has {needle:?}:\n{card}");
-    }
-    let commit_ops = hub.commits.lock().unwrap()[0].1.clone();
-    assert!(
-        commit_ops
-            .iter()
-            .any(|o| o["key"] == "lfsFile" && o["value"]["path"] == "model.safetensors"),
-        "weights go through LFS"
-    );
-    drop(repos);
     app.shutdown().await;
 
     // Offline: the same job runs from the cache without a single request.
