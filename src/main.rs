@@ -3,6 +3,12 @@
 use clap::Parser;
 use metafora::config::{Cli, Command};
 
+// Training and inference allocate and free large tensors at a high rate; glibc returns them
+// to the kernel (mmap/munmap) each time, so every step page-faults its memory in again.
+// mimalloc keeps freed pages for reuse.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     metafora::telemetry::init(&cli.log, &cli.log_format);
