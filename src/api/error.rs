@@ -149,12 +149,34 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        // A missing content type is taken as JSON (scripts); a different one is refused, so
+        // `curl -d` without `-H 'content-type: application/json'` gets a clear answer.
+        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
+            let ct = ct.to_str().unwrap_or("");
+            if !is_json_content_type(ct) {
+                return Err(ApiError::UnsupportedMediaType(format!(
+                    "expected content-type application/json, got {ct:?}"
+                )));
+            }
+        }
         let bytes = match axum::body::Bytes::from_request(req, state).await {
             Ok(b) => b,
             Err(e) => return Err(body_rejection(e.status(), e.body_text())),
         };
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// `application/json`, `application/*+json`, with or without parameters.
+fn is_json_content_type(ct: &str) -> bool {
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Maps a body rejection (too large, unreadable) to an ApiError.
@@ -172,6 +194,10 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::BadRequest(
             "request body is not valid UTF-8".into(),
         ));
+    }
+    // Syntax first (trailing bytes included), so malformed JSON is a 400 whatever its shape.
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+        return Err(ApiError::BadRequest(format!("malformed JSON: {e}")));
     }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|e| {

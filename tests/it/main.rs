@@ -9,3 +9,4 @@ mod hub;
 mod parity;
 mod seqeval;
 mod service;
+mod sweep;

@@ -1,0 +1,371 @@
+//! Bad-input sweep: malformed and hostile requests on every writing route. Each answer must be
+//! a 4xx JSON error (naming the field where there is one), the server must stay up, and the
+//! job that was queued before the sweep must come out of it untouched and alone.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::app::{Options, spawn_app_with};
+use crate::common::fixture;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let target = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), target).unwrap();
+        }
+    }
+}
+
+struct Case {
+    what: &'static str,
+    path: &'static str,
+    content_type: &'static str,
+    body: Vec<u8>,
+    status: &'static [u16],
+    field: Option<&'static str>,
+}
+
+fn json_case(
+    what: &'static str,
+    body: Value,
+    status: &'static [u16],
+    field: Option<&'static str>,
+) -> Case {
+    Case {
+        what,
+        path: "/v1/jobs",
+        content_type: "application/json",
+        body: body.to_string().into_bytes(),
+        status,
+        field,
+    }
+}
+
+fn raw_case(what: &'static str, path: &'static str, body: &[u8], status: &'static [u16]) -> Case {
+    Case {
+        what,
+        path,
+        content_type: "application/json",
+        body: body.to_vec(),
+        status,
+        field: None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_inputs_get_4xx_json_and_leave_jobs_intact() {
+    // An allowed directory with a real model and dataset, and one outside it that holds a
+    // valid dataset too, reachable only through `..` or a symlink.
+    let allowed = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let a = allowed.path().canonicalize().unwrap();
+    let o = outside.path().canonicalize().unwrap();
+    copy_dir(&fixture("tiny-roberta-base"), &a.join("model"));
+    copy_dir(&fixture("data/synthetic-small"), &a.join("data"));
+    copy_dir(&fixture("data/synthetic-small"), &o.join("data"));
+    copy_dir(&fixture("tiny-roberta-base"), &o.join("model"));
+    std::os::unix::fs::symlink(o.join("data"), a.join("link-data")).unwrap();
+    std::os::unix::fs::symlink(o.join("model"), a.join("link-model")).unwrap();
+    std::os::unix::fs::symlink(&o, a.join("link-dir")).unwrap();
+
+    let app = spawn_app_with(Options {
+        allow: vec![a.clone()],
+        max_body_bytes: 64 * 1024,
+        ..Default::default()
+    })
+    .await;
+    let good = json!({
+        "model": {"checkpoint": a.join("model")},
+        "dataset": {"path": a.join("data")},
+        "training": {"num_train_epochs": 1},
+        "seed": 7
+    });
+    let id = app.create_job(&good).await;
+    let (_, before) = app.get(&format!("/v1/jobs/{id}")).await;
+
+    let with = |pointer: &str, v: Value| {
+        let mut s = good.clone();
+        *s.pointer_mut(pointer).unwrap() = v;
+        s
+    };
+    let set = |section: &str, key: &str, v: Value| {
+        let mut s = good.clone();
+        s[section][key] = v;
+        s
+    };
+    let a_str = a.display().to_string();
+    let o_str = o.display().to_string();
+    const BAD: &[u16] = &[400, 422];
+    const UNPROCESSABLE: &[u16] = &[422];
+    let mut cases = vec![
+        raw_case("truncated JSON", "/v1/jobs", b"{\"model\": ", &[400]),
+        raw_case("not JSON", "/v1/jobs", b"hello", &[400]),
+        raw_case("trailing garbage", "/v1/jobs", br#"{"model":{"checkpoint":"m"},"dataset":{"path":"d"}} x"#, &[400]),
+        raw_case("array body", "/v1/jobs", b"[]", BAD),
+        raw_case("null body", "/v1/jobs", b"null", BAD),
+        raw_case("empty body", "/v1/jobs", b"", &[400]),
+        raw_case(
+            "NaN literal",
+            "/v1/jobs",
+            br#"{"model":{"checkpoint":"m"},"dataset":{"path":"d"},"training":{"learning_rate":NaN}}"#,
+            &[400],
+        ),
+        raw_case(
+            "Infinity literal",
+            "/v1/jobs",
+            br#"{"model":{"checkpoint":"m"},"dataset":{"path":"d"},"seed":Infinity}"#,
+            &[400],
+        ),
+        raw_case(
+            "number out of range",
+            "/v1/jobs",
+            br#"{"model":{"checkpoint":"m"},"dataset":{"path":"d"},"training":{"learning_rate":1e999}}"#,
+            BAD,
+        ),
+        raw_case("non-UTF-8 body", "/v1/jobs", b"\xff\xfe{\"model\":1}", &[400]),
+        raw_case(
+            "non-UTF-8 inside a string",
+            "/v1/jobs",
+            b"{\"model\":{\"checkpoint\":\"\xc3\x28\"},\"dataset\":{\"path\":\"d\"}}",
+            &[400],
+        ),
+        raw_case(
+            "deeply nested",
+            "/v1/jobs",
+            "[".repeat(5000).as_bytes(),
+            &[400],
+        ),
+        Case {
+            what: "wrong content type",
+            path: "/v1/jobs",
+            content_type: "text/plain",
+            body: good.to_string().into_bytes(),
+            status: &[415],
+            field: None,
+        },
+        Case {
+            what: "huge body",
+            path: "/v1/jobs",
+            content_type: "application/json",
+            body: json!({"model": {"checkpoint": "x".repeat(200_000)}}).to_string().into_bytes(),
+            status: &[413],
+            field: None,
+        },
+        json_case("missing model", json!({"dataset": {"path": a.join("data")}}), UNPROCESSABLE, Some("model")),
+        json_case("model is a number", with("/model", json!(3)), UNPROCESSABLE, Some("model")),
+        json_case("checkpoint is a list", with("/model/checkpoint", json!(["a"])), UNPROCESSABLE, Some("model.checkpoint")),
+        json_case("learning rate as text", set("training", "learning_rate", json!("fast")), UNPROCESSABLE, Some("training.learning_rate")),
+        json_case("negative learning rate", set("training", "learning_rate", json!(-1)), UNPROCESSABLE, Some("training.learning_rate")),
+        json_case("zero learning rate", set("training", "learning_rate", json!(0)), UNPROCESSABLE, Some("training.learning_rate")),
+        json_case("fractional epochs", set("training", "num_train_epochs", json!(2.5)), UNPROCESSABLE, Some("training.num_train_epochs")),
+        json_case("negative epochs", set("training", "num_train_epochs", json!(-1)), UNPROCESSABLE, Some("training.num_train_epochs")),
+        json_case("zero batch", set("training", "per_device_train_batch_size", json!(0)), UNPROCESSABLE, Some("training.per_device_train_batch_size")),
+        json_case("huge batch", set("training", "per_device_train_batch_size", json!(1u64 << 40)), UNPROCESSABLE, Some("training.per_device_train_batch_size")),
+        json_case("negative warmup", set("training", "warmup_steps", json!(-3)), UNPROCESSABLE, Some("training.warmup_steps")),
+        json_case("negative weight decay", set("training", "weight_decay", json!(-0.1)), UNPROCESSABLE, Some("training.weight_decay")),
+        json_case("negative class weight", set("training", "class_weights", json!([1.0, -2.0, 1.0])), UNPROCESSABLE, Some("training.class_weights[1]")),
+        json_case("unknown class weights mode", set("training", "class_weights", json!("inverse")), UNPROCESSABLE, Some("training.class_weights")),
+        json_case("negative focal gamma", set("training", "loss", json!({"focal": {"gamma": -1}})), UNPROCESSABLE, Some("training.loss.focal.gamma")),
+        json_case("unknown precision", set("training", "precision", json!("f8")), UNPROCESSABLE, Some("training.precision")),
+        json_case("unknown scheduler", set("training", "lr_scheduler", json!("sawtooth")), UNPROCESSABLE, Some("training.lr_scheduler")),
+        json_case("negative seed", with("/seed", json!(-1)), UNPROCESSABLE, Some("seed")),
+        json_case("seed as text", with("/seed", json!("42")), UNPROCESSABLE, Some("seed")),
+        json_case("unknown top-level field", {let mut s = good.clone(); s["foo"] = json!(1); s}, UNPROCESSABLE, Some("foo")),
+        json_case("unknown training field", set("training", "lr", json!(1e-5)), UNPROCESSABLE, Some("training.lr")),
+        json_case("dataset outside", with("/dataset/path", json!("/etc")), UNPROCESSABLE, Some("dataset.path")),
+        json_case("dataset root", with("/dataset/path", json!("/")), UNPROCESSABLE, Some("dataset.path")),
+        json_case("dot-dot out of the allowed dir", with("/dataset/path", json!(format!("{a_str}/../{}/data", o.file_name().unwrap().to_str().unwrap()))), UNPROCESSABLE, Some("dataset.path")),
+        json_case("dot-dot to the outside copy", with("/dataset/path", json!(format!("{a_str}/data/../../../../../../{o_str}/data"))), UNPROCESSABLE, Some("dataset.path")),
+        json_case("relative dot-dot", with("/dataset/path", json!("../../../../etc")), UNPROCESSABLE, Some("dataset.path")),
+        json_case("symlinked dataset pointing out", with("/dataset/path", json!(a.join("link-data"))), UNPROCESSABLE, Some("dataset.path")),
+        json_case("symlinked dir pointing out", with("/dataset/path", json!(a.join("link-dir/data"))), UNPROCESSABLE, Some("dataset.path")),
+        json_case("symlinked model pointing out", with("/model/checkpoint", json!(a.join("link-model"))), UNPROCESSABLE, Some("model.checkpoint")),
+        json_case("model outside", with("/model/checkpoint", json!(o.join("model"))), UNPROCESSABLE, Some("model.checkpoint")),
+        json_case("NUL in a path", with("/dataset/path", json!(format!("{a_str}/data\u{0}x"))), UNPROCESSABLE, Some("dataset.path")),
+        json_case("output dir outside", {let mut s = good.clone(); s["output"] = json!({"dir": "/tmp/evil"}); s}, UNPROCESSABLE, Some("output.dir")),
+    ];
+    // Other writing routes.
+    cases.extend([
+        Case {
+            what: "detect: text is a number",
+            path: "/v1/detect",
+            content_type: "application/json",
+            body: br#"{"text": 5}"#.to_vec(),
+            status: UNPROCESSABLE,
+            field: Some("text"),
+        },
+        Case {
+            what: "detect: threshold out of range",
+            path: "/v1/detect",
+            content_type: "application/json",
+            body: br#"{"text": "hola", "threshold": 2}"#.to_vec(),
+            status: UNPROCESSABLE,
+            field: Some("threshold"),
+        },
+        Case {
+            what: "detect: unknown strategy",
+            path: "/v1/detect",
+            content_type: "application/json",
+            body: br#"{"text": "hola", "aggregation_strategy": "median"}"#.to_vec(),
+            status: UNPROCESSABLE,
+            field: Some("aggregation_strategy"),
+        },
+        Case {
+            what: "detect: NaN",
+            path: "/v1/detect",
+            content_type: "application/json",
+            body: br#"{"text": "hola", "threshold": NaN}"#.to_vec(),
+            status: &[400],
+            field: None,
+        },
+        Case {
+            what: "detect: non-UTF-8",
+            path: "/v1/detect",
+            content_type: "application/json",
+            body: b"{\"text\": \"\xff\xff\"}".to_vec(),
+            status: &[400],
+            field: None,
+        },
+        Case {
+            what: "models: path outside",
+            path: "/v1/models",
+            content_type: "application/json",
+            body: json!({"name": "x", "path": o.join("model")})
+                .to_string()
+                .into_bytes(),
+            status: UNPROCESSABLE,
+            field: Some("path"),
+        },
+        Case {
+            what: "models: symlink pointing out",
+            path: "/v1/models",
+            content_type: "application/json",
+            body: json!({"name": "x", "path": a.join("link-model")})
+                .to_string()
+                .into_bytes(),
+            status: UNPROCESSABLE,
+            field: Some("path"),
+        },
+        Case {
+            what: "labelstudio predict: tasks not a list",
+            path: "/labelstudio/predict",
+            content_type: "application/json",
+            body: br#"{"tasks": "all"}"#.to_vec(),
+            status: UNPROCESSABLE,
+            field: Some("tasks"),
+        },
+    ]);
+
+    let mut failures = Vec::new();
+    for c in &cases {
+        let r = app
+            .client
+            .post(app.url(c.path))
+            .header("content-type", c.content_type)
+            .body(c.body.clone())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{}: no answer: {e}", c.what));
+        let code = r.status().as_u16();
+        let ct = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let text = r.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let ok = c.status.contains(&code)
+            && ct.starts_with("application/json")
+            && body["error"]["code"].is_string()
+            && body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+            && c.field.is_none_or(|f| body["error"]["field"] == f);
+        if !ok {
+            failures.push(format!("{}: {code} {ct} {text}", c.what));
+        }
+    }
+    // Uploads with hostile content.
+    for (what, name, bytes) in [
+        (
+            "non-UTF-8 upload",
+            "train.jsonl",
+            b"\xff\xfe\x00garbage\n".to_vec(),
+        ),
+        (
+            "NaN tags upload",
+            "train.jsonl",
+            b"{\"tokens\":[\"a\"],\"tags\":[NaN]}\n".to_vec(),
+        ),
+        (
+            "path in file name",
+            "../../../etc/passwd",
+            b"{\"tokens\":[\"a\"],\"tags\":[\"O\"]}\n".to_vec(),
+        ),
+    ] {
+        let form = reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(bytes).file_name(name),
+        );
+        let r = app
+            .client
+            .post(app.url("/v1/datasets"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        let text = r.text().await.unwrap();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if !((400..500).contains(&code) && body["error"]["code"].is_string()) {
+            failures.push(format!("{what}: {code} {text}"));
+        }
+    }
+    // Query strings.
+    for q in [
+        "/v1/jobs?limit=-1",
+        "/v1/jobs?limit=abc",
+        "/v1/jobs?limit=99999999999999999999",
+        "/v1/jobs?cursor=%ff%fe",
+        "/v1/jobs?cursor=../../etc",
+        "/v1/jobs/..%2F..%2Fetc%2Fpasswd",
+        "/v1/jobs/%00/results",
+    ] {
+        let (code, body) = app.get(q).await;
+        if !((400..500).contains(&code) && body["error"]["code"].is_string()) {
+            failures.push(format!("GET {q}: {code} {body}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+
+    // Still up, and the one good job is the only job, unchanged.
+    assert_eq!(app.get("/health").await.0, 200);
+    let (code, list) = app.get("/v1/jobs").await;
+    assert_eq!(code, 200);
+    let jobs = list["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 1, "{list}");
+    assert_eq!(jobs[0]["id"], id.as_str());
+    let (_, after) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(after, before);
+    // And it still runs.
+    assert!(matches!(
+        app.run_next().await,
+        metafora::jobs::worker::Outcome::Ran { .. }
+    ));
+    let (_, done) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    app.shutdown().await;
+}
