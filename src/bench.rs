@@ -474,7 +474,7 @@ fn detect_bench(d: DetectBench) -> anyhow::Result<()> {
         model: Some(d.model.clone()),
         detect_queue: 48,
         batch_tokens: 8192,
-        batch_wait_ms: 2,
+        batch_wait_ms: 0,
         window_stride: 128,
         labelstudio_train_spec: None,
         no_worker: true,
@@ -565,9 +565,17 @@ fn load(url: &str, clients: usize, dur: Duration, sentences: Arc<Vec<String>>) -
                             let _ = r.into_string();
                             lat.push(t.elapsed().as_secs_f64() * 1000.0);
                         }
-                        Err(ureq::Error::Status(429, _)) => {
+                        Err(ureq::Error::Status(429, r)) => {
+                            // A well-behaved client: wait as told by Retry-After.
                             busy.fetch_add(1, Ordering::Relaxed);
-                            std::thread::sleep(Duration::from_millis(5));
+                            let secs = r
+                                .header("retry-after")
+                                .and_then(|v| v.parse::<f64>().ok())
+                                .unwrap_or(1.0);
+                            let until = Instant::now() + Duration::from_secs_f64(secs);
+                            while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
                         }
                         Err(_) => {
                             errors.fetch_add(1, Ordering::Relaxed);

@@ -86,8 +86,10 @@ pub struct ServeArgs {
     /// Dynamic batching: most tokens in one inference batch.
     #[arg(long, env = "METAFORA_BATCH_TOKENS", default_value_t = 8192)]
     pub batch_tokens: usize,
-    /// Dynamic batching: longest wait for more requests before running a batch, in ms.
-    #[arg(long, env = "METAFORA_BATCH_WAIT_MS", default_value_t = 2)]
+    /// Dynamic batching: longest wait for more requests before running a batch, in ms. With 0 a
+    /// batch is whatever is queued when the model is free (requests that arrive during a
+    /// forward pass form the next batch), so a lone request never waits.
+    #[arg(long, env = "METAFORA_BATCH_WAIT_MS", default_value_t = 0)]
     pub batch_wait_ms: u64,
     /// Tokens shared by consecutive windows when a text exceeds the model's window.
     #[arg(long, env = "METAFORA_WINDOW_STRIDE", default_value_t = 128)]

@@ -50,7 +50,7 @@ impl Default for DetectorOptions {
         DetectorOptions {
             queue: 256,
             batch_tokens: 8192,
-            batch_wait: Duration::from_millis(2),
+            batch_wait: Duration::ZERO,
             stride: 128,
             window: None,
         }

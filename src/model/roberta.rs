@@ -205,14 +205,21 @@ impl<B: Backend> RobertaSelfAttention<B> {
         let [batch, seq, width] = hidden.dims();
         let heads = self.num_attention_heads;
         let head_dim = width / heads;
-        let split = |t: Tensor<B, 3>| t.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
+        let host = host_layout_ops::<B>(&hidden.device());
+        let split = |t: Tensor<B, 3>| swap_dims_1_2(t.reshape([batch, seq, heads, head_dim]), host);
         let query = split(dense(&self.query, hidden.clone())); // [batch, heads, seq, head_dim]
         let key = split(dense(&self.key, hidden.clone()));
         let value = split(dense(&self.value, hidden));
         let context = if self.dropout.prob == 0.0 || !B::ad_enabled(&query.device()) {
             // No dropout on the probabilities (inference, evaluation): the backend's fused
             // scaled-dot-product attention, 1/sqrt(head_dim) scale, additive mask.
-            let bias = mask_bias.expand([batch, heads, seq, seq]);
+            // `[batch, 1, seq, seq]` is broadcast over heads by the kernel; `[batch, 1, 1, seq]`
+            // is expanded here.
+            let bias = if mask_bias.dims()[2] == seq {
+                mask_bias
+            } else {
+                mask_bias.expand([batch, heads, seq, seq])
+            };
             attention(
                 query,
                 key,
@@ -227,7 +234,7 @@ impl<B: Backend> RobertaSelfAttention<B> {
             let probs = self.dropout.forward(softmax(scores, 3));
             probs.matmul(value)
         }; // [batch, heads, seq, head_dim]
-        context.swap_dims(1, 2).reshape([batch, seq, width])
+        swap_dims_1_2(context, host).reshape([batch, seq, width])
     }
 }
 
@@ -299,6 +306,64 @@ fn dense<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     y.reshape([batch, seq, out])
 }
 
+/// Whether layout changes are done on the host: inference on the CPU backend, whose generic
+/// strided copy walks a `[batch, seq, heads, head_dim]` permutation element by element (a
+/// quarter of a small model's forward time); a copy of `head_dim`-long runs is memcpy speed.
+fn host_layout_ops<B: Backend>(device: &B::Device) -> bool {
+    !B::ad_enabled(device) && B::name(device) == "flex"
+}
+
+/// `[a, b, c, d]` -> `[a, c, b, d]`, materialised.
+fn swap_dims_1_2<B: Backend>(x: Tensor<B, 4>, host: bool) -> Tensor<B, 4> {
+    if !host {
+        return x.swap_dims(1, 2);
+    }
+    let device = x.device();
+    let [a, b, c, d] = x.dims();
+    let src: Vec<f32> = x
+        .into_data()
+        .convert::<f32>()
+        .into_vec()
+        .expect("f32 activations: this is a bug");
+    let mut dst = vec![0.0f32; src.len()];
+    for i in 0..a {
+        for j in 0..b {
+            for k in 0..c {
+                let from = ((i * b + j) * c + k) * d;
+                let to = ((i * c + k) * b + j) * d;
+                dst[to..to + d].copy_from_slice(&src[from..from + d]);
+            }
+        }
+    }
+    Tensor::from_data(burn::tensor::TensorData::new(dst, [a, c, b, d]), &device)
+}
+
+/// The attention bias `[batch, 1, seq, seq]`, built once per forward on the host for CPU
+/// inference (the kernel then broadcasts it over heads without a copy per layer).
+fn full_attention_bias<B: Backend>(attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
+    let device = attention_mask.device();
+    let [batch, seq] = attention_mask.dims();
+    let mask: Vec<i64> = attention_mask
+        .into_data()
+        .convert::<i64>()
+        .into_vec()
+        .expect("int mask: this is a bug");
+    let mut bias = vec![0.0f32; batch * seq * seq];
+    for b in 0..batch {
+        for (k, &m) in mask[b * seq..(b + 1) * seq].iter().enumerate() {
+            if m == 0 {
+                for q in 0..seq {
+                    bias[(b * seq + q) * seq + k] = f32::MIN;
+                }
+            }
+        }
+    }
+    Tensor::from_data(
+        burn::tensor::TensorData::new(bias, [batch, 1, seq, seq]),
+        &device,
+    )
+}
+
 /// Additive attention bias from an `attention_mask` `[batch, seq]` (1 = token, 0 = padding):
 /// 0 where attended, the most negative f32 where masked (HF's `finfo.min`), `[batch, 1, 1, seq]`.
 pub fn attention_bias<B: Backend>(attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
@@ -317,7 +382,11 @@ impl<B: Backend> RobertaModel<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
-        let bias = attention_bias(attention_mask);
+        let bias = if host_layout_ops::<B>(&attention_mask.device()) {
+            full_attention_bias(attention_mask)
+        } else {
+            attention_bias(attention_mask)
+        };
         let mut hidden = self.embeddings.forward(input_ids);
         for layer in &self.encoder.layer {
             hidden = layer.forward(hidden, bias.clone());
