@@ -378,7 +378,7 @@ fn read_csv(text: &str, split: &str) -> Result<Vec<RawRecord>, DataError> {
 
 /// Minimal RFC 4180 reader: quoted cells, doubled quotes, newlines inside quotes.
 /// Returns (1-based line where the row starts, cells).
-fn csv_rows(text: &str) -> Vec<(usize, Vec<String>)> {
+pub fn csv_rows(text: &str) -> Vec<(usize, Vec<String>)> {
     let mut rows = Vec::new();
     let (mut cell, mut cells) = (String::new(), Vec::new());
     let (mut quoted, mut line, mut row_line) = (false, 1, 1);

@@ -195,7 +195,7 @@ impl<B: Backend> RobertaEmbeddings<B> {
             + self.position_embeddings.forward(position_ids)
             + token_type;
         debug_assert_eq!(embeddings.dims(), [batch, seq, hidden]);
-        self.dropout.forward(self.layer_norm.forward(embeddings))
+        dropout(&self.dropout, self.layer_norm.forward(embeddings))
     }
 }
 
@@ -231,7 +231,7 @@ impl<B: Backend> RobertaSelfAttention<B> {
         } else {
             let scale = (head_dim as f64).powf(-0.5);
             let scores = query.matmul(key.swap_dims(2, 3)).mul_scalar(scale) + mask_bias; // [batch, heads, seq, seq]
-            let probs = self.dropout.forward(softmax(scores, 3));
+            let probs = dropout(&self.dropout, softmax(scores, 3));
             probs.matmul(value)
         }; // [batch, heads, seq, head_dim]
         swap_dims_1_2(context, host).reshape([batch, seq, width])
@@ -243,16 +243,10 @@ impl<B: Backend> RobertaLayer<B> {
     pub fn forward(&self, hidden: Tensor<B, 3>, mask_bias: Tensor<B, 4>) -> Tensor<B, 3> {
         let attn = &self.attention;
         let context = attn.self_attn.forward(hidden.clone(), mask_bias);
-        let out = attn
-            .output
-            .dropout
-            .forward(dense(&attn.output.dense, context));
+        let out = dropout(&attn.output.dropout, dense(&attn.output.dense, context));
         let hidden = attn.output.layer_norm.forward(out + hidden);
         let inner = gelu(dense(&self.intermediate.dense, hidden.clone()));
-        let out = self
-            .output
-            .dropout
-            .forward(dense(&self.output.dense, inner));
+        let out = dropout(&self.output.dropout, dense(&self.output.dense, inner));
         self.output.layer_norm.forward(out + hidden)
     }
 }
@@ -304,6 +298,85 @@ fn dense<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let y = linear.forward(x.reshape([batch * seq, width]));
     let out = y.dims()[1];
     y.reshape([batch, seq, out])
+}
+
+/// Dropout as `torch.nn.Dropout` (zero with probability `p`, scale the rest by `1/(1-p)`), only
+/// while training. On the CPU backend the mask comes from [`host_rng`], a per-thread generator
+/// the trainer reseeds for every micro-batch, so batch shards trained on parallel threads get
+/// reproducible masks (burn's RNG is one process-global stream).
+fn dropout<B: Backend, const D: usize>(d: &Dropout, x: Tensor<B, D>) -> Tensor<B, D> {
+    let device = x.device();
+    if !B::ad_enabled(&device) || d.prob == 0.0 {
+        return x;
+    }
+    if !is_cpu_autodiff::<B>(&device) {
+        return d.forward(x);
+    }
+    let shape = x.shape();
+    let scale = (1.0 / (1.0 - d.prob)) as f32;
+    let mask = host_rng::bernoulli_mask(shape.num_elements(), d.prob, scale);
+    x * Tensor::<B, D>::from_data(burn::tensor::TensorData::new(mask, shape), &device)
+}
+
+/// Training on burn's CPU backend (`Autodiff<Flex>`).
+pub fn is_cpu_autodiff<B: Backend>(device: &B::Device) -> bool {
+    B::name(device) == "autodiff<flex>"
+}
+
+/// The per-thread generator behind CPU dropout masks (SplitMix64).
+pub mod host_rng {
+    use std::cell::Cell;
+
+    thread_local! {
+        static STATE: Cell<u64> = const { Cell::new(0x9E37_79B9_7F4A_7C15) };
+    }
+
+    /// Restarts this thread's sequence: same seed, same masks.
+    pub fn reseed(seed: u64) {
+        STATE.with(|s| s.set(seed));
+    }
+
+    #[inline(always)]
+    fn next(state: &mut u64) -> u64 {
+        *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = *state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// `n` values, each `0` with probability `p` and `keep` otherwise (24-bit uniforms).
+    pub fn bernoulli_mask(n: usize, p: f64, keep: f32) -> Vec<f32> {
+        let threshold = (p * (1u64 << 24) as f64).round() as u32;
+        STATE.with(|s| {
+            let mut state = s.get();
+            let mut out = Vec::with_capacity(n);
+            while out.len() < n {
+                let r = next(&mut state);
+                for half in [r as u32, (r >> 32) as u32] {
+                    if out.len() < n {
+                        out.push(if (half >> 8) < threshold { 0.0 } else { keep });
+                    }
+                }
+            }
+            s.set(state);
+            out
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn mask_rate_and_reproducibility() {
+            super::reseed(7);
+            let a = super::bernoulli_mask(100_000, 0.1, 2.0);
+            super::reseed(7);
+            assert_eq!(a, super::bernoulli_mask(100_000, 0.1, 2.0));
+            let dropped = a.iter().filter(|v| **v == 0.0).count() as f64 / a.len() as f64;
+            assert!((dropped - 0.1).abs() < 0.005, "{dropped}");
+            assert!(a.iter().all(|v| *v == 0.0 || *v == 2.0));
+        }
+    }
 }
 
 /// Whether layout changes are done on the host: inference on the CPU backend, whose generic
@@ -403,7 +476,7 @@ impl<B: Backend> RobertaForTokenClassification<B> {
         attention_mask: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
         let hidden = self.roberta.forward(input_ids, attention_mask);
-        dense(&self.classifier, self.dropout.forward(hidden))
+        dense(&self.classifier, dropout(&self.dropout, hidden))
     }
 
     /// Number of labels of the head.

@@ -8,9 +8,10 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module, ModuleMapper, Param};
 use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::tensor::ElementConversion;
+use burn::tensor::Tensor;
 use burn::tensor::backend::AutodiffBackend;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -23,6 +24,7 @@ use crate::metrics::LabelScheme;
 use crate::model::backend::{BackendTask, Resolved, dispatch};
 use crate::model::export::save_hf_dir;
 use crate::model::loader::{HeadInit, load_with_weights};
+use crate::model::roberta::{host_rng, is_cpu_autodiff};
 use crate::model::weights::Weights;
 use crate::model::{RobertaConfig, RobertaForTokenClassification};
 
@@ -43,6 +45,27 @@ pub fn mix(seed: u64, counter: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// Micro-batches per batch when training on the CPU backend.
+const CPU_SHARDS: usize = 2;
+
+/// A copy of the model whose parameters are new autodiff leaves with the same ids and values:
+/// its graph is its own, and its gradients accumulate into the original's by id.
+fn fresh_leaves<B: AutodiffBackend>(
+    model: &RobertaForTokenClassification<B>,
+) -> RobertaForTokenClassification<B> {
+    struct Fresh;
+    impl<B: AutodiffBackend> ModuleMapper<B> for Fresh {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+            param.map(|t| {
+                let grad = t.is_require_grad();
+                let t = Tensor::from_inner(t.inner());
+                if grad { t.require_grad() } else { t }
+            })
+        }
+    }
+    model.clone().map(&mut Fresh)
 }
 
 /// Tokenized splits of a dataset.
@@ -308,6 +331,11 @@ fn run_on<B: AutodiffBackend>(
             .map_err(TrainError::Checkpoint)?;
     }
 
+    // Shards: on the CPU backend each batch trains as two halves on two threads (burn-flex
+    // parallelises only large matrix products; the halves keep both cores busy). A fixed split,
+    // not the machine's core count, so a seed gives the same run everywhere.
+    let parallel = is_cpu_autodiff::<B>(device);
+    let shards = if parallel { CPU_SHARDS } else { 1 };
     let mut stopped_early = false;
     let mut last_lr = 0.0;
     'epochs: for epoch in state.epochs_done..args.num_train_epochs {
@@ -331,8 +359,11 @@ fn run_on<B: AutodiffBackend>(
                 }
             }
             let t_step = Instant::now();
+            // Each batch is split into `shards` micro-batches (same loss: one denominator for
+            // the window), run two at a time on the CPU backend.
             let hosts: Vec<HostBatch> = window
                 .iter()
+                .flat_map(|idx| idx.chunks(idx.len().div_ceil(shards)))
                 .map(|idx| {
                     HostBatch::collate(
                         &idx.iter().map(|i| &data.train[*i]).collect::<Vec<_>>(),
@@ -347,17 +378,40 @@ fn run_on<B: AutodiffBackend>(
             let denom: f64 = weights.iter().flatten().map(|w| *w as f64).sum();
             let mut acc = GradientsAccumulator::<RobertaForTokenClassification<B>>::new();
             let mut window_loss = 0.0;
-            for (micro, (host, w)) in hosts.iter().zip(&weights).enumerate() {
-                B::seed(
-                    device,
-                    mix(cfg.seed ^ 0xD50F, (state.global_step * 64 + micro) as u64),
-                );
+            let step_seed = mix(cfg.seed ^ 0xD50F, state.global_step as u64);
+            let micro_step = |m: &RobertaForTokenClassification<B>, micro: usize| {
+                let seed = mix(step_seed, micro as u64);
+                B::seed(device, seed);
+                host_rng::reseed(seed);
+                let (host, w) = (&hosts[micro], &weights[micro]);
                 let batch = host.to_device::<B>(device);
-                let logits = model.forward(batch.input_ids, batch.attention_mask);
+                let logits = m.forward(batch.input_ids, batch.attention_mask);
                 let loss = token_loss(args.loss, logits, &host.labels, w, denom);
-                window_loss += loss.clone().into_scalar().elem::<f64>();
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                acc.accumulate(&model, grads);
+                let value = loss.clone().into_scalar().elem::<f64>();
+                (value, GradientsParams::from_grads(loss.backward(), m))
+            };
+            let mut micro = 0;
+            while micro < hosts.len() {
+                let results = if parallel && micro + 1 < hosts.len() {
+                    // Separate autodiff graphs (fresh leaves, same parameter ids): burn locks a
+                    // graph for the whole backward pass. Plain threads, not rayon::join: a
+                    // rayon worker waiting inside one shard may run the other shard's closure,
+                    // which would interleave the two shards' dropout streams.
+                    let (a, b) = (fresh_leaves(&model), fresh_leaves(&model));
+                    let (ra, rb) = std::thread::scope(|scope| {
+                        let other = scope.spawn(|| micro_step(&b, micro + 1));
+                        let ra = micro_step(&a, micro);
+                        (ra, other.join().expect("a training shard panicked"))
+                    });
+                    vec![ra, rb]
+                } else {
+                    vec![micro_step(&model, micro)]
+                };
+                for (value, grads) in results {
+                    window_loss += value;
+                    acc.accumulate(&model, grads);
+                    micro += 1;
+                }
             }
             if !window_loss.is_finite() {
                 return Err(TrainError::Diverged(window_loss, state.global_step));

@@ -5,6 +5,7 @@ mod app;
 mod common;
 mod crash;
 mod detect;
+mod failing;
 mod hub;
 mod parity;
 mod seqeval;
