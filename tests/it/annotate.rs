@@ -345,13 +345,7 @@ async fn dataset_uploads_accept_jsonl_and_conll_and_name_bad_lines() {
             "test",
             reqwest::multipart::Part::text(conll.clone()).file_name("test.conll"),
         );
-    let r = app
-        .client
-        .post(app.url("/v1/datasets"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
+    let r = app.upload(form).await;
     assert_eq!(r.status().as_u16(), 201);
     let c: Value = r.json().await.unwrap();
     assert_eq!(c["format"], "conll");

@@ -124,6 +124,16 @@ impl TestApp {
         (code, r.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /v1/datasets` with a multipart form.
+    pub async fn upload(&self, form: reqwest::multipart::Form) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/datasets"))
+            .multipart(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
     pub async fn create_job(&self, spec: &Value) -> String {
         let (code, body) = self.post("/v1/jobs", spec).await;
         assert_eq!(code, 201, "{body}");

@@ -314,13 +314,7 @@ async fn hostile_inputs_get_4xx_json_and_leave_jobs_intact() {
             "file",
             reqwest::multipart::Part::bytes(bytes).file_name(name),
         );
-        let r = app
-            .client
-            .post(app.url("/v1/datasets"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
+        let r = app.upload(form).await;
         let code = r.status().as_u16();
         let text = r.text().await.unwrap();
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
