@@ -17,8 +17,18 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn serve(dir: &std::path::Path, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_metafora"))
+/// The server process, killed when dropped (also when an assertion fails).
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve(dir: &std::path::Path, port: u16) -> Server {
+    let child = Command::new(env!("CARGO_BIN_EXE_metafora"))
         .args([
             "serve",
             "--bind",
@@ -38,7 +48,8 @@ fn serve(dir: &std::path::Path, port: u16) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("starts the binary")
+        .expect("starts the binary");
+    Server(child)
 }
 
 async fn wait_health(client: &reqwest::Client, base: &str) {
@@ -121,8 +132,8 @@ async fn kill_9_mid_epoch_then_resume_gives_the_uninterrupted_result() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_millis(400)).await;
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.0.kill().unwrap(); // SIGKILL
+    child.0.wait().unwrap();
     assert!(
         client.get(format!("{base}/health")).send().await.is_err(),
         "server is down"
@@ -130,7 +141,7 @@ async fn kill_9_mid_epoch_then_resume_gives_the_uninterrupted_result() {
 
     let port2 = free_port();
     let base2 = format!("http://127.0.0.1:{port2}");
-    let mut child = serve(dir.path(), port2);
+    let child = serve(dir.path(), port2);
     wait_health(&client, &base2).await;
     let t = Instant::now();
     let job = loop {
@@ -191,6 +202,5 @@ async fn kill_9_mid_epoch_then_resume_gives_the_uninterrupted_result() {
         results["best_epoch"].as_u64().unwrap(),
         reference["best_epoch"].as_u64().unwrap()
     );
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(child);
 }
