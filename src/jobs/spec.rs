@@ -182,6 +182,25 @@ impl JobSpec {
             };
             FieldError::new(field, msg)
         })?;
+        // serde also reads a struct from a JSON array of its fields (`"output": [null, null]`);
+        // the documented shape is an object.
+        let value: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| FieldError::new("body", e.to_string()))?;
+        for pointer in [
+            "/model",
+            "/dataset",
+            "/training",
+            "/output",
+            "/hub",
+            "/training/loss/focal",
+        ] {
+            if value.pointer(pointer).is_some_and(|v| v.is_array()) {
+                return Err(FieldError::new(
+                    pointer[1..].replace('/', "."),
+                    "must be an object, got an array",
+                ));
+            }
+        }
         spec.validate()?;
         Ok(spec)
     }
