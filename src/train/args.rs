@@ -311,5 +311,9 @@ mod tests {
         assert!(a.validate(Some(2)).is_ok());
         assert!(a.validate(Some(3)).is_err());
         assert!(serde_json::from_str::<TrainingArgs>(r#"{"lr": 1}"#).is_err());
+        assert!(
+            serde_json::from_str::<TrainingArgs>(r#"{"loss": {"focal": {"gamma": 2, "x": 1}}}"#)
+                .is_err()
+        );
     }
 }

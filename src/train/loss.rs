@@ -14,7 +14,7 @@ use crate::data::IGNORE;
 
 /// Loss function of a job.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum LossKind {
     /// Cross-entropy (the notebook's).
     #[default]

@@ -160,6 +160,7 @@ async fn hostile_inputs_get_4xx_json_and_leave_jobs_intact() {
         json_case("missing model", json!({"dataset": {"path": a.join("data")}}), UNPROCESSABLE, Some("model")),
         json_case("model is a number", with("/model", json!(3)), UNPROCESSABLE, Some("model")),
         json_case("hub as an array of its fields", {let mut s = good.clone(); s["hub"] = json!([false, null, true]); s}, UNPROCESSABLE, Some("hub")),
+        json_case("unknown focal field", set("training", "loss", json!({"focal": {"gamma": 2.0, "alpha": 1}})), UNPROCESSABLE, Some("training.loss.focal.alpha")),
         json_case("focal loss as an array", set("training", "loss", json!({"focal": [2.0]})), UNPROCESSABLE, Some("training.loss.focal")),
         json_case("checkpoint is a list", with("/model/checkpoint", json!(["a"])), UNPROCESSABLE, Some("model.checkpoint")),
         json_case("learning rate as text", set("training", "learning_rate", json!("fast")), UNPROCESSABLE, Some("training.learning_rate")),
