@@ -357,17 +357,7 @@ async fn job_by_hub_ids_downloads_trains_pushes_then_runs_offline() {
         ..Default::default()
     })
     .await;
-    let id = app.create_job(&hub_job()).await;
-    let outcome = app.run_next().await;
-    let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
-    assert_eq!(
-        outcome,
-        metafora::jobs::worker::Outcome::Ran {
-            id: id.clone(),
-            status: "succeeded".into()
-        },
-        "{job}"
-    );
+    let (_, job) = run_to_success(&app, &hub_job()).await;
     assert_eq!(job["push"]["status"], "pushed", "{job}");
     assert_eq!(
         job["push"]["url"],
@@ -457,17 +447,7 @@ async fn job_by_hub_ids_downloads_trains_pushes_then_runs_offline() {
         ..Default::default()
     })
     .await;
-    let id = app.create_job(&spec).await;
-    let outcome = app.run_next().await;
-    let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
-    assert_eq!(
-        outcome,
-        metafora::jobs::worker::Outcome::Ran {
-            id: id.clone(),
-            status: "succeeded".into()
-        },
-        "{job}"
-    );
+    let _ = run_to_success(&app, &spec).await;
     assert_eq!(
         hub.downloads.lock().unwrap().len(),
         before,
@@ -546,4 +526,20 @@ async fn failed_push_is_recorded_and_retried() {
         "main".to_string()
     )));
     app.shutdown().await;
+}
+
+/// Queues `spec`, runs it, and asserts it succeeded; returns the id and the job.
+async fn run_to_success(app: &crate::app::TestApp, spec: &Value) -> (String, Value) {
+    let id = app.create_job(spec).await;
+    let outcome = app.run_next().await;
+    let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(
+        outcome,
+        metafora::jobs::worker::Outcome::Ran {
+            id: id.clone(),
+            status: "succeeded".into()
+        },
+        "{job}"
+    );
+    (id, job)
 }
