@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--forward-only", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -65,6 +66,10 @@ def main():
                 model(input_ids=ids, attention_mask=mask).logits.sum().item()
 
         fwd = median_time(forward, args.warmup, args.iters, sync)
+        if args.forward_only:
+            out["sizes"][size] = {"forward_ms": fwd * 1000, "train_step_ms": None,
+                                  "parameters": sum(p.numel() for p in model.parameters())}
+            continue
         opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
         model.train()
 

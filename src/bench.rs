@@ -70,6 +70,9 @@ pub struct ModelBench {
     /// Python with torch + transformers: measure the PyTorch reference in the same run.
     #[arg(long)]
     pub python: Option<PathBuf>,
+    /// Time the forward only (no training step).
+    #[arg(long)]
+    pub forward_only: bool,
     /// PyTorch threads (set RAYON_NUM_THREADS to the same for the Rust side).
     #[arg(long, default_value_t = 1)]
     pub torch_threads: usize,
@@ -186,14 +189,19 @@ fn time_model<B: AutodiffBackend>(
     let params = model.num_params();
     let (ids, mask, labels) = random_batch::<B>(m.batch, m.seq, cfg.vocab_size, device);
     let inner = model.valid();
+    // Inference as /v1/detect runs it (on the CPU: dense weights packed once, at load).
+    let packed = inner.pack_for_cpu();
     let (iids, imask) = (ids.clone().inner(), mask.clone().inner());
     let forward = time_it(m.warmup, m.iters, || {
         let _ = inner
-            .forward(iids.clone(), imask.clone())
+            .forward_packed(packed.as_ref(), iids.clone(), imask.clone())
             .sum()
             .into_scalar()
             .elem::<f32>();
     });
+    if m.forward_only {
+        return (forward * 1000.0, f64::NAN, params);
+    }
     let mut model = model;
     let mut optim = AdamW::<B>::new(AdamWConfig {
         weight_decay: 0.01,
@@ -245,6 +253,7 @@ fn model_bench(m: ModelBench) -> anyhow::Result<()> {
                     &m.warmup.to_string(),
                 ])
                 .args(["--device", &m.torch_device])
+                .args(m.forward_only.then_some("--forward-only"))
                 .output()
                 .with_context(|| format!("running {}", py.display()))?;
             if !out.status.success() {
@@ -358,21 +367,29 @@ fn parity_on<B: Backend>(fx: &Path, device: &B::Device) -> anyhow::Result<Value>
         HeadInit::FromCheckpoint,
         device,
     )?;
-    let mut logits_diff = 0f32;
+    // Burn's ops, and the packed CPU kernels /v1/detect and evaluation use (same as burn's ops
+    // where there are none).
+    let packed = model.pack_for_cpu();
+    let (mut logits_diff, mut packed_diff) = (0f32, 0f32);
     for s in tl["sentences"].as_array().into_iter().flatten() {
         let i = ids(&s["input_ids"]);
         let n = i.len();
         let t = Tensor::<B, 2, Int>::from_data(TensorData::new(i, [1, n]), device);
         let m = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![1i32; n], [1, n]), device);
-        let got: Vec<f32> = model
-            .forward(t, m)
-            .into_data()
-            .convert::<f32>()
-            .to_vec()
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         let mut want = Vec::new();
         floats(&s["logits"], &mut want);
-        logits_diff = logits_diff.max(max_diff(&got, &want));
+        for (p, diff) in [
+            (None, &mut logits_diff),
+            (packed.as_ref(), &mut packed_diff),
+        ] {
+            let got: Vec<f32> = model
+                .forward_packed(p, t.clone(), m.clone())
+                .into_data()
+                .convert::<f32>()
+                .to_vec()
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+            *diff = diff.max(max_diff(&got, &want));
+        }
     }
     let bh = read("parity/base_hidden.json")?;
     let labels = vec!["O".to_string(), "METAPHOR".to_string()];
@@ -414,7 +431,7 @@ fn parity_on<B: Backend>(fx: &Path, device: &B::Device) -> anyhow::Result<Value>
     let scheme = crate::metrics::LabelScheme::new(&labels)?;
     let out = crate::train::evaluate::evaluate(&ft, &ex, &gold, &scheme, 8, tok.pad_id, device)?;
     Ok(
-        json!({"tiny_roberta_logits_max_abs_diff": logits_diff, "tiny_roberta_base_hidden_max_abs_diff": hidden_diff,
+        json!({"tiny_roberta_logits_max_abs_diff": logits_diff, "tiny_roberta_logits_max_abs_diff_inference_kernels": packed_diff, "tiny_roberta_base_hidden_max_abs_diff": hidden_diff,
         "finetuned_test_f1": out.metrics.f1, "finetuned_test_f1_reference": 0.8708487084870848}),
     )
 }
@@ -623,6 +640,7 @@ fn logits_bench(l: LogitsBench) -> anyhow::Result<()> {
                 &device,
             )?;
             let tok = RobertaTokenizer::from_dir(&self.0.model)?;
+            let packed = model.pack_for_cpu();
             let mut out = Vec::new();
             for line in std::fs::read_to_string(&self.0.sentences)?
                 .lines()
@@ -649,7 +667,7 @@ fn logits_bench(l: LogitsBench) -> anyhow::Result<()> {
                     &device,
                 );
                 let logits: Vec<f32> = model
-                    .forward(ids, mask)
+                    .forward_packed(packed.as_ref(), ids, mask)
                     .into_data()
                     .convert::<f32>()
                     .to_vec()

@@ -219,10 +219,13 @@ impl Detector {
                             return;
                         }
                     };
+                    // Weights packed before the model is announced ready (once per deployment).
+                    let packed = model.pack_for_cpu();
                     let labels = config.labels().unwrap_or_default();
                     let _ = t.ready.send(Ok((labels, config.max_tokens())));
                     run_executor(
                         &model,
+                        packed.as_ref(),
                         &t.rx,
                         t.batch_tokens,
                         t.batch_wait,
@@ -507,6 +510,7 @@ struct Piece {
 /// The executor loop: gather requests for up to `wait` or `budget` tokens, batch, run, reply.
 fn run_executor<B: Backend>(
     model: &crate::model::RobertaForTokenClassification<B>,
+    packed: Option<&std::sync::Arc<crate::model::roberta::PackedWeights>>,
     rx: &mpsc::Receiver<Job>,
     budget: usize,
     wait: Duration,
@@ -560,7 +564,7 @@ fn run_executor<B: Backend>(
             let seq = items.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
             let host = HostBatch::collate_ids(items.into_iter(), seq, pad_id);
             let batch = host.to_device::<B>(device);
-            let logits = model.forward(batch.input_ids, batch.attention_mask); // [batch, seq, labels]
+            let logits = model.forward_packed(packed, batch.input_ids, batch.attention_mask); // [batch, seq, labels]
             let [_, _, c] = logits.dims();
             let probs: Vec<f32> = softmax(logits, 2)
                 .into_data()

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod cpu_kernels;
 pub mod export;
 pub mod loader;
 pub mod roberta;

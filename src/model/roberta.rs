@@ -7,7 +7,11 @@
 //! Dropout is active only on an autodiff backend (burn's `Dropout` semantics), so the same
 //! module evaluates deterministically through `.valid()`.
 
-use burn::module::Module;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use burn::module::{Module, ParamId};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig,
     Linear, LinearConfig,
@@ -16,9 +20,10 @@ use burn::tensor::activation::softmax;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Int, Tensor, TensorData};
 
 use super::config::RobertaConfig;
+use super::cpu_kernels::{self, PackedLinear};
 
 /// HF `RobertaEmbeddings`.
 #[derive(Module, Debug)]
@@ -205,27 +210,37 @@ impl<B: Backend> RobertaSelfAttention<B> {
         let [batch, seq, width] = hidden.dims();
         let heads = self.num_attention_heads;
         let head_dim = width / heads;
-        let host = host_layout_ops::<B>(&hidden.device());
-        let split = |t: Tensor<B, 3>| swap_dims_1_2(t.reshape([batch, seq, heads, head_dim]), host);
+        let device = hidden.device();
+        if host_kernels::<B>(&device) {
+            // Inference on the CPU backend: heads are read in place from the projections.
+            let shape = cpu_kernels::AttentionShape {
+                batch,
+                seq,
+                heads,
+                head_dim,
+            };
+            let context = cpu_kernels::attention(
+                &host_f32(dense(&self.query, hidden.clone())),
+                &host_f32(dense(&self.key, hidden.clone())),
+                &host_f32(dense(&self.value, hidden)),
+                &host_f32(mask_bias),
+                shape,
+            );
+            return Tensor::from_data(TensorData::new(context, [batch, seq, width]), &device);
+        }
+        let split = |t: Tensor<B, 3>| t.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
         let query = split(dense(&self.query, hidden.clone())); // [batch, heads, seq, head_dim]
         let key = split(dense(&self.key, hidden.clone()));
         let value = split(dense(&self.value, hidden));
-        let context = if self.dropout.prob == 0.0 || !B::ad_enabled(&query.device()) {
+        let context = if self.dropout.prob == 0.0 || !B::ad_enabled(&device) {
             // No dropout on the probabilities (inference, evaluation): the backend's fused
             // scaled-dot-product attention, 1/sqrt(head_dim) scale, additive mask.
-            // `[batch, 1, seq, seq]` is broadcast over heads by the kernel; `[batch, 1, 1, seq]`
-            // is expanded here.
-            let bias = if mask_bias.dims()[2] == seq {
-                mask_bias
-            } else {
-                mask_bias.expand([batch, heads, seq, seq])
-            };
             attention(
                 query,
                 key,
                 value,
                 None,
-                Some(bias),
+                Some(mask_bias.expand([batch, heads, seq, seq])),
                 AttentionModuleOptions::default(),
             )
         } else {
@@ -234,7 +249,7 @@ impl<B: Backend> RobertaSelfAttention<B> {
             let probs = dropout(&self.dropout, softmax(scores, 3));
             probs.matmul(value)
         }; // [batch, heads, seq, head_dim]
-        swap_dims_1_2(context, host).reshape([batch, seq, width])
+        context.swap_dims(1, 2).reshape([batch, seq, width])
     }
 }
 
@@ -252,49 +267,58 @@ impl<B: Backend> RobertaLayer<B> {
 }
 
 /// Exact (erf) GELU. Inference on the CPU backend computes it in one vectorisable pass over
-/// the data with [`erf_f32`]; burn-flex's kernel calls scalar libm `erff`, which took 8 % of a
+/// the data with [`cpu_kernels::erf_f32`]; burn-flex's kernel calls scalar libm `erff`, which took 8 % of a
 /// roberta-base forward. Training keeps burn's op (it has the backward).
 fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     let device = x.device();
-    if B::ad_enabled(&device) || B::name(&device) != "flex" {
+    if !host_kernels::<B>(&device) {
         return burn::tensor::activation::gelu(x);
     }
     let shape = x.shape();
-    let mut values: Vec<f32> = x
-        .into_data()
-        .convert::<f32>()
-        .into_vec()
-        .expect("f32 activations: this is a bug");
-    for v in values.iter_mut() {
-        *v = 0.5 * *v * (1.0 + erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2));
-    }
+    let mut values = host_f32(x);
+    cpu_kernels::gelu_in_place(&mut values);
     Tensor::from_data(burn::tensor::TensorData::new(values, shape), &device)
 }
 
-/// erf for f32 as a branch-free rational approximation on [-4, 4] (Eigen's
-/// `generic_fast_erf_float`, within a few ulp of libm's `erff`; |erf| = 1 in f32 beyond 4).
-#[inline(always)]
-pub fn erf_f32(x: f32) -> f32 {
-    let x = x.clamp(-4.0, 4.0);
-    let x2 = x * x;
-    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
-    p = x2 * p + -2.101_024e-6;
-    p = x2 * p + -5.692_506_4e-5;
-    p = x2 * p + -7.349_906_3e-4;
-    p = x2 * p + -2.954_600_2e-3;
-    p = x2 * p + -1.609_603_3e-2;
-    p *= x;
-    let mut q = x2 * -1.456_607_2e-5 + -2.133_740_6e-4;
-    q = x2 * q + -1.682_827e-3;
-    q = x2 * q + -7.373_329e-3;
-    q = x2 * q + -1.426_474e-2;
-    p / q
+/// Dense-layer weights packed for [`cpu_kernels::PackedLinear`], by weight parameter id.
+#[derive(Debug)]
+pub struct PackedWeights(HashMap<ParamId, PackedLinear>);
+
+thread_local! {
+    /// The packed weights of the forward running on this thread ([`ActivePacked`]).
+    static ACTIVE_PACKED: RefCell<Option<Arc<PackedWeights>>> = const { RefCell::new(None) };
+}
+
+/// Makes packed weights visible to [`dense`] for one forward; restores the previous ones when
+/// dropped (also on unwind).
+struct ActivePacked(Option<Arc<PackedWeights>>);
+
+impl ActivePacked {
+    fn set(packed: Option<Arc<PackedWeights>>) -> Self {
+        Self(ACTIVE_PACKED.with(|a| a.replace(packed)))
+    }
+}
+
+impl Drop for ActivePacked {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        ACTIVE_PACKED.with(|a| a.replace(previous));
+    }
 }
 
 /// A Linear on `[batch, seq, in]` as one `[batch * seq, in]` matrix product: one GEMM with the
-/// weight packed once, instead of a batched product that repacks it for every sequence.
+/// weight packed once, instead of a batched product that repacks it for every sequence. Runs on
+/// the packed weights when a forward made them active ([`RobertaForTokenClassification::forward_packed`]).
 fn dense<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
     let [batch, seq, width] = x.dims();
+    let device = x.device();
+    if host_kernels::<B>(&device) {
+        let active = ACTIVE_PACKED.with(|a| a.borrow().clone());
+        if let Some(layer) = active.as_ref().and_then(|p| p.0.get(&linear.weight.id)) {
+            let y = layer.forward(&host_f32(x), batch * seq);
+            return Tensor::from_data(TensorData::new(y, [batch, seq, layer.d_out()]), &device);
+        }
+    }
     let y = linear.forward(x.reshape([batch * seq, width]));
     let out = y.dims()[1];
     y.reshape([batch, seq, out])
@@ -379,62 +403,17 @@ pub mod host_rng {
     }
 }
 
-/// Whether layout changes are done on the host: inference on the CPU backend, whose generic
-/// strided copy walks a `[batch, seq, heads, head_dim]` permutation element by element (a
-/// quarter of a small model's forward time); a copy of `head_dim`-long runs is memcpy speed.
-fn host_layout_ops<B: Backend>(device: &B::Device) -> bool {
+/// Whether the model runs [`cpu_kernels`] instead of burn ops: inference on the CPU backend.
+fn host_kernels<B: Backend>(device: &B::Device) -> bool {
     !B::ad_enabled(device) && B::name(device) == "flex"
 }
 
-/// `[a, b, c, d]` -> `[a, c, b, d]`, materialised.
-fn swap_dims_1_2<B: Backend>(x: Tensor<B, 4>, host: bool) -> Tensor<B, 4> {
-    if !host {
-        return x.swap_dims(1, 2);
-    }
-    let device = x.device();
-    let [a, b, c, d] = x.dims();
-    let src: Vec<f32> = x
-        .into_data()
+/// The values of an f32 activation tensor (no copy when the tensor is not shared).
+fn host_f32<B: Backend, const D: usize>(x: Tensor<B, D>) -> Vec<f32> {
+    x.into_data()
         .convert::<f32>()
         .into_vec()
-        .expect("f32 activations: this is a bug");
-    let mut dst = vec![0.0f32; src.len()];
-    for i in 0..a {
-        for j in 0..b {
-            for k in 0..c {
-                let from = ((i * b + j) * c + k) * d;
-                let to = ((i * c + k) * b + j) * d;
-                dst[to..to + d].copy_from_slice(&src[from..from + d]);
-            }
-        }
-    }
-    Tensor::from_data(burn::tensor::TensorData::new(dst, [a, c, b, d]), &device)
-}
-
-/// The attention bias `[batch, 1, seq, seq]`, built once per forward on the host for CPU
-/// inference (the kernel then broadcasts it over heads without a copy per layer).
-fn full_attention_bias<B: Backend>(attention_mask: Tensor<B, 2, Int>) -> Tensor<B, 4> {
-    let device = attention_mask.device();
-    let [batch, seq] = attention_mask.dims();
-    let mask: Vec<i64> = attention_mask
-        .into_data()
-        .convert::<i64>()
-        .into_vec()
-        .expect("int mask: this is a bug");
-    let mut bias = vec![0.0f32; batch * seq * seq];
-    for b in 0..batch {
-        for (k, &m) in mask[b * seq..(b + 1) * seq].iter().enumerate() {
-            if m == 0 {
-                for q in 0..seq {
-                    bias[(b * seq + q) * seq + k] = f32::MIN;
-                }
-            }
-        }
-    }
-    Tensor::from_data(
-        burn::tensor::TensorData::new(bias, [batch, 1, seq, seq]),
-        &device,
-    )
+        .expect("f32 activations: this is a bug")
 }
 
 /// Additive attention bias from an `attention_mask` `[batch, seq]` (1 = token, 0 = padding):
@@ -455,11 +434,7 @@ impl<B: Backend> RobertaModel<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
-        let bias = if host_layout_ops::<B>(&attention_mask.device()) {
-            full_attention_bias(attention_mask)
-        } else {
-            attention_bias(attention_mask)
-        };
+        let bias = attention_bias(attention_mask);
         let mut hidden = self.embeddings.forward(input_ids);
         for layer in &self.encoder.layer {
             hidden = layer.forward(hidden, bias.clone());
@@ -479,54 +454,51 @@ impl<B: Backend> RobertaForTokenClassification<B> {
         dense(&self.classifier, dropout(&self.dropout, hidden))
     }
 
+    /// [`forward`](Self::forward) with the dense layers on `packed` weights (from
+    /// [`pack_for_cpu`](Self::pack_for_cpu) of this model; `None` runs burn's ops).
+    pub fn forward_packed(
+        &self,
+        packed: Option<&Arc<PackedWeights>>,
+        input_ids: Tensor<B, 2, Int>,
+        attention_mask: Tensor<B, 2, Int>,
+    ) -> Tensor<B, 3> {
+        let _active = ActivePacked::set(packed.cloned());
+        self.forward(input_ids, attention_mask)
+    }
+
+    /// Every dense layer's weights packed for the CPU kernels, for a model that is only going
+    /// to be evaluated (a deployed model, an evaluation pass). `None` unless this is inference
+    /// on the CPU backend and the CPU has AVX2 + FMA.
+    pub fn pack_for_cpu(&self) -> Option<Arc<PackedWeights>> {
+        let device = self.classifier.weight.device();
+        if !host_kernels::<B>(&device) || !cpu_kernels::packed_kernels_available() {
+            return None;
+        }
+        let mut packed = HashMap::new();
+        let mut add = |l: &Linear<B>| {
+            let [d_in, d_out] = l.weight.dims();
+            let w = host_f32(l.weight.val());
+            let b = l.bias.as_ref().map(|b| host_f32(b.val()));
+            packed.insert(
+                l.weight.id,
+                PackedLinear::new(&w, b.as_deref(), d_in, d_out),
+            );
+        };
+        for layer in &self.roberta.encoder.layer {
+            let a = &layer.attention;
+            for l in [&a.self_attn.query, &a.self_attn.key, &a.self_attn.value] {
+                add(l);
+            }
+            add(&a.output.dense);
+            add(&layer.intermediate.dense);
+            add(&layer.output.dense);
+        }
+        add(&self.classifier);
+        Some(Arc::new(PackedWeights(packed)))
+    }
+
     /// Number of labels of the head.
     pub fn num_labels(&self) -> usize {
         self.classifier.weight.lazy_shape().as_slice()[1]
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::erf_f32;
-
-    #[test]
-    fn fast_erf_matches_libm() {
-        let mut worst = 0f32;
-        for i in -60_000..=60_000 {
-            let x = i as f32 / 10_000.0;
-            worst = worst.max((erf_f32(x) - libm_erf(x)).abs());
-        }
-        assert!(worst < 5e-7, "max |erf_f32 - erf| = {worst}");
-    }
-
-    /// Reference erf in f64 (Abramowitz & Stegun 7.1.28 is too coarse; integrate the series).
-    fn libm_erf(x: f32) -> f32 {
-        let x = x as f64;
-        if x.abs() > 6.0 {
-            return x.signum() as f32;
-        }
-        // erf(x) = 2/sqrt(pi) * sum_n (-1)^n x^(2n+1) / (n! (2n+1)), summed with care for |x| <= 3,
-        // complementary continued fraction beyond.
-        if x.abs() <= 3.0 {
-            let (mut term, mut sum, mut n) = (x, x, 0.0);
-            loop {
-                n += 1.0;
-                term *= -x * x / n;
-                let add = term / (2.0 * n + 1.0);
-                sum += add;
-                if add.abs() < 1e-17 {
-                    break;
-                }
-            }
-            (sum * 2.0 / std::f64::consts::PI.sqrt()) as f32
-        } else {
-            let ax = x.abs();
-            let mut f = 0.0;
-            for k in (1..60).rev() {
-                f = (k as f64 / 2.0) / (ax + f);
-            }
-            let erfc = (-ax * ax).exp() / std::f64::consts::PI.sqrt() / (ax + f);
-            (x.signum() * (1.0 - erfc)) as f32
-        }
     }
 }

@@ -35,11 +35,12 @@ pub fn predict<B: Backend>(
     order.sort_by_key(|i| examples[*i].input_ids.len());
     let mut preds: Vec<Vec<usize>> = vec![Vec::new(); examples.len()];
     let (mut loss_sum, mut loss_n) = (0.0, 0usize);
+    let packed = model.pack_for_cpu();
     for chunk in order.chunks(batch_size.max(1)) {
         let refs: Vec<&Example> = chunk.iter().map(|i| &examples[*i]).collect();
         let host = HostBatch::collate(&refs, pad_id);
         let batch = host.to_device::<B>(device);
-        let logits = model.forward(batch.input_ids, batch.attention_mask); // [batch, seq, labels]
+        let logits = model.forward_packed(packed.as_ref(), batch.input_ids, batch.attention_mask); // [batch, seq, labels]
         let n_label = host.num_label_tokens();
         if n_label > 0 {
             let w = position_weights(&host.labels, None);

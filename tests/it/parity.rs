@@ -119,36 +119,52 @@ fn tiny_roberta_logits_match_single_and_padded_batch() {
     )
     .unwrap();
     assert_eq!(report.head, "loaded");
-    let mut worst = 0f32;
-    for s in fx["sentences"].as_array().unwrap() {
-        let (i, m) = batch(&[ids(&s["input_ids"])], &[ids(&s["attention_mask"])]);
-        let got: Vec<f32> = model.forward(i, m).into_data().to_vec().unwrap();
-        worst = worst.max(max_abs_diff(&got, &floats(&s["logits"])));
+    // burn's ops (training, evaluation off the CPU) and the packed CPU inference kernels.
+    let packed = model.pack_for_cpu();
+    assert_eq!(
+        packed.is_some(),
+        metafora::model::cpu_kernels::packed_kernels_available()
+    );
+    for (path, packed) in [("burn ops", None), ("cpu kernels", packed.as_ref())] {
+        let mut worst = 0f32;
+        for s in fx["sentences"].as_array().unwrap() {
+            let (i, m) = batch(&[ids(&s["input_ids"])], &[ids(&s["attention_mask"])]);
+            let got: Vec<f32> = model
+                .forward_packed(packed, i, m)
+                .into_data()
+                .to_vec()
+                .unwrap();
+            worst = worst.max(max_abs_diff(&got, &floats(&s["logits"])));
+        }
+        let b = &fx["batch"];
+        let rows: Vec<Vec<u32>> = b["input_ids"].as_array().unwrap().iter().map(ids).collect();
+        let masks: Vec<Vec<u32>> = b["attention_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids)
+            .collect();
+        let (i, m) = batch(&rows, &masks);
+        let got: Vec<f32> = model
+            .forward_packed(packed, i, m)
+            .into_data()
+            .to_vec()
+            .unwrap();
+        let want = floats(&b["logits"]);
+        // Padded positions: compare only real tokens.
+        let mask_flat: Vec<u32> = masks.iter().flatten().copied().collect();
+        let labels = want.len() / mask_flat.len();
+        let (g, w): (Vec<f32>, Vec<f32>) = got
+            .iter()
+            .zip(&want)
+            .enumerate()
+            .filter(|(k, _)| mask_flat[k / labels] == 1)
+            .map(|(_, (a, b))| (*a, *b))
+            .unzip();
+        worst = worst.max(max_abs_diff(&g, &w));
+        eprintln!("tiny-roberta logits ({path}) max |Δ| = {worst:e}");
+        assert!(worst <= LOGIT_TOL, "{path}: max |Δ| {worst} > {LOGIT_TOL}");
     }
-    let b = &fx["batch"];
-    let rows: Vec<Vec<u32>> = b["input_ids"].as_array().unwrap().iter().map(ids).collect();
-    let masks: Vec<Vec<u32>> = b["attention_mask"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(ids)
-        .collect();
-    let (i, m) = batch(&rows, &masks);
-    let got: Vec<f32> = model.forward(i, m).into_data().to_vec().unwrap();
-    let want = floats(&b["logits"]);
-    // Padded positions: compare only real tokens.
-    let mask_flat: Vec<u32> = masks.iter().flatten().copied().collect();
-    let labels = want.len() / mask_flat.len();
-    let (g, w): (Vec<f32>, Vec<f32>) = got
-        .iter()
-        .zip(&want)
-        .enumerate()
-        .filter(|(k, _)| mask_flat[k / labels] == 1)
-        .map(|(_, (a, b))| (*a, *b))
-        .unzip();
-    worst = worst.max(max_abs_diff(&g, &w));
-    eprintln!("tiny-roberta logits max |Δ| = {worst:e}");
-    assert!(worst <= LOGIT_TOL, "max |Δ| {worst} > {LOGIT_TOL}");
 }
 
 fn encoder_outputs(dir: &str) -> f32 {
