@@ -507,6 +507,14 @@ struct Piece {
     seqs: Vec<Vec<u32>>,
 }
 
+/// Softmax of one token's logits.
+fn softmax_row(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f32> = logits.iter().map(|x| (x - max).exp()).collect();
+    let sum: f32 = exp.iter().sum();
+    exp.into_iter().map(|e| e / sum).collect()
+}
+
 /// The executor loop: gather requests for up to `wait` or `budget` tokens, batch, run, reply.
 fn run_executor<B: Backend>(
     model: &crate::model::RobertaForTokenClassification<B>,
@@ -547,37 +555,64 @@ fn run_executor<B: Backend>(
             .iter()
             .map(|j| vec![Vec::new(); j.seqs.len()])
             .collect();
-        let mut i = 0;
-        while i < order.len() {
-            let mut end = i + 1;
-            while end < order.len() {
-                let longest = jobs[order[end].0].seqs[order[end].1].len();
-                if longest * (end + 1 - i) > budget {
-                    break;
+        if let Some(packed) = packed {
+            // CPU inference kernels: no padding, so batches are bounded by real tokens.
+            let mut i = 0;
+            while i < order.len() {
+                let mut end = i;
+                let mut tokens = 0;
+                while end < order.len() {
+                    let len = jobs[order[end].0].seqs[order[end].1].len();
+                    if end > i && tokens + len > budget {
+                        break;
+                    }
+                    tokens += len;
+                    end += 1;
                 }
-                end += 1;
-            }
-            let items: Vec<(&[u32], Option<&[i64]>)> = order[i..end]
-                .iter()
-                .map(|(j, s)| (jobs[*j].seqs[*s].as_slice(), None))
-                .collect();
-            let seq = items.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
-            let host = HostBatch::collate_ids(items.into_iter(), seq, pad_id);
-            let batch = host.to_device::<B>(device);
-            let logits = model.forward_packed(packed, batch.input_ids, batch.attention_mask); // [batch, seq, labels]
-            let [_, _, c] = logits.dims();
-            let probs: Vec<f32> = softmax(logits, 2)
-                .into_data()
-                .convert::<f32>()
-                .to_vec()
-                .expect("f32 probabilities: this is a bug");
-            for (row, (j, s)) in order[i..end].iter().enumerate() {
-                let len = jobs[*j].seqs[*s].len();
-                out[*j][*s] = (0..len)
-                    .map(|t| probs[(row * seq + t) * c..(row * seq + t + 1) * c].to_vec())
+                let seqs: Vec<&[u32]> = order[i..end]
+                    .iter()
+                    .map(|(j, s)| jobs[*j].seqs[*s].as_slice())
                     .collect();
+                let logits = model.forward_unpadded(packed, &seqs);
+                let c = model.num_labels();
+                for ((j, s), logits) in order[i..end].iter().zip(logits) {
+                    out[*j][*s] = logits.chunks_exact(c).map(softmax_row).collect();
+                }
+                i = end;
             }
-            i = end;
+        } else {
+            let mut i = 0;
+            while i < order.len() {
+                let mut end = i + 1;
+                while end < order.len() {
+                    let longest = jobs[order[end].0].seqs[order[end].1].len();
+                    if longest * (end + 1 - i) > budget {
+                        break;
+                    }
+                    end += 1;
+                }
+                let items: Vec<(&[u32], Option<&[i64]>)> = order[i..end]
+                    .iter()
+                    .map(|(j, s)| (jobs[*j].seqs[*s].as_slice(), None))
+                    .collect();
+                let seq = items.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
+                let host = HostBatch::collate_ids(items.into_iter(), seq, pad_id);
+                let batch = host.to_device::<B>(device);
+                let logits = model.forward(batch.input_ids, batch.attention_mask); // [batch, seq, labels]
+                let [_, _, c] = logits.dims();
+                let probs: Vec<f32> = softmax(logits, 2)
+                    .into_data()
+                    .convert::<f32>()
+                    .to_vec()
+                    .expect("f32 probabilities: this is a bug");
+                for (row, (j, s)) in order[i..end].iter().enumerate() {
+                    let len = jobs[*j].seqs[*s].len();
+                    out[*j][*s] = (0..len)
+                        .map(|t| probs[(row * seq + t) * c..(row * seq + t + 1) * c].to_vec())
+                        .collect();
+                }
+                i = end;
+            }
         }
         for (job, probs) in jobs.into_iter().zip(out) {
             let _ = job.reply.send(probs);

@@ -376,15 +376,6 @@ unsafe fn micro_kernel_rows<const MR: usize>(
     }
 }
 
-/// Shapes of one attention call.
-#[derive(Debug, Clone, Copy)]
-pub struct AttentionShape {
-    pub batch: usize,
-    pub seq: usize,
-    pub heads: usize,
-    pub head_dim: usize,
-}
-
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -402,34 +393,49 @@ impl OutPtr {
 /// Scaled-dot-product attention as HF RoBERTa computes it in eval mode:
 /// `softmax(Q·Kᵀ / sqrt(head_dim) + key_bias) · V` per (sequence, head).
 ///
-/// `query`, `key`, `value`: the projections `[batch, seq, heads * head_dim]` (heads are column
-/// blocks, read in place through strides). `key_bias`: `[batch, seq]`, added to every query's
-/// score for that key (0, or a large negative value for padding). Returns the context
-/// `[batch, seq, heads * head_dim]`, i.e. already in the layout the output dense layer takes.
+/// `query`, `key`, `value`: the projections `[tokens, heads * head_dim]` of sequences of
+/// `lengths` stored back to back (a padded batch is `batch` sequences of `seq`); heads are
+/// column blocks, read in place through strides. `key_bias`: one value per token, added to
+/// every query's score for that key (0, or a large negative value for padding); `None` is all
+/// zeros. Returns the context `[tokens, heads * head_dim]`, i.e. already in the layout the
+/// output dense layer takes.
 pub fn attention(
     query: &[f32],
     key: &[f32],
     value: &[f32],
-    key_bias: &[f32],
-    shape: AttentionShape,
+    key_bias: Option<&[f32]>,
+    lengths: &[usize],
+    heads: usize,
 ) -> Vec<f32> {
-    let AttentionShape {
-        batch,
-        seq,
-        heads,
-        head_dim,
-    } = shape;
-    let width = heads * head_dim;
-    let len = batch * seq * width;
-    assert!(query.len() == len && key.len() == len && value.len() == len);
-    assert_eq!(key_bias.len(), batch * seq);
+    let tokens: usize = lengths.iter().sum();
+    let len = query.len();
+    assert!(tokens > 0 && len.is_multiple_of(tokens) && (len / tokens).is_multiple_of(heads));
+    let width = len / tokens;
+    let head_dim = width / heads;
+    assert!(key.len() == len && value.len() == len);
+    if let Some(b) = key_bias {
+        assert_eq!(b.len(), tokens);
+    }
+    let starts: Vec<usize> = lengths
+        .iter()
+        .scan(0, |at, l| {
+            let s = *at;
+            *at += l;
+            Some(s)
+        })
+        .collect();
     let mut out = vec![0.0f32; len];
     let out_ptr = OutPtr(out.as_mut_ptr());
     let scale = 1.0 / (head_dim as f32).sqrt();
+    let zeros = vec![0.0f32; lengths.iter().copied().max().unwrap_or(0)];
     let run = |task: usize, scores: &mut Vec<f32>| {
         let (b, h) = (task / heads, task % heads);
-        let base = b * seq * width + h * head_dim;
-        let bias = &key_bias[b * seq..(b + 1) * seq];
+        let (start, seq) = (starts[b], lengths[b]);
+        let base = start * width + h * head_dim;
+        let bias = match key_bias {
+            Some(bias) => &bias[start..start + seq],
+            None => &zeros[..seq],
+        };
         scores.resize(seq * seq, 0.0);
         // SAFETY: the pointers and strides address the rows of sequence `b` and the columns of
         // head `h` inside buffers of `len` elements; `scores` holds `seq * seq`. The output
@@ -458,7 +464,7 @@ pub fn attention(
                 gemm::Parallelism::None,
             );
         }
-        softmax_rows(scores, bias);
+        softmax_rows(&mut scores[..seq * seq], bias);
         unsafe {
             // context_bh = P · V_bh   ([seq, seq] · [seq, head_dim])
             gemm::gemm(
@@ -484,7 +490,7 @@ pub fn attention(
             );
         }
     };
-    let tasks = batch * heads;
+    let tasks = lengths.len() * heads;
     if rayon::current_num_threads() > 1 && tasks > 1 {
         (0..tasks)
             .into_par_iter()
@@ -553,6 +559,14 @@ mod tests {
         }
         assert_eq!(exp_f32(f32::MIN), 0.0);
         assert_eq!(exp_f32(0.0), 1.0);
+    }
+
+    #[derive(Clone, Copy)]
+    struct AttentionShape {
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
     }
 
     /// Straightforward f64 attention over `[batch, heads, seq, head_dim]` views.
@@ -684,7 +698,7 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let got = pool.install(|| attention(&q, &k, &v, &bias, s));
+            let got = pool.install(|| attention(&q, &k, &v, Some(&bias), &[s.seq; 3], s.heads));
             let diff = got
                 .iter()
                 .zip(&want)
@@ -692,5 +706,16 @@ mod tests {
                 .fold(0.0, f32::max);
             assert!(diff < 1e-5, "threads {threads}: max |diff| {diff}");
         }
+        // Unpadded: sequence 0 (7 tokens) and sequence 1 without its 3 padding tokens, back to
+        // back, no bias: the real tokens' outputs equal the padded batch's.
+        let width = s.heads * s.head_dim;
+        let take = |t: &[f32]| [&t[..7 * width], &t[7 * width..11 * width]].concat();
+        let got = attention(&take(&q), &take(&k), &take(&v), None, &[7, 4], s.heads);
+        let diff = got
+            .iter()
+            .zip(&take(&want))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
+        assert!(diff < 1e-5, "unpadded: max |diff| {diff}");
     }
 }

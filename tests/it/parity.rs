@@ -165,6 +165,50 @@ fn tiny_roberta_logits_match_single_and_padded_batch() {
         eprintln!("tiny-roberta logits ({path}) max |Δ| = {worst:e}");
         assert!(worst <= LOGIT_TOL, "{path}: max |Δ| {worst} > {LOGIT_TOL}");
     }
+    // The batch's sequences without their padding, back to back (how /v1/detect batches on
+    // the CPU): the reference's logits at the real tokens.
+    if let Some(packed) = &packed {
+        let b = &fx["batch"];
+        let rows: Vec<Vec<u32>> = b["input_ids"].as_array().unwrap().iter().map(ids).collect();
+        let masks: Vec<Vec<u32>> = b["attention_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids)
+            .collect();
+        let real: Vec<Vec<u32>> = rows
+            .iter()
+            .zip(&masks)
+            .map(|(r, m)| {
+                r.iter()
+                    .zip(m)
+                    .filter(|(_, m)| **m == 1)
+                    .map(|(t, _)| *t)
+                    .collect()
+            })
+            .collect();
+        assert!(
+            real.iter()
+                .map(Vec::len)
+                .collect::<std::collections::HashSet<_>>()
+                .len()
+                > 1
+        );
+        let seqs: Vec<&[u32]> = real.iter().map(Vec::as_slice).collect();
+        let got = model.forward_unpadded(packed, &seqs);
+        let want = floats(&b["logits"]);
+        let (seq, labels) = (rows[0].len(), want.len() / (rows.len() * rows[0].len()));
+        let mut worst = 0f32;
+        for (row, g) in got.iter().enumerate() {
+            assert_eq!(g.len(), real[row].len() * labels);
+            worst = worst.max(max_abs_diff(g, &want[row * seq * labels..][..g.len()]));
+        }
+        eprintln!("tiny-roberta logits (unpadded batch) max |Δ| = {worst:e}");
+        assert!(
+            worst <= LOGIT_TOL,
+            "unpadded: max |Δ| {worst} > {LOGIT_TOL}"
+        );
+    }
 }
 
 fn encoder_outputs(dir: &str) -> f32 {
