@@ -83,7 +83,8 @@ pub struct ServeArgs {
     /// Most /detect requests waiting per model; more get 429.
     #[arg(long, env = "METAFORA_DETECT_QUEUE", default_value_t = 256)]
     pub detect_queue: usize,
-    /// Dynamic batching: most tokens in one inference batch.
+    /// Dynamic batching: most tokens in one inference batch (real tokens on the CPU, whose
+    /// batches are unpadded; padded tokens on a GPU).
     #[arg(long, env = "METAFORA_BATCH_TOKENS", default_value_t = 8192)]
     pub batch_tokens: usize,
     /// Dynamic batching: longest wait for more requests before running a batch, in ms. With 0 a
