@@ -535,6 +535,39 @@ fn detect_bench(d: DetectBench) -> anyhow::Result<()> {
     let _ = running.shutdown.send(true);
     let _ = rt.block_on(running.wait());
     let _ = std::fs::remove_dir_all(&dir);
+    // The targets as ratios: p50 against the pipeline's, throughput at each client
+    // count against the sequential pipeline and against one client.
+    let at = |c: u64, key: &str| {
+        rows.iter()
+            .find(|r| r["clients"] == c)
+            .and_then(|r| r[key].as_f64())
+    };
+    let mut ratios = Vec::new();
+    if let (Some(pp), Some(p50)) = (
+        python.as_ref().and_then(|p| p["p50_ms"].as_f64()),
+        at(1, "p50_ms"),
+    ) {
+        ratios.push(format!("p50 at 1 client / pipeline p50 = {:.2}x", p50 / pp));
+    }
+    for c in [16u64, 64] {
+        if let Some(rps) = at(c, "requests_per_second") {
+            if let Some(seq) = python
+                .as_ref()
+                .and_then(|p| p["sentences_per_second"].as_f64())
+            {
+                ratios.push(format!(
+                    "{c} clients / sequential pipeline = {:.2}x",
+                    rps / seq
+                ));
+            }
+            if let Some(one) = at(1, "requests_per_second") {
+                ratios.push(format!("{c} clients / 1 client = {:.2}x", rps / one));
+            }
+        }
+    }
+    if !ratios.is_empty() {
+        println!("{}", ratios.join("; "));
+    }
     println!("{}", json!({"pipeline": python, "metafora": rows}));
     Ok(())
 }
