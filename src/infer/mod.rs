@@ -555,64 +555,63 @@ fn run_executor<B: Backend>(
             .iter()
             .map(|j| vec![Vec::new(); j.seqs.len()])
             .collect();
-        if let Some(packed) = packed {
-            // CPU inference kernels: no padding, so batches are bounded by real tokens.
-            let mut i = 0;
-            while i < order.len() {
-                let mut end = i;
-                let mut tokens = 0;
-                while end < order.len() {
-                    let len = jobs[order[end].0].seqs[order[end].1].len();
-                    if end > i && tokens + len > budget {
-                        break;
-                    }
-                    tokens += len;
-                    end += 1;
+        let len = |at: usize| jobs[order[at].0].seqs[order[at].1].len();
+        let mut i = 0;
+        while i < order.len() {
+            // Batches within the token budget: real tokens for the CPU kernels (unpadded
+            // batches), padded tokens otherwise (sorted by length, so the last is the longest).
+            let mut end = i + 1;
+            let mut tokens = len(i);
+            while end < order.len() {
+                tokens += len(end);
+                let cost = if packed.is_some() {
+                    tokens
+                } else {
+                    len(end) * (end + 1 - i)
+                };
+                if cost > budget {
+                    break;
                 }
-                let seqs: Vec<&[u32]> = order[i..end]
-                    .iter()
-                    .map(|(j, s)| jobs[*j].seqs[*s].as_slice())
-                    .collect();
-                let logits = model.forward_unpadded(packed, &seqs);
-                let c = model.num_labels();
-                for ((j, s), logits) in order[i..end].iter().zip(logits) {
-                    out[*j][*s] = logits.chunks_exact(c).map(softmax_row).collect();
-                }
-                i = end;
+                end += 1;
             }
-        } else {
-            let mut i = 0;
-            while i < order.len() {
-                let mut end = i + 1;
-                while end < order.len() {
-                    let longest = jobs[order[end].0].seqs[order[end].1].len();
-                    if longest * (end + 1 - i) > budget {
-                        break;
-                    }
-                    end += 1;
-                }
-                let items: Vec<(&[u32], Option<&[i64]>)> = order[i..end]
+            let seqs: Vec<&[u32]> = order[i..end]
+                .iter()
+                .map(|(j, s)| jobs[*j].seqs[*s].as_slice())
+                .collect();
+            let c = model.num_labels();
+            let probs: Vec<Vec<Vec<f32>>> = match packed {
+                Some(packed) => model
+                    .forward_unpadded(packed, &seqs)
                     .iter()
-                    .map(|(j, s)| (jobs[*j].seqs[*s].as_slice(), None))
-                    .collect();
-                let seq = items.iter().map(|(s, _)| s.len()).max().unwrap_or(0);
-                let host = HostBatch::collate_ids(items.into_iter(), seq, pad_id);
-                let batch = host.to_device::<B>(device);
-                let logits = model.forward(batch.input_ids, batch.attention_mask); // [batch, seq, labels]
-                let [_, _, c] = logits.dims();
-                let probs: Vec<f32> = softmax(logits, 2)
-                    .into_data()
-                    .convert::<f32>()
-                    .to_vec()
-                    .expect("f32 probabilities: this is a bug");
-                for (row, (j, s)) in order[i..end].iter().enumerate() {
-                    let len = jobs[*j].seqs[*s].len();
-                    out[*j][*s] = (0..len)
-                        .map(|t| probs[(row * seq + t) * c..(row * seq + t + 1) * c].to_vec())
-                        .collect();
+                    .map(|logits| logits.chunks_exact(c).map(softmax_row).collect())
+                    .collect(),
+                None => {
+                    let seq = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+                    let items = seqs.iter().map(|s| (*s, None));
+                    let host = HostBatch::collate_ids(items, seq, pad_id);
+                    let batch = host.to_device::<B>(device);
+                    let logits = model.forward(batch.input_ids, batch.attention_mask); // [batch, seq, labels]
+                    let probs: Vec<f32> = softmax(logits, 2)
+                        .into_data()
+                        .convert::<f32>()
+                        .to_vec()
+                        .expect("f32 probabilities: this is a bug");
+                    seqs.iter()
+                        .enumerate()
+                        .map(|(row, s)| {
+                            (0..s.len())
+                                .map(|t| {
+                                    probs[(row * seq + t) * c..(row * seq + t + 1) * c].to_vec()
+                                })
+                                .collect()
+                        })
+                        .collect()
                 }
-                i = end;
+            };
+            for ((j, s), p) in order[i..end].iter().zip(probs) {
+                out[*j][*s] = p;
             }
+            i = end;
         }
         for (job, probs) in jobs.into_iter().zip(out) {
             let _ = job.reply.send(probs);

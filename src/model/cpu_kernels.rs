@@ -252,6 +252,7 @@ impl PackedLinear {
                                 } else {
                                     (dst as *const f32, ldc)
                                 };
+                                #[cfg(target_arch = "x86_64")]
                                 micro_kernel(
                                     m,
                                     kc,
@@ -262,6 +263,11 @@ impl PackedLinear {
                                     init_rs,
                                     dst,
                                     ldc,
+                                );
+                                #[cfg(not(target_arch = "x86_64"))]
+                                unreachable!(
+                                    "packed kernels are x86-64 only: {:?}",
+                                    (dst, init, init_rs, a, w)
                                 );
                             }
                             r += m;
@@ -318,22 +324,6 @@ unsafe fn micro_kernel(
             _ => micro_kernel_rows::<1>(k, a, lda, w, init, init_rs, dst, ldc),
         }
     }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro_kernel(
-    _: usize,
-    _: usize,
-    _: *const f32,
-    _: usize,
-    _: *const f32,
-    _: *const f32,
-    _: usize,
-    _: *mut f32,
-    _: usize,
-) {
-    unreachable!("packed kernels are x86-64 only")
 }
 
 /// The `MR` × 16 register tile: for each of the `k` steps, two loads of the weight row, one

@@ -217,11 +217,15 @@ impl<B: Backend> RobertaEmbeddings<B> {
 #[derive(Debug, Clone)]
 pub enum AttentionLayout<B: Backend> {
     /// Padded rows `[batch, seq]` with an additive key bias `[batch, 1, 1, seq]`
-    /// ([`attention_bias`]).
+    /// ([`attention_bias`]), for burn's ops.
     Padded(Tensor<B, 4>),
-    /// Sequences of these lengths back to back in one row `[1, total, hidden]`, no padding:
-    /// each attends within itself. Inference on the CPU backend only ([`cpu_kernels`]).
-    Unpadded(Arc<[usize]>),
+    /// For the CPU inference kernels ([`cpu_kernels::attention`]): sequences of `lengths` back
+    /// to back, each attending within itself, with an additive bias per key token (`None`: no
+    /// padding). A padded batch is `batch` sequences of `seq` with the padding bias.
+    Host {
+        lengths: Arc<[usize]>,
+        key_bias: Option<Arc<[f32]>>,
+    },
 }
 
 impl<B: Backend> RobertaSelfAttention<B> {
@@ -231,28 +235,24 @@ impl<B: Backend> RobertaSelfAttention<B> {
         let heads = self.num_attention_heads;
         let head_dim = width / heads;
         let device = hidden.device();
-        if host_kernels::<B>(&device) {
-            // Inference on the CPU backend: heads are read in place from the projections.
-            let padded;
-            let (lengths, bias) = match layout {
-                AttentionLayout::Padded(mask_bias) => {
-                    padded = vec![seq; batch];
-                    (&padded[..], Some(host_f32(mask_bias.clone())))
-                }
-                AttentionLayout::Unpadded(lengths) => (&lengths[..], None),
-            };
-            let context = cpu_kernels::attention(
-                &host_f32(dense(&self.query, hidden.clone())),
-                &host_f32(dense(&self.key, hidden.clone())),
-                &host_f32(dense(&self.value, hidden)),
-                bias.as_deref(),
-                lengths,
-                heads,
-            );
-            return Tensor::from_data(TensorData::new(context, [batch, seq, width]), &device);
-        }
-        let AttentionLayout::Padded(mask_bias) = layout.clone() else {
-            panic!("unpadded batches need the CPU inference kernels: this is a bug");
+        let mask_bias = match layout {
+            AttentionLayout::Padded(mask_bias) => mask_bias.clone(),
+            AttentionLayout::Host { lengths, key_bias } => {
+                assert!(
+                    host_kernels::<B>(&device),
+                    "host attention layouts need the CPU inference kernels: this is a bug"
+                );
+                // Heads are read in place from the projections.
+                let context = cpu_kernels::attention(
+                    &host_f32(dense(&self.query, hidden.clone())),
+                    &host_f32(dense(&self.key, hidden.clone())),
+                    &host_f32(dense(&self.value, hidden)),
+                    key_bias.as_deref(),
+                    lengths,
+                    heads,
+                );
+                return Tensor::from_data(TensorData::new(context, [batch, seq, width]), &device);
+            }
         };
         let split = |t: Tensor<B, 3>| t.reshape([batch, seq, heads, head_dim]).swap_dims(1, 2);
         let query = split(dense(&self.query, hidden.clone())); // [batch, heads, seq, head_dim]
@@ -460,7 +460,17 @@ impl<B: Backend> RobertaModel<B> {
         input_ids: Tensor<B, 2, Int>,
         attention_mask: Tensor<B, 2, Int>,
     ) -> Tensor<B, 3> {
-        let layout = AttentionLayout::Padded(attention_bias(attention_mask));
+        let bias = attention_bias(attention_mask);
+        let layout = if host_kernels::<B>(&bias.device()) {
+            // The bias read once for every layer's host attention.
+            let [batch, _, _, seq] = bias.dims();
+            AttentionLayout::Host {
+                lengths: vec![seq; batch].into(),
+                key_bias: Some(host_f32(bias).into()),
+            }
+        } else {
+            AttentionLayout::Padded(bias)
+        };
         let hidden = self.embeddings.forward(input_ids);
         self.encode(hidden, &layout)
     }
@@ -534,9 +544,13 @@ impl<B: Backend> RobertaForTokenClassification<B> {
             .roberta
             .embeddings
             .forward_with_positions(ids, positions);
-        let hidden = self
-            .roberta
-            .encode(hidden, &AttentionLayout::Unpadded(lengths));
+        let hidden = self.roberta.encode(
+            hidden,
+            &AttentionLayout::Host {
+                lengths,
+                key_bias: None,
+            },
+        );
         let logits = host_f32(dense(&self.classifier, hidden));
         let labels = self.num_labels();
         let mut out = Vec::with_capacity(sequences.len());

@@ -125,6 +125,15 @@ fn tiny_roberta_logits_match_single_and_padded_batch() {
         packed.is_some(),
         metafora::model::cpu_kernels::packed_kernels_available()
     );
+    let b = &fx["batch"];
+    let rows: Vec<Vec<u32>> = b["input_ids"].as_array().unwrap().iter().map(ids).collect();
+    let masks: Vec<Vec<u32>> = b["attention_mask"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ids)
+        .collect();
+    let want = floats(&b["logits"]);
     for (path, packed) in [("burn ops", None), ("cpu kernels", packed.as_ref())] {
         let mut worst = 0f32;
         for s in fx["sentences"].as_array().unwrap() {
@@ -136,21 +145,12 @@ fn tiny_roberta_logits_match_single_and_padded_batch() {
                 .unwrap();
             worst = worst.max(max_abs_diff(&got, &floats(&s["logits"])));
         }
-        let b = &fx["batch"];
-        let rows: Vec<Vec<u32>> = b["input_ids"].as_array().unwrap().iter().map(ids).collect();
-        let masks: Vec<Vec<u32>> = b["attention_mask"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(ids)
-            .collect();
         let (i, m) = batch(&rows, &masks);
         let got: Vec<f32> = model
             .forward_packed(packed, i, m)
             .into_data()
             .to_vec()
             .unwrap();
-        let want = floats(&b["logits"]);
         // Padded positions: compare only real tokens.
         let mask_flat: Vec<u32> = masks.iter().flatten().copied().collect();
         let labels = want.len() / mask_flat.len();
@@ -168,14 +168,6 @@ fn tiny_roberta_logits_match_single_and_padded_batch() {
     // The batch's sequences without their padding, back to back (how /v1/detect batches on
     // the CPU): the reference's logits at the real tokens.
     if let Some(packed) = &packed {
-        let b = &fx["batch"];
-        let rows: Vec<Vec<u32>> = b["input_ids"].as_array().unwrap().iter().map(ids).collect();
-        let masks: Vec<Vec<u32>> = b["attention_mask"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(ids)
-            .collect();
         let real: Vec<Vec<u32>> = rows
             .iter()
             .zip(&masks)
@@ -196,7 +188,6 @@ fn tiny_roberta_logits_match_single_and_padded_batch() {
         );
         let seqs: Vec<&[u32]> = real.iter().map(Vec::as_slice).collect();
         let got = model.forward_unpadded(packed, &seqs);
-        let want = floats(&b["logits"]);
         let (seq, labels) = (rows[0].len(), want.len() / (rows.len() * rows[0].len()));
         let mut worst = 0f32;
         for (row, g) in got.iter().enumerate() {
