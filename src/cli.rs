@@ -1,41 +1,25 @@
 //! The one-shot commands: `train`, `eval`, `score`, `detect`.
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use burn::tensor::backend::AutodiffBackend;
+use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{DetectArgs, EvalArgs, ScoreArgs, TrainArgs};
 use crate::data::RobertaTokenizer;
 use crate::data::dataset::{Dataset, DatasetOptions};
+use crate::infer::engine::Engine;
+use crate::infer::{DetectOptions, Detector, DetectorOptions, Input};
 use crate::jobs::resolve::{ResolveContext, run_config};
 use crate::jobs::spec::JobSpec;
 use crate::metrics::{LabelScheme, Metrics};
 use crate::model::backend::{BackendTask, Resolved, dispatch};
 use crate::model::{HeadInit, load_token_classifier};
-use crate::train::report::{CsvRow, append_csv};
+use crate::train::report::{CsvRow, Report, append_csv};
 use crate::train::trainer::{encode_split, max_len};
-use crate::train::{CancelToken, Progress, RunOutcome};
-
-/// Where the bundled demo model, fine-tuned model and data live.
-pub fn assets_dir() -> PathBuf {
-    std::env::var_os("METAFORA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/assets")))
-}
-
-/// The bundled demo job: mini-roberta-ca fine-tuned on the Catalan metaphor data.
-pub fn demo_spec() -> JobSpec {
-    let a = assets_dir();
-    let json = serde_json::json!({
-        "model": {"checkpoint": a.join("models/mini-roberta-ca"), "name": "mini-roberta-ca"},
-        "dataset": {"path": a.join("data/ca_meta4xnli")},
-        "training": {"learning_rate": 5e-4, "num_train_epochs": 20},
-        "seed": 42
-    });
-    JobSpec::parse(json.to_string().as_bytes()).expect("the demo spec is valid: this is a bug")
-}
+use crate::train::{CancelToken, EpochRecord, EvalSummary, Progress, RunOutcome, TrainError};
 
 fn fmt_secs(s: f64) -> String {
     let s = s.max(0.0) as u64;
@@ -46,16 +30,35 @@ fn fmt_secs(s: f64) -> String {
     }
 }
 
-/// Console progress: a live step line on a terminal, a table row per epoch.
+/// Console progress: a step bar on a terminal (indicatif draws nothing when stderr is not
+/// one, so logs get no progress lines), a table row per epoch either way.
 struct Console {
-    tty: bool,
-    started: std::time::Instant,
-    steps_at_start: Option<usize>,
+    bar: ProgressBar,
+    base: Option<EvalSummary>,
+    epochs: Vec<EpochRecord>,
 }
 
 impl Console {
+    fn new() -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template("epoch {msg} [{bar:30}] step {pos}/{len} eta {eta}")
+                .expect("a valid template: this is a bug")
+                .progress_chars("=> "),
+        );
+        Console {
+            bar,
+            base: None,
+            epochs: Vec::new(),
+        }
+    }
+
+    /// A line above the bar (also without a terminal).
+    fn line(&self, text: String) {
+        self.bar.suspend(|| eprintln!("{text}"));
+    }
+
     fn on(&mut self, p: Progress) {
-        let mut err = std::io::stderr();
         match p {
             Progress::Prepared {
                 device,
@@ -68,63 +71,43 @@ impl Console {
                 resumed_from,
                 ..
             } => {
-                let _ = writeln!(
-                    err,
-                    "device {device}: {train_sentences} training sentences, {epochs} epochs x {steps_per_epoch} steps = {total_steps} steps"
-                );
+                self.line(format!("device {device}: {train_sentences} training sentences, {epochs} epochs x {steps_per_epoch} steps = {total_steps} steps"));
+                self.bar.set_length(total_steps as u64);
                 if dropped_words > 0 {
-                    let _ = writeln!(
-                        err,
+                    self.line(format!(
                         "warning: {dropped_words} words beyond max_length were truncated away"
-                    );
+                    ));
                 }
                 for w in warnings {
-                    let _ = writeln!(err, "warning: {w}");
+                    self.line(format!("warning: {w}"));
                 }
                 if let Some(r) = resumed_from {
-                    let _ = writeln!(err, "resuming from {r}");
+                    self.line(format!("resuming from {r}"));
                 }
             }
             Progress::BaseEvaluated { summary } => {
                 let m = &summary.metrics;
-                let _ = writeln!(
-                    err,
+                self.line(format!(
                     "[base] test P={:.4} R={:.4} F1={:.4} Acc={:.4}",
                     m.precision, m.recall, m.f1, m.accuracy
-                );
-                let _ = writeln!(
-                    err,
+                ));
+                self.line(format!(
                     "{:>5} {:>7} {:>10} {:>9} {:>7} {:>7} {:>7} {:>7} {:>9} {:>8}",
                     "epoch", "step", "train_loss", "val_loss", "P", "R", "F1", "Acc", "lr", "time"
-                );
+                ));
+                self.base = Some(summary);
             }
             Progress::Step {
                 epoch,
                 epochs,
                 step,
-                total_steps,
-                loss,
-                learning_rate,
                 ..
             } => {
-                let first = *self.steps_at_start.get_or_insert(step - 1);
-                let done = step - first;
-                let rate = self.started.elapsed().as_secs_f64() / done.max(1) as f64;
-                let eta = rate * (total_steps - step) as f64;
-                if self.tty {
-                    let _ = write!(
-                        err,
-                        "\repoch {epoch}/{epochs} step {step}/{total_steps} loss {loss:.4} lr {learning_rate:.2e} eta {}   ",
-                        fmt_secs(eta)
-                    );
-                }
+                self.bar.set_message(format!("{epoch}/{epochs}"));
+                self.bar.set_position(step as u64);
             }
             Progress::Epoch { record: r } => {
-                if self.tty {
-                    let _ = write!(err, "\r{:80}\r", "");
-                }
-                let _ = writeln!(
-                    err,
+                self.line(format!(
                     "{:>5} {:>7} {:>10.4} {:>9.4} {:>7.4} {:>7.4} {:>7.4} {:>7.4} {:>9.2e} {:>8}",
                     r.epoch,
                     r.step,
@@ -136,15 +119,16 @@ impl Console {
                     r.eval.accuracy,
                     r.learning_rate,
                     fmt_secs(r.train_seconds + r.eval_seconds)
-                );
+                ));
+                self.epochs.push(r);
             }
             Progress::FinalEvaluated { summary } => {
+                self.bar.finish_and_clear();
                 let m = &summary.metrics;
-                let _ = writeln!(
-                    err,
+                self.line(format!(
                     "[finetuned] test P={:.4} R={:.4} F1={:.4} Acc={:.4}",
                     m.precision, m.recall, m.f1, m.accuracy
-                );
+                ));
             }
         }
     }
@@ -152,12 +136,14 @@ impl Console {
 
 /// `metafora train JOB.json`: runs the pipeline, appends the CSV row, writes report.json and
 /// prints it; exits non-zero on failure (after writing the failed row).
-pub fn train(args: TrainArgs) -> anyhow::Result<()> {
-    let spec = if args.spec == "demo" {
-        demo_spec()
-    } else {
-        let bytes = std::fs::read(&args.spec).with_context(|| format!("reading {}", args.spec))?;
-        JobSpec::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", args.spec))?
+pub fn train(args: TrainArgs, assets: &Path) -> anyhow::Result<()> {
+    let spec = match JobSpec::preset(&args.spec, assets) {
+        Some(spec) => spec,
+        None => {
+            let bytes =
+                std::fs::read(&args.spec).with_context(|| format!("reading {}", args.spec))?;
+            JobSpec::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", args.spec))?
+        }
     };
     let output_dir = args
         .output_dir
@@ -182,65 +168,53 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
         hub: Some(crate::hub::HubClient::from_env()),
         ..Default::default()
     };
+    let mut console = Console::new();
+    let started = std::time::Instant::now();
+    let outcome: Result<RunOutcome, TrainError> = (|| {
+        let download_bar = ProgressBar::new(0);
+        let mut dl = |d: crate::hub::Download| {
+            download_bar.set_length(d.total);
+            download_bar.set_position(d.bytes);
+            download_bar.set_message(format!("{}/{}", d.repo, d.file));
+        };
+        let cfg = run_config(&spec, &ctx, &output_dir, device, &mut dl)?;
+        download_bar.finish_and_clear();
+        crate::train::run(&cfg, args.resume, &CancelToken::new(), &mut |p| {
+            console.on(p)
+        })
+    })();
     let mut row = CsvRow::new(
         &spec.model.display_name(),
         &spec.model.checkpoint,
         spec.seed,
         spec.training.gradient_accumulation_steps,
     );
-    let mut console = Console {
-        tty: std::io::stderr().is_terminal(),
-        started: std::time::Instant::now(),
-        steps_at_start: None,
-    };
-    let mut base = None;
-    let mut epochs = Vec::new();
-    let started = std::time::Instant::now();
-    let outcome: Result<RunOutcome, crate::train::TrainError> = (|| {
-        let mut dl = |d: crate::hub::Download| {
-            eprint!(
-                "\rdownloading {}/{}: {} / {} bytes   ",
-                d.repo, d.file, d.bytes, d.total
-            );
-            if d.bytes >= d.total {
-                eprintln!();
-            }
-        };
-        let cfg = run_config(&spec, &ctx, &output_dir, device, &mut dl).map_err(|e| match e {
-            crate::jobs::resolve::ResolveError::Field(f) => crate::train::TrainError::Spec(f),
-            crate::jobs::resolve::ResolveError::Data(d) => crate::train::TrainError::Data(d),
-            crate::jobs::resolve::ResolveError::Hub(h) => {
-                crate::train::TrainError::Checkpoint(h.to_string())
-            }
-        })?;
-        crate::train::run(&cfg, args.resume, &CancelToken::new(), &mut |p| {
-            match &p {
-                Progress::BaseEvaluated { summary } => base = Some(summary.clone()),
-                Progress::Epoch { record } => epochs.push(record.clone()),
-                _ => {}
-            }
-            console.on(p)
-        })
-    })();
-    let report = match &outcome {
+    let status = match &outcome {
         Ok(o) => {
             row.succeed(o);
-            serde_json::json!({"status": "success", "spec": spec, "outcome": o, "versions": versions(),
-                "total_seconds": started.elapsed().as_secs_f64()})
+            "succeeded"
         }
         Err(e) => {
-            if let Some(b) = &base {
+            if let Some(b) = &console.base {
                 row.set_base(b);
             }
             row.fail(e);
-            serde_json::json!({"status": "failed", "error": row.error, "spec": spec, "base_test": base, "epochs": epochs,
-                "versions": versions(), "total_seconds": started.elapsed().as_secs_f64()})
+            "failed"
         }
+    };
+    let report = Report {
+        status,
+        job_id: None,
+        spec: serde_json::to_value(&spec)?,
+        result: &outcome,
+        base: console.base.as_ref(),
+        epochs: &console.epochs,
+        total_seconds: started.elapsed().as_secs_f64(),
     };
     std::fs::create_dir_all(&output_dir)
         .with_context(|| format!("creating {}", output_dir.display()))?;
     append_csv(&results_csv, &row)?;
-    crate::model::export::write_json(&output_dir.join("report.json"), &report)?;
+    crate::model::export::write_json(&output_dir.join("report.json"), &report.to_json())?;
     eprintln!(
         "csv -> {}; report -> {}",
         results_csv.display(),
@@ -261,19 +235,14 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Versions written into reports and model cards.
-pub fn versions() -> serde_json::Value {
-    serde_json::json!({"metafora": env!("CARGO_PKG_VERSION"), "burn": "0.21.0", "tokenizers": "0.22.2"})
-}
-
 /// `metafora eval`.
 pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
     let device = args.device.resolve().map_err(anyhow::Error::msg)?;
     struct Task(EvalArgs);
     impl BackendTask for Task {
         type Output = anyhow::Result<Metrics>;
-        fn run<B: AutodiffBackend>(self, device: B::Device, _: Resolved) -> Self::Output {
-            eval_on::<B::InnerBackend>(&self.0, &device)
+        fn run<B: AutodiffBackend>(self, device: B::Device, resolved: Resolved) -> Self::Output {
+            eval_on::<B::InnerBackend>(&self.0, &device, resolved)
         }
     }
     let metrics = dispatch(device, Task(args))?;
@@ -284,6 +253,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
 fn eval_on<B: burn::tensor::backend::Backend>(
     args: &EvalArgs,
     device: &B::Device,
+    resolved: Resolved,
 ) -> anyhow::Result<Metrics> {
     let (model, config, _) =
         load_token_classifier::<B>(&args.model, None, HeadInit::FromCheckpoint, device)?;
@@ -299,15 +269,9 @@ fn eval_on<B: burn::tensor::backend::Backend>(
     let max_len = max_len(&config, &tokenizer, args.max_length);
     let (examples, dropped) = encode_split(&split, &tokenizer, max_len)?;
     let gold: Vec<Vec<i64>> = split.sentences.iter().map(|s| s.tags.clone()).collect();
-    let out = crate::train::evaluate::evaluate(
-        &model,
-        &examples,
-        &gold,
-        &scheme,
-        args.batch_size,
-        tokenizer.pad_id,
-        device,
-    )?;
+    let engine = Engine::new(model, &config, resolved, device);
+    let out =
+        crate::train::evaluate::evaluate(&engine, &examples, &gold, &scheme, args.batch_size)?;
     if dropped > 0 {
         eprintln!("warning: {dropped} words beyond max_length were not scored");
     }
@@ -393,27 +357,28 @@ pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
 }
 
 /// `metafora detect`.
-pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
+pub fn detect(args: DetectArgs, assets: &Path) -> anyhow::Result<()> {
     let device = args.device.resolve().map_err(anyhow::Error::msg)?;
     let model = args
         .model
         .clone()
-        .unwrap_or_else(|| assets_dir().join("models/metafora-demo-ca"));
-    let strategy: crate::infer::aggregate::Strategy =
-        args.aggregation.parse().map_err(anyhow::Error::msg)?;
-    let long: crate::infer::LongText = args.long_text.parse().map_err(anyhow::Error::msg)?;
-    let opts = crate::infer::DetectorOptions {
-        stride: args.stride,
-        ..Default::default()
+        .unwrap_or_else(|| assets.join("models/metafora-demo-ca"));
+    let opts = DetectOptions {
+        strategy: args.aggregation.parse().map_err(anyhow::Error::msg)?,
+        threshold: args.threshold,
+        long_text: args.long_text.parse().map_err(anyhow::Error::msg)?,
     };
-    let detector = crate::infer::Detector::load("cli", &model, device, opts)?;
+    let detector = Detector::load(
+        "cli",
+        &model,
+        device,
+        DetectorOptions {
+            stride: args.stride,
+            ..Default::default()
+        },
+    )?;
     for text in &args.texts {
-        let out = detector.detect_blocking(
-            crate::infer::Input::Text(text.clone()),
-            strategy,
-            args.threshold,
-            long,
-        )?;
+        let out = detector.detect_blocking(&Input::Text(text.clone()), opts)?;
         println!("{}", serde_json::to_string(&out)?);
     }
     Ok(())

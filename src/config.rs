@@ -1,13 +1,19 @@
-//! Command-line flags (every flag also an environment variable) and validated settings.
+//! Command-line flags (every `serve` flag also an environment variable) and the validated
+//! [`Settings`] the server is wired from. Raw flags stay separate from settings: paths are
+//! canonicalised, contradictions refused and defaults resolved once, here.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use anyhow::{Context, bail};
+use clap::{Args, FromArgMatches, Parser, Subcommand};
 
-use crate::model::backend::DeviceSpec;
+use crate::hub::HubConfig;
+use crate::infer::DetectorOptions;
+use crate::model::backend::{DeviceSpec, Resolved};
 
-/// Fine-tune and serve RoBERTa token classifiers (metaphor detection in Catalan).
+/// Fine-tune and serve transformer token classifiers (metaphor detection in Catalan).
 #[derive(Debug, Parser)]
 #[command(name = "metafora", version, about, long_about = None)]
 pub struct Cli {
@@ -19,6 +25,10 @@ pub struct Cli {
     /// Log format.
     #[arg(long, env = "METAFORA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
     pub log_format: String,
+    /// Bundled demo models and data. Default: `assets/` next to the binary, then
+    /// `../share/metafora/assets` from it, then the source tree the binary was built from.
+    #[arg(long, env = "METAFORA_ASSETS", global = true)]
+    pub assets_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,13 +44,40 @@ pub enum Command {
     /// Detect metaphors in texts with a model directory.
     Detect(DetectArgs),
     /// Benchmarks: model forward/train step, or /detect under load.
-    Bench(crate::bench::BenchArgs),
+    Bench(BenchArgs),
+}
+
+/// Where the bundled assets are: `--assets-dir`, else the first of `<exe dir>/assets`,
+/// `<exe dir>/../share/metafora/assets` and the crate's own `assets/` that exists.
+pub fn assets_dir(flag: Option<&Path>) -> PathBuf {
+    if let Some(p) = flag {
+        return p.to_path_buf();
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf));
+    let candidates = exe_dir
+        .iter()
+        .flat_map(|d| [d.join("assets"), d.join("../share/metafora/assets")])
+        .chain([PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/assets"
+        ))]);
+    let mut last = PathBuf::new();
+    for c in candidates {
+        if c.join("models").is_dir() {
+            return c;
+        }
+        last = c;
+    }
+    last
 }
 
 /// `metafora serve`
 #[derive(Debug, Args, Clone)]
 pub struct ServeArgs {
-    /// Address to listen on.
+    /// Address to listen on. Anything but a loopback address needs --api-key (or
+    /// --insecure-no-auth).
     #[arg(long, env = "METAFORA_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
     /// SQLite database URL (created if missing).
@@ -56,11 +93,31 @@ pub struct ServeArgs {
     /// Compute device: auto (CUDA when built with it and a GPU is present), cpu, cuda, cuda:N.
     #[arg(long, env = "METAFORA_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
-    /// Bearer token required on every route except /health (unset: no auth).
+    /// Bearer token required on every route except /health (unset: no auth, loopback only).
     #[arg(long, env = "METAFORA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// Serve a non-loopback address without an API key (anyone who reaches the port can train
+    /// and deploy models).
+    #[arg(long, env = "METAFORA_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// Host name clients use to reach the server (repeatable). Without an API key, requests
+    /// must name the server by an IP address, `localhost` or one of these (DNS rebinding).
+    #[arg(
+        long = "public-host",
+        env = "METAFORA_PUBLIC_HOSTS",
+        value_delimiter = ','
+    )]
+    pub public_hosts: Vec<String>,
+    /// Web origin allowed to call the API from a browser (CORS; repeatable), e.g.
+    /// `https://labelstudio.example.org`. Other cross-origin browser requests get 403.
+    #[arg(
+        long = "cors-origin",
+        env = "METAFORA_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
     /// Directory that local model and dataset paths in job specs may point into (repeatable;
-    /// --data-dir and the bundled assets are always allowed).
+    /// --data-dir and the bundled assets are always allowed). Must exist.
     #[arg(
         long = "allow-path",
         env = "METAFORA_ALLOW_PATHS",
@@ -73,9 +130,20 @@ pub struct ServeArgs {
     /// Largest dataset upload in bytes.
     #[arg(long, env = "METAFORA_MAX_UPLOAD_BYTES", default_value_t = 64 << 20)]
     pub max_upload_bytes: usize,
-    /// Most queued jobs accepted; further POST /v1/jobs get 429.
-    #[arg(long, env = "METAFORA_MAX_QUEUED_JOBS", default_value_t = 100)]
-    pub max_queued_jobs: usize,
+    /// Most queued jobs accepted (at least 1); further POST /v1/jobs get 429.
+    #[arg(long, env = "METAFORA_MAX_QUEUED_JOBS", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_queued_jobs: u32,
+    /// Seconds a client may take to send a request's headers before the connection is closed.
+    #[arg(long, env = "METAFORA_HEADER_READ_TIMEOUT", default_value_t = 10)]
+    pub header_read_timeout: u64,
+    /// Seconds a request may take (reading its body and answering); 408 after. Streams
+    /// (`/events`) are not limited once they start.
+    #[arg(long, env = "METAFORA_REQUEST_TIMEOUT", default_value_t = 60)]
+    pub request_timeout: u64,
+    /// Seconds a dataset upload may take.
+    #[arg(long, env = "METAFORA_UPLOAD_TIMEOUT", default_value_t = 600)]
+    pub upload_timeout: u64,
     /// Model served as `default` by /v1/detect (an HF model directory). Default: the bundled
     /// fine-tuned demo model.
     #[arg(long, env = "METAFORA_MODEL")]
@@ -101,9 +169,156 @@ pub struct ServeArgs {
     /// Do not start the training worker (API and /detect only).
     #[arg(long, env = "METAFORA_NO_WORKER")]
     pub no_worker: bool,
-    /// Hub settings; from the standard `HF_*` variables when not set (tests inject a stand-in).
-    #[arg(skip)]
-    pub hub: Option<crate::hub::HubConfig>,
+}
+
+impl Default for ServeArgs {
+    /// The flags' defaults (and `METAFORA_*` variables), as `metafora serve` with no flags.
+    fn default() -> Self {
+        let cmd = ServeArgs::augment_args(clap::Command::new("serve").no_binary_name(true));
+        let matches = cmd
+            .try_get_matches_from(Vec::<String>::new())
+            .expect("serve flags have defaults: this is a bug");
+        ServeArgs::from_arg_matches(&matches).expect("serve flags parse: this is a bug")
+    }
+}
+
+/// Who may call the API.
+#[derive(Debug, Clone)]
+pub struct Access {
+    /// Bearer token (or Basic password) every route but `/health` needs.
+    pub api_key: Option<String>,
+    /// Without a key: host names (besides IP addresses and `localhost`) a request's `Host`
+    /// may name. `None` with a key (the key is the protection).
+    pub public_hosts: Option<Vec<String>>,
+    /// Origins whose browser requests are allowed (CORS).
+    pub cors_origins: Vec<String>,
+}
+
+/// Request limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub max_upload_bytes: usize,
+    pub max_queued_jobs: usize,
+    pub header_read_timeout: Duration,
+    pub request_timeout: Duration,
+    pub upload_timeout: Duration,
+}
+
+/// The validated configuration of `metafora serve`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub bind: SocketAddr,
+    pub database_url: String,
+    /// Canonical, created.
+    pub data_dir: PathBuf,
+    pub assets_dir: PathBuf,
+    pub device: Resolved,
+    pub access: Access,
+    pub limits: Limits,
+    /// Canonical directories local paths in specs may point into: the data dir, the assets,
+    /// every `--allow-path`.
+    pub allowed_roots: Vec<PathBuf>,
+    /// Served as `default`; `explicit` when `--model` named it (then a load failure is fatal).
+    pub default_model: PathBuf,
+    pub default_model_explicit: bool,
+    pub detector: DetectorOptions,
+    pub labelstudio_train_spec: Option<PathBuf>,
+    pub worker: bool,
+    /// Hub access, from the standard `HF_*` variables (tests put a stand-in here).
+    pub hub: HubConfig,
+}
+
+impl Settings {
+    /// Checks the flags and resolves paths and the device.
+    pub fn from_args(args: ServeArgs, assets_dir: &Path) -> anyhow::Result<Settings> {
+        let api_key = args.api_key.filter(|k| !k.trim().is_empty());
+        if api_key.is_none() && !args.bind.ip().is_loopback() && !args.insecure_no_auth {
+            bail!(
+                "--bind {} is reachable from other machines but no --api-key is set; set \
+                 METAFORA_API_KEY, bind a loopback address, or pass --insecure-no-auth",
+                args.bind
+            );
+        }
+        let device = args.device.resolve().map_err(anyhow::Error::msg)?;
+        for sub in ["jobs", "datasets"] {
+            let d = args.data_dir.join(sub);
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+        }
+        let data_dir = args
+            .data_dir
+            .canonicalize()
+            .with_context(|| format!("--data-dir {}", args.data_dir.display()))?;
+        let mut allowed_roots = vec![data_dir.clone()];
+        if let Ok(a) = assets_dir.canonicalize() {
+            allowed_roots.push(a);
+        }
+        for p in &args.allow_paths {
+            let c = p
+                .canonicalize()
+                .with_context(|| format!("--allow-path {} does not exist", p.display()))?;
+            if !c.is_dir() {
+                bail!("--allow-path {} is not a directory", p.display());
+            }
+            allowed_roots.push(c);
+        }
+        for (flag, v) in [
+            ("--header-read-timeout", args.header_read_timeout),
+            ("--request-timeout", args.request_timeout),
+            ("--upload-timeout", args.upload_timeout),
+        ] {
+            if v == 0 {
+                bail!("{flag} must be at least 1 second");
+            }
+        }
+        for o in &args.cors_origins {
+            if !(o.starts_with("http://") || o.starts_with("https://")) || o.ends_with('/') {
+                bail!("--cors-origin {o:?} must look like https://host[:port]");
+            }
+        }
+        let public_hosts = api_key.is_none().then(|| {
+            args.public_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect()
+        });
+        Ok(Settings {
+            bind: args.bind,
+            database_url: args.database_url,
+            data_dir,
+            assets_dir: assets_dir.to_path_buf(),
+            device,
+            access: Access {
+                api_key,
+                public_hosts,
+                cors_origins: args.cors_origins,
+            },
+            limits: Limits {
+                max_body_bytes: args.max_body_bytes,
+                max_upload_bytes: args.max_upload_bytes,
+                max_queued_jobs: args.max_queued_jobs as usize,
+                header_read_timeout: Duration::from_secs(args.header_read_timeout),
+                request_timeout: Duration::from_secs(args.request_timeout),
+                upload_timeout: Duration::from_secs(args.upload_timeout),
+            },
+            allowed_roots,
+            default_model_explicit: args.model.is_some(),
+            default_model: args
+                .model
+                .unwrap_or_else(|| assets_dir.join("models/metafora-demo-ca")),
+            detector: DetectorOptions {
+                queue: args.detect_queue,
+                batch_tokens: args.batch_tokens,
+                batch_wait: Duration::from_millis(args.batch_wait_ms),
+                stride: args.window_stride,
+                window: None,
+            },
+            labelstudio_train_spec: args.labelstudio_train_spec,
+            worker: !args.no_worker,
+            hub: HubConfig::from_env(),
+        })
+    }
 }
 
 /// `metafora train`
@@ -174,4 +389,113 @@ pub struct DetectArgs {
     /// Texts to analyse.
     #[arg(required = true)]
     pub texts: Vec<String>,
+}
+
+/// `metafora bench`
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub what: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Forward and training step (batch x seq) at tiny and roberta-base sizes.
+    Model(ModelBench),
+    /// Fixture parity (logits, encoder outputs, fine-tuned F1) on a device.
+    Parity(ParityBench),
+    /// HTTP load on /v1/detect at several client counts.
+    Detect(DetectBench),
+    /// Logits of a model directory for pre-split sentences (JSON), for export round trips.
+    Logits(LogitsBench),
+    /// The packed dense-layer kernel against a direct `gemm::gemm` call on the same weights.
+    Kernels(KernelsBench),
+}
+
+#[derive(Debug, Args)]
+pub struct LogitsBench {
+    /// HF model directory (e.g. a run's best_model).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL with `tokens` (pre-split words).
+    #[arg(long)]
+    pub sentences: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceSpec,
+}
+
+#[derive(Debug, Args)]
+pub struct ModelBench {
+    /// Comma-separated: tiny, base, large.
+    #[arg(long, default_value = "tiny,base")]
+    pub sizes: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    #[arg(long, default_value_t = 64)]
+    pub seq: usize,
+    #[arg(long, default_value_t = 10)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Python with torch + transformers: measure the PyTorch reference in the same run.
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Time the forward only (no training step).
+    #[arg(long)]
+    pub forward_only: bool,
+    /// PyTorch threads (set RAYON_NUM_THREADS to the same for the Rust side).
+    #[arg(long, default_value_t = 1)]
+    pub torch_threads: usize,
+    /// Device for the PyTorch reference (cpu or cuda).
+    #[arg(long, default_value = "cpu")]
+    pub torch_device: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ParityBench {
+    /// Folder with tiny-roberta*, parity/, data/synthetic (the repo's tests/fixtures).
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures"))]
+    pub fixtures: PathBuf,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+}
+
+#[derive(Debug, Args)]
+pub struct DetectBench {
+    /// HF model directory to serve.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL with `tokens`: the sentences sent (joined with spaces).
+    #[arg(long)]
+    pub sentences: PathBuf,
+    /// Comma-separated concurrent client counts.
+    #[arg(long, default_value = "1,16,64")]
+    pub clients: String,
+    /// Seconds per client count.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    #[arg(long, default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Python with transformers: the pipeline's single-sentence latency in the same run.
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    pub torch_threads: usize,
+}
+
+/// `metafora bench kernels`
+#[derive(Debug, Args)]
+pub struct KernelsBench {
+    /// Comma-separated activation row counts (tokens in a batch).
+    #[arg(long, default_value = "1,16,64,256")]
+    pub rows: String,
+    /// Comma-separated `d_in`x`d_out` weight shapes (default: roberta-base and -large layers).
+    #[arg(long, default_value = "768x768,768x3072,3072x768,1024x4096,4096x1024")]
+    pub shapes: String,
+    #[arg(long, default_value_t = 20)]
+    pub iters: usize,
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
 }

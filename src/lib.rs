@@ -1,8 +1,10 @@
-//! metafora: fine-tune and serve RoBERTa token classifiers (metaphor detection in Catalan).
+//! metafora: fine-tune and serve transformer token classifiers (metaphor detection in
+//! Catalan).
 //!
-//! Layers, each depending only on those below it:
-//! `api -> jobs, infer, store`; `jobs -> train, hub, store`; `train -> model, data, metrics`;
-//! `infer -> model, data`. `model`, `data` and `metrics` never import tokio, axum or sqlx.
+//! Layers, each depending only on those below it (`scripts/module_graph.py` checks it):
+//! `server -> api -> jobs -> train -> infer -> model, data, metrics`; `jobs, api -> store`;
+//! `jobs -> hub`. `cli` and `bench` sit beside `server` on top; `config` holds the flags.
+//! `model`, `data` and `metrics` never import tokio, axum or sqlx.
 
 pub mod api;
 pub mod bench;
@@ -18,11 +20,12 @@ pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod train;
+pub mod validate;
 
 /// `metafora serve`: runs the service until SIGTERM/Ctrl-C.
-pub fn serve(args: config::ServeArgs) -> anyhow::Result<()> {
+pub fn serve(settings: config::Settings) -> anyhow::Result<()> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(server::run(args))
+        .block_on(server::run(settings))
 }

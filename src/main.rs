@@ -12,13 +12,16 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     metafora::telemetry::init(&cli.log, &cli.log_format);
+    let assets = metafora::config::assets_dir(cli.assets_dir.as_deref());
     let result = match cli.command {
-        Command::Serve(args) => metafora::serve(args),
-        Command::Train(args) => metafora::cli::train(args),
+        Command::Serve(args) => {
+            metafora::config::Settings::from_args(args, &assets).and_then(metafora::serve)
+        }
+        Command::Train(args) => metafora::cli::train(args, &assets),
         Command::Eval(args) => metafora::cli::eval(args),
         Command::Score(args) => metafora::cli::score(args),
-        Command::Detect(args) => metafora::cli::detect(args),
-        Command::Bench(args) => metafora::bench::run(args),
+        Command::Detect(args) => metafora::cli::detect(args, &assets),
+        Command::Bench(args) => metafora::bench::run(args, &assets),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,27 +1,23 @@
-//! `metafora serve`: wires the store, the model registry, the worker and the router, and shuts
-//! them down together (SIGTERM/Ctrl-C: stop accepting, end SSE streams, checkpoint the running
-//! job and leave it queued for the next start).
+//! `metafora serve`: wires the store, the model registry, the worker and the router from
+//! validated [`Settings`], and shuts them down together (SIGTERM/Ctrl-C: stop accepting, end
+//! SSE streams, checkpoint the running job and leave it queued for the next start).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use tokio::sync::{Notify, broadcast, watch};
 
-use crate::api::{self, AppState, Settings};
-use crate::cli::assets_dir;
-use crate::config::ServeArgs;
+use crate::api::{self, ApiSettings, AppState};
+use crate::config::Settings;
 use crate::hub::HubClient;
-use crate::infer::{DetectorOptions, Registry};
+use crate::infer::Registry;
 use crate::jobs::resolve::ResolveContext;
 use crate::jobs::spec::JobSpec;
-use crate::jobs::worker::{Shared, Worker};
+use crate::jobs::worker::{MAX_CRASHES, Worker};
+use crate::jobs::{JobStatus, Shared};
 use crate::store;
-
-/// Jobs that crashed this many times are marked `interrupted` instead of retried.
-pub const MAX_ATTEMPTS: i64 = 3;
 
 /// A started server.
 pub struct Running {
@@ -29,7 +25,7 @@ pub struct Running {
     pub shared: Arc<Shared>,
     /// Send `true` to shut down.
     pub shutdown: watch::Sender<bool>,
-    /// Present when `--no-worker`: drive it by hand (tests).
+    /// Present without a worker task (`--no-worker`): drive it by hand (tests).
     pub worker: Option<Worker>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
     worker_task: Option<tokio::task::JoinHandle<()>>,
@@ -47,18 +43,12 @@ impl Running {
 }
 
 /// Starts everything and returns once the listener is bound.
-pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
-    let device = args.device.resolve().map_err(anyhow::Error::msg)?;
-    tracing::info!(%device, "compute backend");
-    for sub in ["jobs", "datasets"] {
-        std::fs::create_dir_all(args.data_dir.join(sub))
-            .with_context(|| format!("creating {}", args.data_dir.join(sub).display()))?;
-    }
-    let data_dir = args.data_dir.canonicalize().context("data dir")?;
-    let pool = store::connect(&args.database_url)
+pub async fn start(settings: Settings) -> anyhow::Result<Running> {
+    tracing::info!(device = %settings.device, "compute backend");
+    let pool = store::connect(&settings.database_url)
         .await
-        .with_context(|| format!("opening {}", args.database_url))?;
-    let (requeued, gave_up) = store::jobs::recover_orphans(&pool, MAX_ATTEMPTS).await?;
+        .with_context(|| format!("opening {}", settings.database_url))?;
+    let (requeued, gave_up) = store::jobs::recover_orphans(&pool, MAX_CRASHES).await?;
     if !requeued.is_empty() || !gave_up.is_empty() {
         tracing::warn!(
             ?requeued,
@@ -66,106 +56,72 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
             "recovered jobs left running by an earlier process"
         );
     }
-
-    let opts = DetectorOptions {
-        queue: args.detect_queue,
-        batch_tokens: args.batch_tokens,
-        batch_wait: Duration::from_millis(args.batch_wait_ms),
-        stride: args.window_stride,
-        window: None,
-    };
-    let registry = Arc::new(Registry::new(device, opts));
-    let default_model = args
-        .model
-        .clone()
-        .unwrap_or_else(|| assets_dir().join("models/metafora-demo-ca"));
-    {
-        let (r, m) = (registry.clone(), default_model.clone());
-        let explicit = args.model.is_some();
-        match tokio::task::spawn_blocking(move || r.deploy("default", &m, None)).await? {
-            Ok(_) => {}
-            Err(e) if explicit => {
-                return Err(anyhow::anyhow!(
-                    "loading --model {}: {e}",
-                    default_model.display()
-                ));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, path = %default_model.display(), "bundled demo model not loaded; /v1/detect has no default model")
-            }
-        }
-    }
-
-    let mut roots: Vec<PathBuf> = vec![data_dir.clone(), assets_dir()];
-    roots.extend(args.allow_paths.iter().cloned());
-    let ctx = ResolveContext {
-        allowed_roots: Some(roots),
-        uploads: Some(data_dir.join("datasets")),
-        hub: Some(
-            args.hub
-                .clone()
-                .map(HubClient::new)
-                .unwrap_or_else(HubClient::from_env),
-        ),
-    };
-    let (events, _) = broadcast::channel(1024);
-    let shared = Arc::new(Shared {
-        pool: pool.clone(),
-        ctx,
-        device,
-        data_dir: data_dir.clone(),
-        registry: registry.clone(),
-        events,
-        wake: Notify::new(),
-        running: Mutex::new(Default::default()),
-        step_seconds: Mutex::new(None),
-        steps_total: Default::default(),
-    });
-    redeploy_jobs(&shared).await;
-
-    let labelstudio_train_spec = match &args.labelstudio_train_spec {
+    let registry = Arc::new(Registry::new(settings.device, settings.detector.clone()));
+    deploy_default(&registry, &settings).await?;
+    let labelstudio_train_spec = match &settings.labelstudio_train_spec {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
             Some(JobSpec::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?)
         }
         None => None,
     };
-    let settings = Settings {
-        api_key: args.api_key.clone().filter(|k| !k.is_empty()),
-        max_body_bytes: args.max_body_bytes,
-        max_upload_bytes: args.max_upload_bytes,
-        max_queued_jobs: args.max_queued_jobs,
-        labelstudio_train_spec,
-    };
+    let (events, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        pool,
+        ctx: ResolveContext {
+            allowed_roots: Some(settings.allowed_roots.clone()),
+            base_dir: Some(settings.data_dir.clone()),
+            uploads: Some(settings.data_dir.join("datasets")),
+            hub: Some(HubClient::new(settings.hub.clone())),
+        },
+        device: settings.device,
+        data_dir: settings.data_dir.clone(),
+        registry,
+        events,
+        wake: Notify::new(),
+        running: Mutex::new(Default::default()),
+        telemetry: Default::default(),
+    });
+    redeploy_jobs(&shared).await;
+
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let limits = &settings.limits;
     let state = AppState {
         shared: shared.clone(),
-        settings: Arc::new(settings),
+        settings: Arc::new(ApiSettings {
+            api_key: settings.access.api_key.clone(),
+            public_hosts: settings.access.public_hosts.clone(),
+            cors_origins: settings.access.cors_origins.clone(),
+            max_body_bytes: limits.max_body_bytes,
+            max_upload_bytes: limits.max_upload_bytes,
+            max_queued_jobs: limits.max_queued_jobs,
+            request_timeout: limits.request_timeout,
+            upload_timeout: limits.upload_timeout,
+            assets_dir: settings.assets_dir.clone(),
+            labelstudio_train_spec,
+        }),
         shutdown: shutdown_rx.clone(),
-        http: Arc::new(api::system::HttpMetrics::default()),
+        metrics: Default::default(),
+        labelstudio: Default::default(),
         started: Instant::now(),
     };
-    let app = api::router(state);
-    let listener = tokio::net::TcpListener::bind(args.bind)
+    let listener = tokio::net::TcpListener::bind(settings.bind)
         .await
-        .with_context(|| format!("binding {}", args.bind))?;
+        .with_context(|| format!("binding {}", settings.bind))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "listening");
-
-    let worker = Worker::new(shared.clone(), shutdown_rx.clone());
-    let (worker, worker_task) = if args.no_worker {
-        (Some(worker), None)
-    } else {
+    let server = tokio::spawn(api::serve::serve(
+        listener,
+        api::router(state),
+        limits.header_read_timeout,
+        shutdown_rx.clone(),
+    ));
+    let worker = Worker::new(shared.clone(), shutdown_rx);
+    let (worker, worker_task) = if settings.worker {
         (None, Some(tokio::spawn(worker.run())))
+    } else {
+        (Some(worker), None)
     };
-    let mut rx = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|v| *v).await;
-            })
-            .await
-    });
     Ok(Running {
         addr,
         shared,
@@ -176,13 +132,33 @@ pub async fn start(args: ServeArgs) -> anyhow::Result<Running> {
     })
 }
 
+/// Serves `--model` (or the bundled demo) as `default`; only an explicit `--model` that does
+/// not load stops the start.
+async fn deploy_default(registry: &Arc<Registry>, settings: &Settings) -> anyhow::Result<()> {
+    let (r, dir) = (registry.clone(), settings.default_model.clone());
+    match tokio::task::spawn_blocking(move || r.deploy("default", &dir, None)).await? {
+        Ok(_) => Ok(()),
+        Err(e) if settings.default_model_explicit => Err(anyhow::anyhow!(
+            "loading --model {}: {e}",
+            settings.default_model.display()
+        )),
+        Err(e) => {
+            tracing::warn!(error = %e, path = %settings.default_model.display(), "bundled demo model not loaded; /v1/detect has no default model");
+            Ok(())
+        }
+    }
+}
+
 /// Deploys the best model of every succeeded job that asked for `deploy_as`, oldest first,
 /// so a restart serves what was deployed before it.
 async fn redeploy_jobs(shared: &Arc<Shared>) {
     let Ok(rows) = store::jobs::list_finished(&shared.pool).await else {
         return;
     };
-    for row in rows.into_iter().filter(|r| r.status == "succeeded") {
+    for row in rows
+        .into_iter()
+        .filter(|r| r.status == JobStatus::Succeeded)
+    {
         let Ok(spec) = serde_json::from_str::<JobSpec>(&row.spec) else {
             continue;
         };
@@ -201,8 +177,8 @@ async fn redeploy_jobs(shared: &Arc<Shared>) {
 }
 
 /// Runs until SIGTERM or Ctrl-C.
-pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let running = start(args).await?;
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    let running = start(settings).await?;
     let tx = running.shutdown.clone();
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use crate::infer::DetectError;
 use crate::store::StoreError;
-use crate::train::FieldError;
+use crate::validate::{FieldError, JsonError, from_json};
 
 /// Every error the API returns.
 #[derive(Debug, thiserror::Error)]
@@ -20,8 +20,14 @@ pub enum ApiError {
     BadRequest(String),
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0} not found")]
     NotFound(String),
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("the request took longer than {0} s (--request-timeout / --upload-timeout)")]
+    Timeout(u64),
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
@@ -50,6 +56,9 @@ struct Detail<'a> {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     field: Option<&'a str>,
+    /// The request's `x-request-id` (also in the server's log lines).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<String>,
 }
 
 impl ApiError {
@@ -61,7 +70,10 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::Timeout(_) => (StatusCode::REQUEST_TIMEOUT, "timeout"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::UnsupportedMediaType(_) => {
@@ -78,8 +90,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.parts();
+        let request_id = super::guard::REQUEST_ID.try_with(|id| id.clone()).ok();
         if let ApiError::Internal(detail) = &self {
-            tracing::error!(%detail, "internal error");
+            tracing::error!(%detail, request_id = request_id.as_deref().unwrap_or(""), "internal error");
         }
         let field = match &self {
             ApiError::Invalid(f) => Some(f.field.as_str()),
@@ -96,13 +109,23 @@ impl IntoResponse for ApiError {
                     code,
                     message,
                     field,
+                    request_id,
                 },
             }),
         )
             .into_response();
-        if let ApiError::Busy { retry_after, .. } = self {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        match self {
+            ApiError::Busy { retry_after, .. } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            ApiError::Unauthorized => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"metafora\""),
+                );
+            }
+            _ => {}
         }
         resp
     }
@@ -135,8 +158,9 @@ impl From<DetectError> for ApiError {
                 retry_after: 1,
             },
             DetectError::Stopped(m) => ApiError::Unavailable(format!("model {m} is not running")),
+            e @ DetectError::Failed { .. } => ApiError::Unavailable(e.to_string()),
             DetectError::Data(d) => ApiError::invalid("text", d.to_string()),
-            DetectError::Invalid(m) => ApiError::invalid("model", m),
+            DetectError::Invalid { field, message } => ApiError::invalid(field, message),
             DetectError::Load(l) => ApiError::invalid("path", l.to_string()),
         }
     }
@@ -149,14 +173,23 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        // A missing content type is taken as JSON (scripts); a different one is refused, so
-        // `curl -d` without `-H 'content-type: application/json'` gets a clear answer.
-        if let Some(ct) = req.headers().get(header::CONTENT_TYPE) {
-            let ct = ct.to_str().unwrap_or("");
-            if !is_json_content_type(ct) {
+        // JSON bodies must say so: a web page can send a cross-site form or `text/plain`
+        // POST without asking the server first, but not an `application/json` one.
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap_or("?"));
+        match ct {
+            Some(ct) if is_json_content_type(ct) => {}
+            Some(ct) => {
                 return Err(ApiError::UnsupportedMediaType(format!(
                     "expected content-type application/json, got {ct:?}"
                 )));
+            }
+            None => {
+                return Err(ApiError::UnsupportedMediaType(
+                    "expected content-type application/json, got none".into(),
+                ));
             }
         }
         let bytes = match axum::body::Bytes::from_request(req, state).await {
@@ -199,24 +232,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
         return Err(ApiError::BadRequest(format!("malformed JSON: {e}")));
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
-            return ApiError::BadRequest(format!("malformed JSON: {inner}"));
-        }
-        let msg = inner.to_string();
-        let field = match msg
-            .strip_prefix("missing field `")
-            .and_then(|r| r.split('`').next())
-        {
-            Some(missing) if path == "." => missing.to_string(),
-            Some(missing) => format!("{path}.{missing}"),
-            None if path == "." => "body".to_string(),
-            None => path,
-        };
-        ApiError::invalid(field, msg)
+    from_json(bytes).map_err(|e| match e {
+        JsonError::Syntax(m) => ApiError::BadRequest(format!("malformed JSON: {m}")),
+        JsonError::Field(f) => ApiError::Invalid(f),
     })
 }
 

@@ -12,7 +12,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::jobs::worker::FINAL_EVENTS;
+use crate::jobs::FINAL_EVENTS;
 use crate::store;
 
 use super::error::ApiError;
@@ -56,7 +56,7 @@ pub async fn job_events(
         }
         // A job that ended before this stream (its final event earlier than Last-Event-ID).
         if let Ok(Some(job)) = store::jobs::get(&pool, &id).await
-            && store::jobs::is_finished(&job.status)
+            && job.status.is_finished()
         {
             return;
         }

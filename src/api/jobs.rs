@@ -7,9 +7,10 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
-use crate::jobs::spec::JobSpec;
+use crate::jobs::JobStatus;
+use crate::jobs::spec::{JobSpec, PRESETS};
 use crate::store::{self, jobs::Cancel};
-use crate::train::report::{CSV_COLUMNS, csv_cell};
+use crate::train::report::csv_text;
 
 use super::AppState;
 use super::error::{ApiError, ApiJson};
@@ -30,7 +31,7 @@ async fn load(state: &AppState, id: &str) -> Result<store::jobs::JobRow, ApiErro
 }
 
 /// Turns the request body into a spec: `{"preset": "demo"}` or a full spec.
-pub fn spec_from_body(body: &Value) -> Result<JobSpec, ApiError> {
+pub fn spec_from_body(body: &Value, assets: &std::path::Path) -> Result<JobSpec, ApiError> {
     if let Some(obj) = body.as_object()
         && obj.contains_key("preset")
     {
@@ -42,13 +43,15 @@ pub fn spec_from_body(body: &Value) -> Result<JobSpec, ApiError> {
                 .unwrap_or_default();
             return Err(ApiError::invalid(extra, "a preset takes no other fields"));
         }
-        return match obj["preset"].as_str() {
-            Some("demo") => Ok(crate::cli::demo_spec()),
-            _ => Err(ApiError::invalid(
-                "preset",
-                format!("unknown preset {}; available: \"demo\"", obj["preset"]),
-            )),
-        };
+        return obj["preset"]
+            .as_str()
+            .and_then(|name| JobSpec::preset(name, assets))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "preset",
+                    format!("must be one of {PRESETS:?}, got {}", obj["preset"]),
+                )
+            });
     }
     let spec = JobSpec::parse(body.to_string().as_bytes())?;
     if spec.output.dir.is_some() || spec.output.results_csv.is_some() {
@@ -69,30 +72,17 @@ pub async fn create_job(
     State(state): State<AppState>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let spec = spec_from_body(&body)?;
+    let spec = spec_from_body(&body, &state.settings.assets_dir)?;
     state.shared.ctx.precheck(&spec)?;
-    let id = uuid::Uuid::new_v4().to_string();
-    let out = state.shared.job_dir(&id);
-    let spec_json = serde_json::to_string(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let row = store::jobs::insert(
-        &state.shared.pool,
-        &id,
-        &spec_json,
-        &out.display().to_string(),
-        None,
-        state.settings.max_queued_jobs,
-    )
-    .await?;
-    state
+    let row = state
         .shared
-        .emit(&id, "status", serde_json::json!({"status": "queued"}))
+        .submit(&spec, "api", state.settings.max_queued_jobs)
         .await?;
-    state.shared.wake.notify_one();
-    let location = format!("/v1/jobs/{id}");
+    let location = format!("/v1/jobs/{}", row.id);
     Ok((
         StatusCode::CREATED,
         [(header::LOCATION, location)],
-        Json(JobResponse::try_from(row)?),
+        Json(JobResponse::new(row, &state.paths())?),
     )
         .into_response())
 }
@@ -103,14 +93,12 @@ pub async fn list_jobs(
     q: Result<Query<ListJobsQuery>, QueryRejection>,
 ) -> Result<Json<JobListResponse>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
-    if let Some(s) = &q.status
-        && !store::jobs::STATUSES.contains(&s.as_str())
-    {
-        return Err(ApiError::invalid(
-            "status",
-            format!("must be one of {:?}, got {s:?}", store::jobs::STATUSES),
-        ));
-    }
+    let status = q
+        .status
+        .as_deref()
+        .map(str::parse::<JobStatus>)
+        .transpose()
+        .map_err(|e| ApiError::invalid("status", e))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=200).contains(&limit) {
         return Err(ApiError::invalid(
@@ -125,8 +113,7 @@ pub async fn list_jobs(
             })?),
             None => None,
         };
-    let rows =
-        store::jobs::list(&state.shared.pool, q.status.as_deref(), limit + 1, cursor).await?;
+    let rows = store::jobs::list(&state.shared.pool, status, limit + 1, cursor).await?;
     let more = rows.len() as i64 > limit;
     let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
     let next_cursor = if more {
@@ -134,10 +121,11 @@ pub async fn list_jobs(
     } else {
         None
     };
+    let paths = state.paths();
     Ok(Json(JobListResponse {
         jobs: rows
             .into_iter()
-            .map(JobResponse::try_from)
+            .map(|r| JobResponse::new(r, &paths))
             .collect::<Result<_, _>>()?,
         next_cursor,
     }))
@@ -148,7 +136,10 @@ pub async fn get_job(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<JobResponse>, ApiError> {
-    Ok(Json(JobResponse::try_from(load(&state, &id).await?)?))
+    Ok(Json(JobResponse::new(
+        load(&state, &id).await?,
+        &state.paths(),
+    )?))
 }
 
 /// GET /v1/jobs/{id}/epochs
@@ -216,12 +207,6 @@ pub async fn get_results(
 }
 
 fn csv_response(rows: Vec<Vec<String>>, filename: &str) -> Response {
-    let mut out = CSV_COLUMNS.join(",");
-    out.push_str("\r\n");
-    for r in rows {
-        out.push_str(&r.iter().map(|c| csv_cell(c)).collect::<Vec<_>>().join(","));
-        out.push_str("\r\n");
-    }
     (
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
@@ -230,7 +215,7 @@ fn csv_response(rows: Vec<Vec<String>>, filename: &str) -> Response {
                 format!("attachment; filename=\"{filename}\""),
             ),
         ],
-        out,
+        csv_text(true, &rows),
     )
         .into_response()
 }
@@ -282,22 +267,14 @@ pub async fn cancel_job(
                     StatusCode::OK
                 }
                 Cancel::Requested => {
-                    if let Some(t) = state
-                        .shared
-                        .running
-                        .lock()
-                        .expect("running map poisoned: this is a bug")
-                        .get(&id)
-                    {
-                        t.cancel();
-                    }
+                    state.shared.signal_cancel(&id);
                     StatusCode::ACCEPTED
                 }
             };
             let row = store::jobs::get(&state.shared.pool, &id)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("job {id}")))?;
-            Ok((code, Json(JobResponse::try_from(row)?)).into_response())
+            Ok((code, Json(JobResponse::new(row, &state.paths())?)).into_response())
         }
     }
 }
@@ -326,13 +303,13 @@ pub async fn push_job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let job = load(&state, &id).await?;
-    if job.status != "succeeded" {
+    if job.status != JobStatus::Succeeded {
         return Err(ApiError::Conflict(format!(
             "job is {}: only succeeded jobs can be pushed",
             job.status
         )));
     }
-    if job.push_status == "pending" {
+    if job.push_status == store::jobs::PushStatus::Pending {
         return Err(ApiError::Conflict("a push is already in progress".into()));
     }
     let spec: JobSpec =
@@ -354,7 +331,14 @@ pub async fn push_job(
         .best_model_dir
         .clone()
         .ok_or_else(|| ApiError::Conflict("job has no best model".into()))?;
-    store::jobs::set_push(&state.shared.pool, &job.id, "pending", None, None).await?;
+    store::jobs::set_push(
+        &state.shared.pool,
+        &job.id,
+        store::jobs::PushStatus::Pending,
+        None,
+        None,
+    )
+    .await?;
     let shared = state.shared.clone();
     let jid = job.id.clone();
     tokio::spawn(async move {
@@ -373,5 +357,9 @@ pub async fn push_job(
     let row = store::jobs::get(&state.shared.pool, &job.id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("job {}", job.id)))?;
-    Ok((StatusCode::ACCEPTED, Json(JobResponse::try_from(row)?)).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(JobResponse::new(row, &state.paths())?),
+    )
+        .into_response())
 }

@@ -2,7 +2,7 @@
 //! `/predict` (one prediction per task, in task order, also for tasks without entities) and
 //! `/webhook` (`START_TRAINING` starts the configured job).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 
 use axum::Json;
@@ -12,9 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::infer::aggregate::Strategy;
-use crate::infer::{Input, LongText};
-use crate::store;
+use crate::infer::{DetectOptions, Input};
 
 use super::AppState;
 use super::detect::run_detect;
@@ -41,58 +39,91 @@ impl Default for LabelConfig {
     }
 }
 
-fn attr(tag: &str, name: &str) -> Option<String> {
-    let key = format!("{name}=\"");
-    let start = tag.find(&key)? + key.len();
-    let end = tag[start..].find('"')? + start;
-    Some(tag[start..end].to_string())
-}
-
-/// Reads the first `<Labels>`/`<Text>` pair of a labeling config (XML, read leniently).
-pub fn parse_label_config(xml: &str) -> LabelConfig {
+/// Reads the first `<Labels>` control and the `<Text>`/`<HyperText>` object it labels from a
+/// labeling config (XML; any attribute order or quoting). Defaults for what is missing.
+pub fn parse_label_config(xml: &str) -> Result<LabelConfig, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| format!("not valid XML: {e}"))?;
     let mut c = LabelConfig::default();
-    let tags: Vec<&str> = xml
-        .split('<')
-        .skip(1)
-        .map(|t| t.split('>').next().unwrap_or_default())
-        .collect();
-    if let Some(labels) = tags
-        .iter()
-        .find(|t| t.starts_with("Labels ") || t.starts_with("Labels\t"))
-    {
-        if let Some(n) = attr(labels, "name") {
-            c.from_name = n;
-        }
-        if let Some(n) = attr(labels, "toName") {
-            c.to_name = n;
-        }
+    let Some(labels) = doc.descendants().find(|n| n.has_tag_name("Labels")) else {
+        return Ok(c);
+    };
+    if let Some(n) = labels.attribute("name") {
+        c.from_name = n.into();
     }
-    if let Some(text) = tags.iter().find(|t| {
-        (t.starts_with("Text ") || t.starts_with("HyperText "))
-            && attr(t, "name").as_deref() == Some(&c.to_name)
-    }) && let Some(v) = attr(text, "value")
+    if let Some(n) = labels.attribute("toName") {
+        c.to_name = n.into();
+    }
+    c.labels = labels
+        .descendants()
+        .filter(|n| n.has_tag_name("Label"))
+        .filter_map(|n| n.attribute("value").map(String::from))
+        .collect();
+    if let Some(v) = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("Text") || n.has_tag_name("HyperText"))
+        .find(|n| n.attribute("name") == Some(c.to_name.as_str()))
+        .and_then(|n| n.attribute("value"))
     {
         c.data_key = v.trim_start_matches('$').to_string();
     }
-    c.labels = tags
-        .iter()
-        .filter(|t| t.starts_with("Label "))
-        .filter_map(|t| attr(t, "value"))
-        .collect();
-    c
+    Ok(c)
 }
 
-/// Label configs received by `/setup`, per project.
-static PROJECTS: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+/// Most projects whose labeling config is kept; the oldest is forgotten beyond it.
+const MAX_PROJECTS: usize = 1000;
+/// Longest labeling config kept (bytes).
+const MAX_CONFIG_BYTES: usize = 256 * 1024;
 
-/// GET /labelstudio/health
-pub async fn health(State(state): State<AppState>) -> Json<Value> {
-    let model = state
+/// Labeling configs received by `/setup`, per project, bounded.
+#[derive(Default)]
+pub struct Projects {
+    inner: Mutex<(HashMap<String, LabelConfig>, VecDeque<String>)>,
+}
+
+impl Projects {
+    fn insert(&self, project: String, config: LabelConfig) {
+        let mut g = self.inner.lock().expect("projects lock: this is a bug");
+        let (map, order) = &mut *g;
+        if map.insert(project.clone(), config).is_none() {
+            order.push_back(project);
+            while order.len() > MAX_PROJECTS {
+                if let Some(old) = order.pop_front() {
+                    map.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn get(&self, project: &str) -> Option<LabelConfig> {
+        let g = self.inner.lock().expect("projects lock: this is a bug");
+        g.0.get(project).cloned()
+    }
+
+    /// Projects remembered.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .expect("projects lock: this is a bug")
+            .0
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn version(state: &AppState) -> Option<String> {
+    state
         .shared
         .registry
         .get("default")
-        .map(|d| d.info.version.clone());
-    Json(json!({"status": "UP", "model_class": "metafora", "model_version": model}))
+        .map(|d| d.info.version.clone())
+}
+
+/// GET /labelstudio/health
+pub async fn health(State(state): State<AppState>) -> Json<Value> {
+    Json(json!({"status": "UP", "model_class": "metafora", "model_version": version(&state)}))
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,33 +137,37 @@ pub struct SetupRequest {
 }
 
 fn project_key(p: &Option<Value>) -> String {
-    match p {
+    let key = match p {
         Some(Value::String(s)) => s.split('.').next().unwrap_or(s).to_string(),
         Some(Value::Number(n)) => n.to_string(),
         Some(Value::Object(o)) => o.get("id").map(|v| v.to_string()).unwrap_or_default(),
         _ => String::new(),
+    };
+    key.chars().take(64).collect()
+}
+
+fn config_of(field: &str, xml: &str) -> Result<LabelConfig, ApiError> {
+    if xml.len() > MAX_CONFIG_BYTES {
+        return Err(ApiError::invalid(
+            field,
+            format!("is {} bytes; the limit is {MAX_CONFIG_BYTES}", xml.len()),
+        ));
     }
+    parse_label_config(xml).map_err(|e| ApiError::invalid(field, e))
 }
 
 /// POST /labelstudio/setup
 pub async fn setup(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<SetupRequest>,
-) -> Json<Value> {
+) -> Result<Json<Value>, ApiError> {
     if let Some(schema) = &req.schema {
-        PROJECTS
-            .lock()
-            .expect("poisoned: this is a bug")
-            .get_or_insert_with(HashMap::new)
-            .insert(project_key(&req.project), schema.clone());
+        let config = config_of("schema", schema)?;
+        state.labelstudio.insert(project_key(&req.project), config);
     }
-    let version = state
-        .shared
-        .registry
-        .get("default")
-        .map(|d| d.info.version.clone())
-        .unwrap_or_default();
-    Json(json!({"model_version": version}))
+    Ok(Json(
+        json!({"model_version": version(&state).unwrap_or_default()}),
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -155,44 +190,51 @@ fn pick_label(entity: &str, config: &LabelConfig) -> String {
         .unwrap_or_else(|| entity.to_string())
 }
 
-/// POST /labelstudio/predict
+/// POST /labelstudio/predict — the tasks go through `/v1/detect`'s limits.
 pub async fn predict(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<PredictRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let xml = req.label_config.clone().or_else(|| {
-        PROJECTS
-            .lock()
-            .expect("poisoned: this is a bug")
-            .as_ref()
-            .and_then(|m| m.get(&project_key(&req.project)).cloned())
-    });
-    let config = xml.map(|x| parse_label_config(&x)).unwrap_or_default();
-    let mut texts = Vec::with_capacity(req.tasks.len());
-    for (i, task) in req.tasks.iter().enumerate() {
-        let text = task
-            .pointer(&format!("/data/{}", config.data_key))
-            .and_then(|t| t.as_str())
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    format!("tasks[{i}].data.{}", config.data_key),
-                    "missing text",
-                )
-            })?;
-        texts.push(text.to_string());
-    }
-    if texts.is_empty() {
+    let config = match &req.label_config {
+        Some(xml) => config_of("label_config", xml)?,
+        None => state
+            .labelstudio
+            .get(&project_key(&req.project))
+            .unwrap_or_default(),
+    };
+    if req.tasks.is_empty() {
         return Ok(Json(json!({"results": []})));
     }
+    let texts = req
+        .tasks
+        .iter()
+        .enumerate()
+        .map(|(i, task)| {
+            task.get("data")
+                .and_then(|d| d.get(&config.data_key))
+                .and_then(|t| t.as_str())
+                .map(String::from)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("tasks[{i}].data.{}", config.data_key),
+                        "missing text",
+                    )
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let out = run_detect(
         &state,
         "default",
         Input::Texts(texts),
-        Strategy::Simple,
-        None,
-        LongText::Sentences,
+        DetectOptions::default(),
     )
-    .await?;
+    .await
+    .map_err(|e| match e {
+        ApiError::Invalid(f) if f.field.starts_with("texts") => {
+            ApiError::invalid(f.field.replacen("texts", "tasks", 1), f.message)
+        }
+        other => other,
+    })?;
     let results: Vec<Value> = out
         .results
         .iter()
@@ -240,30 +282,13 @@ pub async fn webhook(
         )
             .into_response());
     };
-    let id = uuid::Uuid::new_v4().to_string();
-    let out = state.shared.job_dir(&id);
-    let spec_json = serde_json::to_string(&spec).map_err(|e| ApiError::Internal(e.to_string()))?;
-    store::jobs::insert(
-        &state.shared.pool,
-        &id,
-        &spec_json,
-        &out.display().to_string(),
-        None,
-        state.settings.max_queued_jobs,
-    )
-    .await?;
-    state
+    let row = state
         .shared
-        .emit(
-            &id,
-            "status",
-            json!({"status": "queued", "source": "labelstudio"}),
-        )
+        .submit(&spec, "labelstudio", state.settings.max_queued_jobs)
         .await?;
-    state.shared.wake.notify_one();
     Ok((
         StatusCode::CREATED,
-        Json(json!({"status": "queued", "job_id": id})),
+        Json(json!({"status": "queued", "job_id": row.id})),
     )
         .into_response())
 }
@@ -275,7 +300,7 @@ mod tests {
     #[test]
     fn reads_names_from_a_ner_config() {
         let xml = r#"<View><Labels name="metaphor" toName="txt"><Label value="Metaphor" background="red"/></Labels><Text name="txt" value="$sentence"/></View>"#;
-        let c = parse_label_config(xml);
+        let c = parse_label_config(xml).unwrap();
         assert_eq!(
             c,
             LabelConfig {
@@ -286,5 +311,37 @@ mod tests {
             }
         );
         assert_eq!(pick_label("METAPHOR", &c), "Metaphor");
+    }
+
+    #[test]
+    fn attributes_in_any_order_quoting_and_line() {
+        // Attributes on other lines, single quotes, the Text before the Labels, comments.
+        let xml = "<View>\n  <!-- a comment with <Labels name=\"no\"> inside -->\n  <Text value='$body'\n        name='doc'/>\n  <Labels\n     toName='doc'\n     name=\"tags\">\n    <Label value='MET&amp;A'/>\n    <Label\n value=\"Other\"/>\n  </Labels>\n</View>";
+        let c = parse_label_config(xml).unwrap();
+        assert_eq!(
+            c,
+            LabelConfig {
+                from_name: "tags".into(),
+                to_name: "doc".into(),
+                data_key: "body".into(),
+                labels: vec!["MET&A".into(), "Other".into()]
+            }
+        );
+        assert!(parse_label_config("<View><Labels").is_err());
+        assert_eq!(
+            parse_label_config("<View/>").unwrap(),
+            LabelConfig::default()
+        );
+    }
+
+    #[test]
+    fn the_project_map_is_bounded() {
+        let p = Projects::default();
+        for i in 0..MAX_PROJECTS + 50 {
+            p.insert(i.to_string(), LabelConfig::default());
+        }
+        assert_eq!(p.len(), MAX_PROJECTS);
+        assert!(p.get("0").is_none(), "the oldest are forgotten");
+        assert!(p.get(&(MAX_PROJECTS + 49).to_string()).is_some());
     }
 }

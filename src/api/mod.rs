@@ -1,37 +1,53 @@
-//! HTTP only: the router, one file per resource, the error type and DTOs.
+//! HTTP only: the router, one file per resource, the guards every request passes, the error
+//! type, DTOs and the connection loop.
+//!
+//! Must not import the CLI, the trainer or the model code: handlers call `jobs`, `infer` and
+//! `store`.
 
 pub mod datasets;
 pub mod detect;
 pub mod error;
 pub mod events;
+pub mod guard;
 pub mod jobs;
 pub mod labelstudio;
+pub mod serve;
 pub mod system;
 pub mod types;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::header;
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use tokio::sync::watch;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::jobs::Shared;
 use crate::jobs::spec::JobSpec;
-use crate::jobs::worker::Shared;
 use error::ApiError;
 
-/// Validated service settings the handlers need.
+/// What the handlers and guards need of the service's settings.
 #[derive(Debug, Clone)]
-pub struct Settings {
+pub struct ApiSettings {
+    /// Bearer token (or Basic password) every route but `/health` needs.
     pub api_key: Option<String>,
+    /// Without a key: host names a request's `Host` may name besides IP addresses and
+    /// `localhost`. `None`: no check (a key is set).
+    pub public_hosts: Option<Vec<String>>,
+    /// Origins allowed to call from a browser.
+    pub cors_origins: Vec<String>,
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
     pub max_queued_jobs: usize,
+    pub request_timeout: Duration,
+    pub upload_timeout: Duration,
+    /// Where presets find the bundled model and data.
+    pub assets_dir: PathBuf,
     /// Spec started by Label Studio's START_TRAINING webhook.
     pub labelstudio_train_spec: Option<JobSpec>,
 }
@@ -40,15 +56,29 @@ pub struct Settings {
 #[derive(Clone)]
 pub struct AppState {
     pub shared: Arc<Shared>,
-    pub settings: Arc<Settings>,
+    pub settings: Arc<ApiSettings>,
     pub shutdown: watch::Receiver<bool>,
-    pub http: Arc<system::HttpMetrics>,
+    pub metrics: Arc<system::Metrics>,
+    pub labelstudio: Arc<labelstudio::Projects>,
     pub started: Instant,
 }
 
-/// The router with every route, auth, limits, tracing and HTTP metrics.
+impl AppState {
+    /// How server paths are shown to clients.
+    pub fn paths(&self) -> types::Paths {
+        types::Paths {
+            data_dir: self.shared.data_dir.clone(),
+            assets_dir: self.settings.assets_dir.clone(),
+        }
+    }
+}
+
+/// The router with every route and the guards: request ids, panics as 500s, HTTP metrics,
+/// Host/Origin checks (DNS rebinding, cross-site requests), CORS, auth, timeouts, body limits.
 pub fn router(state: AppState) -> Router {
-    let v1 = Router::new()
+    let routes = Router::new()
+        .route("/health", get(system::health))
+        .route("/info", get(system::info))
         .route("/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
         .route("/v1/jobs/{id}", get(jobs::get_job).delete(jobs::delete_job))
         .route("/v1/jobs/{id}/epochs", get(jobs::get_epochs))
@@ -76,80 +106,32 @@ pub fn router(state: AppState) -> Router {
         .route("/labelstudio/webhook", post(labelstudio::webhook))
         .route("/metrics", get(system::metrics))
         .route("/openapi.yaml", get(system::openapi))
-        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
-    Router::new()
-        .route("/health", get(system::health))
-        .merge(v1)
         .fallback(|| async { ApiError::NotFound("route".into()) })
-        .method_not_allowed_fallback(|| async {
-            ApiError::BadRequest("method not allowed on this route".into()).into_response_405()
-        })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });
+    // Layers run outermost last-added: request id, trace, panics, metrics, Host/Origin, CORS,
+    // auth, timeout, then the body limit and the handler.
+    let mut app = routes
         .layer(DefaultBodyLimit::max(state.settings.max_body_bytes))
-        .layer(middleware::from_fn_with_state(state.clone(), record_http))
-        .layer(TraceLayer::new_for_http())
-        .with_state(state)
-}
-
-impl ApiError {
-    fn into_response_405(self) -> Response {
-        let mut r = self.into_response();
-        *r.status_mut() = axum::http::StatusCode::METHOD_NOT_ALLOWED;
-        r
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            guard::timeout,
+        ))
+        .layer(middleware::from_fn_with_state(state.clone(), guard::auth));
+    if let Some(cors) = guard::cors(&state.settings.cors_origins) {
+        app = app.layer(cors);
     }
-}
-
-/// Bearer token (or Basic with the key as password, as Label Studio sends) when `--api-key`
-/// is set.
-async fn auth(
-    State(state): State<AppState>,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let Some(key) = &state.settings.api_key else {
-        return Ok(next.run(req).await);
-    };
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    let ok = if let Some(token) = given.strip_prefix("Bearer ") {
-        constant_time_eq(token.trim().as_bytes(), key.as_bytes())
-    } else if let Some(b64) = given.strip_prefix("Basic ") {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .ok()
-            .and_then(|d| String::from_utf8(d).ok())
-            .and_then(|s| s.split_once(':').map(|(_, p)| p.to_string()))
-            .is_some_and(|p| constant_time_eq(p.as_bytes(), key.as_bytes()))
-    } else {
-        false
-    };
-    if ok {
-        Ok(next.run(req).await)
-    } else {
-        Err(ApiError::Unauthorized)
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn record_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_string())
-        .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
-    let t = Instant::now();
-    let resp = next.run(req).await;
-    state
-        .http
-        .observe(&method, &route, resp.status().as_u16(), t.elapsed());
-    resp
+    app.layer(middleware::from_fn_with_state(
+        state.clone(),
+        guard::same_site,
+    ))
+    .layer(middleware::from_fn_with_state(
+        state.clone(),
+        system::record_http,
+    ))
+    .layer(CatchPanicLayer::custom(guard::panic_response))
+    .layer(TraceLayer::new_for_http().make_span_with(guard::request_span))
+    .layer(middleware::from_fn(guard::request_id))
+    .with_state(state)
 }
 
 /// How long SSE keep-alives wait.

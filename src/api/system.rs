@@ -1,20 +1,25 @@
-//! `/health`, `/metrics` (Prometheus text format) and `/openapi.yaml`.
+//! `/health`, `/info`, `/metrics` (Prometheus/OpenMetrics text) and `/openapi.yaml`.
 
-use std::collections::BTreeMap;
-use std::fmt::Write;
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
 
 use crate::store;
 
 use super::AppState;
 use super::error::ApiError;
+use super::types::{HealthResponse, InfoResponse, ModelHealthResponse};
 
 /// The OpenAPI document, embedded at build time.
 pub const OPENAPI: &str = include_str!("../../openapi.yaml");
@@ -23,163 +28,250 @@ const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+/// HTTP methods as metric labels: the standard ones, everything else `other` (a client
+/// inventing methods must not grow the label set).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types, clippy::upper_case_acronyms)]
+pub enum MethodLabel {
+    GET,
+    HEAD,
+    POST,
+    PUT,
+    PATCH,
+    DELETE,
+    OPTIONS,
+    other,
 }
 
-/// HTTP request counters and latency histograms by route.
-#[derive(Default)]
-pub struct HttpMetrics {
-    inner: Mutex<BTreeMap<(String, String, u16), Histogram>>,
-}
-
-impl HttpMetrics {
-    pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        let s = elapsed.as_secs_f64();
-        let mut m = self
-            .inner
-            .lock()
-            .expect("metrics lock poisoned: this is a bug");
-        let h = m
-            .entry((method.to_string(), route.to_string(), status))
-            .or_default();
-        h.count += 1;
-        h.sum += s;
-        for (i, b) in BUCKETS.iter().enumerate() {
-            if s <= *b {
-                h.counts[i] += 1;
-            }
-        }
-    }
-
-    fn render(&self, out: &mut String) {
-        let m = self
-            .inner
-            .lock()
-            .expect("metrics lock poisoned: this is a bug");
-        let _ = writeln!(
-            out,
-            "# HELP metafora_http_request_duration_seconds HTTP request latency.\n# TYPE metafora_http_request_duration_seconds histogram"
-        );
-        for ((method, route, status), h) in m.iter() {
-            let labels = format!("method=\"{method}\",route=\"{route}\",status=\"{status}\"");
-            for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(
-                    out,
-                    "metafora_http_request_duration_seconds_bucket{{{labels},le=\"{b}\"}} {}",
-                    h.counts[i]
-                );
-            }
-            let _ = writeln!(
-                out,
-                "metafora_http_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
-                h.count
-            );
-            let _ = writeln!(
-                out,
-                "metafora_http_request_duration_seconds_sum{{{labels}}} {}",
-                h.sum
-            );
-            let _ = writeln!(
-                out,
-                "metafora_http_request_duration_seconds_count{{{labels}}} {}",
-                h.count
-            );
+impl MethodLabel {
+    fn of(m: &axum::http::Method) -> Self {
+        use axum::http::Method as M;
+        match *m {
+            M::GET => Self::GET,
+            M::HEAD => Self::HEAD,
+            M::POST => Self::POST,
+            M::PUT => Self::PUT,
+            M::PATCH => Self::PATCH,
+            M::DELETE => Self::DELETE,
+            M::OPTIONS => Self::OPTIONS,
+            _ => Self::other,
         }
     }
 }
 
-/// GET /health — 200 when the database answers and (unless disabled) the default model is
-/// loaded; 503 with the reason otherwise.
+/// Labels of the HTTP histogram: bounded by the route table (templates, never raw paths).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub method: MethodLabel,
+    /// The matched route template (`/v1/jobs/{id}`), or `unmatched`.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StatusLabel {
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabel {
+    model: String,
+}
+
+fn http_histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The metrics kept between scrapes (the rest is read at scrape time).
+pub struct Metrics {
+    pub http: Family<HttpLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            http: Family::new_with_constructor(http_histogram),
+        }
+    }
+}
+
+/// Times every request by method, route template and status.
+pub async fn record_http(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = MethodLabel::of(req.method());
+    let t = Instant::now();
+    let resp = next.run(req).await;
+    state
+        .metrics
+        .http
+        .get_or_create(&HttpLabels {
+            method,
+            route,
+            status: resp.status().as_u16(),
+        })
+        .observe(t.elapsed().as_secs_f64());
+    resp
+}
+
+/// GET /health — 200 `ok` or `degraded` (a model restarting after a panic, or the default
+/// model missing: the server still answers), 503 `unavailable` when the database does not
+/// answer or the server is shutting down.
 pub async fn health(State(state): State<AppState>) -> Response {
     let mut problems = Vec::new();
-    if let Err(e) = sqlx::query("SELECT 1").execute(&state.shared.pool).await {
-        problems.push(format!("database: {e}"));
-    }
+    let database = match sqlx::query("SELECT 1").execute(&state.shared.pool).await {
+        Ok(_) => "ok".to_string(),
+        Err(e) => {
+            problems.push(format!("database: {e}"));
+            "unavailable".to_string()
+        }
+    };
     if *state.shutdown.borrow() {
         problems.push("shutting down".to_string());
     }
-    let models = state.shared.registry.list();
-    let body = json!({
-        "status": if problems.is_empty() { "ok" } else { "unavailable" },
-        "problems": problems,
-        "device": state.shared.device.to_string(),
-        "models": models.iter().map(|m| &m.name).collect::<Vec<_>>(),
-        "uptime_seconds": state.started.elapsed().as_secs(),
-        "version": env!("CARGO_PKG_VERSION"),
-    });
-    let code = if problems.is_empty() {
-        StatusCode::OK
+    let registry = &state.shared.registry;
+    let models: Vec<ModelHealthResponse> = registry
+        .list()
+        .into_iter()
+        .filter_map(|info| {
+            let h = registry.get(&info.name)?.health();
+            Some(ModelHealthResponse {
+                name: info.name,
+                version: info.version,
+                state: h.state,
+                reason: h.reason,
+                restarts: h.restarts,
+            })
+        })
+        .collect();
+    let mut degraded: Vec<String> = models
+        .iter()
+        .filter(|m| m.state != "ok")
+        .map(|m| format!("model {}: {}", m.name, m.reason.as_deref().unwrap_or("")))
+        .collect();
+    if registry.get("default").is_none() {
+        degraded.push("no default model deployed".into());
+    }
+    let status = if !problems.is_empty() {
+        "unavailable"
+    } else if !degraded.is_empty() {
+        "degraded"
     } else {
+        "ok"
+    };
+    problems.extend(degraded);
+    let body = HealthResponse {
+        status,
+        problems,
+        database,
+        device: state.shared.device.to_string(),
+        models,
+        uptime_seconds: state.started.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION"),
+    };
+    let code = if status == "unavailable" {
         StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
     };
     (code, Json(body)).into_response()
 }
 
+/// GET /info — what a client needs to size its requests (as TEI's `/info`).
+pub async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
+    let opts = state.shared.registry.options();
+    Json(InfoResponse {
+        version: env!("CARGO_PKG_VERSION"),
+        device: state.shared.device.to_string(),
+        models: state
+            .shared
+            .registry
+            .list()
+            .into_iter()
+            .map(|m| super::types::ModelResponse::new(m, &state.paths()))
+            .collect(),
+        max_input_chars: super::detect::MAX_TEXT_CHARS,
+        max_client_batch_size: super::detect::MAX_TEXTS,
+        max_concurrent_requests: opts.queue,
+        max_batch_tokens: opts.batch_tokens,
+        batch_wait_ms: opts.batch_wait.as_millis() as u64,
+        window_stride: opts.stride,
+        max_body_bytes: state.settings.max_body_bytes,
+        max_upload_bytes: state.settings.max_upload_bytes,
+        request_timeout_seconds: state.settings.request_timeout.as_secs(),
+        upload_timeout_seconds: state.settings.upload_timeout.as_secs(),
+    })
+}
+
 /// GET /metrics
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let mut out = String::new();
     let counts = store::jobs::counts(&state.shared.pool).await?;
-    let _ = writeln!(
-        out,
-        "# HELP metafora_jobs Jobs by status.\n# TYPE metafora_jobs gauge"
-    );
+    let mut reg = Registry::default();
+    let jobs = Family::<StatusLabel, Gauge>::default();
+    let mut queued = 0;
     for (s, n) in &counts {
-        let _ = writeln!(out, "metafora_jobs{{status=\"{s}\"}} {n}");
-    }
-    let queued = counts
-        .iter()
-        .find(|(s, _)| s == "queued")
-        .map(|c| c.1)
-        .unwrap_or(0);
-    let _ = writeln!(
-        out,
-        "# HELP metafora_queue_depth Jobs waiting to run.\n# TYPE metafora_queue_depth gauge\nmetafora_queue_depth {queued}"
-    );
-    let step = *state
-        .shared
-        .step_seconds
-        .lock()
-        .expect("poisoned: this is a bug");
-    let _ = writeln!(
-        out,
-        "# HELP metafora_train_step_seconds Duration of the last optimizer step.\n# TYPE metafora_train_step_seconds gauge"
-    );
-    let _ = writeln!(out, "metafora_train_step_seconds {}", step.unwrap_or(0.0));
-    let _ = writeln!(
-        out,
-        "# HELP metafora_train_steps_total Optimizer steps run by this process.\n# TYPE metafora_train_steps_total counter"
-    );
-    let _ = writeln!(
-        out,
-        "metafora_train_steps_total {}",
-        state
-            .shared
-            .steps_total
-            .load(std::sync::atomic::Ordering::Relaxed)
-    );
-    let _ = writeln!(
-        out,
-        "# HELP metafora_detect_in_flight Detect requests waiting or running, by model.\n# TYPE metafora_detect_in_flight gauge"
-    );
-    for m in state.shared.registry.list() {
-        if let Some(d) = state.shared.registry.get(&m.name) {
-            let _ = writeln!(
-                out,
-                "metafora_detect_in_flight{{model=\"{}\"}} {}",
-                m.name,
-                d.in_flight()
-            );
+        jobs.get_or_create(&StatusLabel { status: s.as_str() })
+            .set(*n);
+        if *s == crate::jobs::JobStatus::Queued {
+            queued = *n;
         }
     }
-    state.http.render(&mut out);
+    reg.register("metafora_jobs", "Jobs by status", jobs);
+    reg.register(
+        "metafora_queue_depth",
+        "Jobs waiting to run",
+        ConstGauge::new(queued),
+    );
+    let t = &state.shared.telemetry;
+    reg.register(
+        "metafora_train_step_seconds",
+        "Duration of the last optimizer step",
+        t.step_seconds.clone(),
+    );
+    reg.register(
+        "metafora_train_steps",
+        "Optimizer steps run by this process",
+        t.steps.clone(),
+    );
+    let in_flight = Family::<ModelLabel, Gauge>::default();
+    let restarts = Family::<ModelLabel, Gauge<u64, AtomicU64>>::default();
+    for m in state.shared.registry.list() {
+        if let Some(d) = state.shared.registry.get(&m.name) {
+            let label = ModelLabel { model: m.name };
+            in_flight.get_or_create(&label).set(d.in_flight() as i64);
+            restarts.get_or_create(&label).set(d.health().restarts);
+        }
+    }
+    reg.register(
+        "metafora_detect_in_flight",
+        "Detect requests waiting or running, by model",
+        in_flight,
+    );
+    reg.register(
+        "metafora_detect_executor_restarts",
+        "Times a model's executor was restarted after a panic, by model",
+        restarts,
+    );
+    reg.register(
+        "metafora_uptime_seconds",
+        "Seconds since the server started",
+        ConstCounter::new(state.started.elapsed().as_secs()),
+    );
+    reg.register(
+        "metafora_http_request_duration_seconds",
+        "HTTP request latency by method, route template and status",
+        state.metrics.http.clone(),
+    );
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &reg)
+        .map_err(|e| ApiError::Internal(format!("encoding metrics: {e}")))?;
     Ok((
         [(
             header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         out,
     )

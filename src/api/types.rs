@@ -5,28 +5,56 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::data::dataset::SplitStats;
+use crate::infer::aggregate::Entity;
+use crate::infer::{ModelInfo, TextResult};
+use crate::jobs::{JobProgress, JobStatus};
 use crate::metrics::Prf;
-use crate::store::jobs::JobRow;
+use crate::store::datasets::DatasetRow;
+use crate::store::jobs::{JobRow, PushStatus};
 use crate::store::results::{DistributionRow, EpochRow, EvaluationRow};
 
 use super::error::ApiError;
 
-/// Progress of a job.
-#[derive(Debug, Serialize, Deserialize, Default)]
-pub struct ProgressResponse {
-    /// queued, downloading, evaluating_base, training, done …
-    #[serde(default)]
-    pub stage: Option<String>,
-    #[serde(default)]
-    pub epoch: usize,
-    #[serde(default)]
-    pub epochs: usize,
-    #[serde(default)]
-    pub step: usize,
-    #[serde(default)]
-    pub steps: usize,
-    #[serde(default)]
-    pub eta_seconds: Option<f64>,
+/// How server paths are shown to clients: relative to the data directory or the bundled
+/// assets, never the server's absolute layout.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub data_dir: std::path::PathBuf,
+    pub assets_dir: std::path::PathBuf,
+}
+
+impl Paths {
+    /// `jobs/<id>/best_model` for a path under the data dir, `assets/…` under the assets;
+    /// other paths (given by the user) unchanged.
+    pub fn public(&self, path: &str) -> String {
+        let p = std::path::Path::new(path);
+        if let Ok(rel) = p.strip_prefix(&self.data_dir) {
+            return rel.display().to_string();
+        }
+        if let Ok(rel) = p.strip_prefix(&self.assets_dir) {
+            return std::path::Path::new("assets")
+                .join(rel)
+                .display()
+                .to_string();
+        }
+        path.to_string()
+    }
+
+    /// A message with the data and assets directories replaced by `<data-dir>` / `<assets>`.
+    pub fn redact(&self, message: &str) -> String {
+        let mut m = message.to_string();
+        for (dir, name) in [
+            (&self.data_dir, "<data-dir>"),
+            (&self.assets_dir, "<assets>"),
+        ] {
+            let d = dir.display().to_string();
+            if d.len() > 1 {
+                m = m.replace(&d, name);
+            }
+        }
+        m
+    }
 }
 
 /// The best checkpoint of a finished job.
@@ -34,14 +62,15 @@ pub struct ProgressResponse {
 pub struct BestCheckpointResponse {
     pub epoch: Option<i64>,
     pub checkpoint: Option<String>,
-    /// The exported HF model directory (deployable with POST /v1/models).
+    /// The exported HF model directory, relative to the data directory (deploy it with
+    /// `POST /v1/models {"job_id"}`).
     pub model_dir: Option<String>,
 }
 
 /// Push state of a job.
 #[derive(Debug, Serialize)]
 pub struct PushResponse {
-    pub status: String,
+    pub status: PushStatus,
     pub error: Option<String>,
     pub url: Option<String>,
 }
@@ -50,14 +79,17 @@ pub struct PushResponse {
 #[derive(Debug, Serialize)]
 pub struct JobResponse {
     pub id: String,
-    pub status: String,
-    pub progress: ProgressResponse,
+    pub status: JobStatus,
+    pub progress: JobProgress,
     pub spec: Value,
     pub created_at: String,
     pub updated_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// Runs started (each resume counts).
     pub attempts: i64,
+    /// Times the server died while running it.
+    pub crashes: i64,
     pub error: Option<String>,
     pub device: Option<String>,
     pub best_checkpoint: Option<BestCheckpointResponse>,
@@ -65,13 +97,12 @@ pub struct JobResponse {
     pub push: PushResponse,
 }
 
-impl TryFrom<JobRow> for JobResponse {
-    type Error = ApiError;
-    fn try_from(r: JobRow) -> Result<Self, ApiError> {
-        let progress = match (&r.progress, r.status.as_str()) {
-            (Some(p), _) => serde_json::from_str(p).unwrap_or_default(),
-            (None, s) => ProgressResponse {
-                stage: Some(s.to_string()),
+impl JobResponse {
+    pub fn new(r: JobRow, paths: &Paths) -> Result<Self, ApiError> {
+        let progress = match &r.progress {
+            Some(p) => serde_json::from_str(p).unwrap_or_default(),
+            None => JobProgress {
+                stage: Some(r.status.to_string()),
                 ..Default::default()
             },
         };
@@ -80,7 +111,7 @@ impl TryFrom<JobRow> for JobResponse {
         let best = r.best_model_dir.as_ref().map(|d| BestCheckpointResponse {
             epoch: r.best_epoch,
             checkpoint: r.best_checkpoint.clone(),
-            model_dir: Some(d.clone()),
+            model_dir: Some(paths.public(d)),
         });
         Ok(JobResponse {
             id: r.id,
@@ -92,7 +123,8 @@ impl TryFrom<JobRow> for JobResponse {
             started_at: r.started_at,
             finished_at: r.finished_at,
             attempts: r.attempts,
-            error: r.error,
+            crashes: r.crashes,
+            error: r.error.map(|e| paths.redact(&e)),
             device: r.device,
             best_checkpoint: best,
             improvement_f1: r.improvement_f1,
@@ -211,7 +243,7 @@ impl TryFrom<EvaluationRow> for EvaluationResponse {
 #[derive(Debug, Serialize)]
 pub struct ResultsResponse {
     pub job_id: String,
-    pub status: String,
+    pub status: JobStatus,
     /// Pretrained encoder + fresh head, before training.
     pub base: Option<EvaluationResponse>,
     /// Best checkpoint after training.
@@ -261,4 +293,145 @@ pub struct DetectRequest {
     /// `sentences` (default) or `windows`, for texts longer than the model's window.
     #[serde(default)]
     pub long_text: Option<String>,
+}
+
+/// A deployed model.
+#[derive(Debug, Serialize)]
+pub struct ModelResponse {
+    pub name: String,
+    /// The model directory (relative to the data directory for trained models).
+    pub path: String,
+    /// Content fingerprint of config + weights (changes when a model is replaced).
+    pub version: String,
+    pub labels: Vec<String>,
+    pub device: String,
+    /// Window of the model, special tokens included.
+    pub max_input_tokens: usize,
+    /// Job that produced it, when deployed from a job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+}
+
+impl ModelResponse {
+    pub fn new(m: ModelInfo, paths: &Paths) -> Self {
+        ModelResponse {
+            path: paths.public(&m.path.display().to_string()),
+            name: m.name,
+            version: m.version,
+            labels: m.labels,
+            device: m.device,
+            max_input_tokens: m.max_tokens,
+            job_id: m.job_id,
+        }
+    }
+}
+
+/// GET /v1/models
+#[derive(Debug, Serialize)]
+pub struct ModelsResponse {
+    pub models: Vec<ModelResponse>,
+}
+
+/// POST /v1/detect with `text` or `tokens`.
+#[derive(Debug, Serialize)]
+pub struct DetectResponse {
+    pub model: String,
+    pub model_version: String,
+    pub entities: Vec<Entity>,
+    /// Sequences the input needed (1 unless it exceeded the model's window).
+    pub windows: usize,
+}
+
+/// POST /v1/detect with `texts`.
+#[derive(Debug, Serialize)]
+pub struct DetectManyResponse {
+    pub model: String,
+    pub model_version: String,
+    pub results: Vec<TextResult>,
+}
+
+/// An uploaded dataset.
+#[derive(Debug, Serialize)]
+pub struct DatasetResponse {
+    pub id: String,
+    pub name: String,
+    pub format: String,
+    pub labels: Vec<String>,
+    pub stats: Vec<SplitStats>,
+    pub size_bytes: i64,
+    pub created_at: String,
+    /// The `dataset` object to put in a job spec.
+    pub use_in_job: Value,
+}
+
+impl TryFrom<DatasetRow> for DatasetResponse {
+    type Error = ApiError;
+    fn try_from(r: DatasetRow) -> Result<Self, ApiError> {
+        let bad =
+            |e: serde_json::Error| ApiError::Internal(format!("stored dataset {}: {e}", r.id));
+        Ok(DatasetResponse {
+            labels: serde_json::from_str(&r.labels).map_err(bad)?,
+            stats: serde_json::from_str(&r.stats).map_err(bad)?,
+            use_in_job: serde_json::json!({"dataset": {"id": r.id}}),
+            id: r.id,
+            name: r.name,
+            format: r.format,
+            size_bytes: r.size_bytes,
+            created_at: r.created_at,
+        })
+    }
+}
+
+/// GET /v1/datasets
+#[derive(Debug, Serialize)]
+pub struct DatasetsResponse {
+    pub datasets: Vec<DatasetResponse>,
+}
+
+/// A deployed model's health.
+#[derive(Debug, Serialize)]
+pub struct ModelHealthResponse {
+    pub name: String,
+    pub version: String,
+    /// `ok`, or `degraded` with a reason.
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Executor restarts after a panic since the model was deployed.
+    pub restarts: u64,
+}
+
+/// GET /health
+#[derive(Debug, Serialize)]
+pub struct HealthResponse {
+    /// `ok`, `degraded` (answering, with problems) or `unavailable` (503).
+    pub status: &'static str,
+    pub problems: Vec<String>,
+    pub database: String,
+    pub device: String,
+    pub models: Vec<ModelHealthResponse>,
+    pub uptime_seconds: u64,
+    pub version: &'static str,
+}
+
+/// GET /info
+#[derive(Debug, Serialize)]
+pub struct InfoResponse {
+    pub version: &'static str,
+    pub device: String,
+    pub models: Vec<ModelResponse>,
+    /// Longest text (code points) per input.
+    pub max_input_chars: usize,
+    /// Most texts per request.
+    pub max_client_batch_size: usize,
+    /// Requests waiting or running per model before 429.
+    pub max_concurrent_requests: usize,
+    /// Tokens per inference batch.
+    pub max_batch_tokens: usize,
+    pub batch_wait_ms: u64,
+    pub window_stride: usize,
+    pub max_body_bytes: usize,
+    pub max_upload_bytes: usize,
+    pub request_timeout_seconds: u64,
+    pub upload_timeout_seconds: u64,
 }

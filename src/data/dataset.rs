@@ -65,7 +65,7 @@ pub struct Dataset {
 }
 
 /// Class-imbalance figures of one split.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct SplitStats {
     pub split: String,
     pub sentences: usize,
@@ -77,7 +77,7 @@ pub struct SplitStats {
 }
 
 /// Count and percentage of one label.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct LabelCount {
     pub count: usize,
     pub percent: f64,

@@ -4,7 +4,24 @@ use std::fmt::Write;
 
 use serde_json::Value;
 
-use crate::jobs::spec::JobSpec;
+use crate::train::report::versions;
+
+/// What the card says about the run besides its outcome.
+#[derive(Debug, Clone)]
+pub struct CardInput {
+    /// The base checkpoint as the user named it.
+    pub base_model: String,
+    pub base_revision: Option<String>,
+    /// Display name of the model.
+    pub model_name: String,
+    /// Hub id, path or uploaded id of the dataset.
+    pub dataset: String,
+    pub dataset_revision: Option<String>,
+    pub seed: u64,
+    pub num_train_epochs: usize,
+    /// The hyper-parameters (the spec's `training` object).
+    pub training: Value,
+}
 
 fn f4(v: &Value) -> String {
     v.as_f64()
@@ -15,36 +32,32 @@ fn f4(v: &Value) -> String {
 /// Markdown card: base model, dataset and revision, hyper-parameters, seed, base vs
 /// fine-tuned metrics overall and per label, label distribution, metafora version.
 /// `outcome` is a run outcome as serialised in report.json.
-pub fn model_card(spec: &JobSpec, outcome: &Value) -> String {
+pub fn model_card(input: &CardInput, outcome: &Value) -> String {
     let mut s = String::new();
-    let dataset = spec
-        .dataset
-        .hub_id
-        .clone()
-        .or(spec.dataset.path.clone())
-        .or(spec.dataset.id.clone())
-        .unwrap_or_default();
+    let dataset = &input.dataset;
     let _ = writeln!(
         s,
         "---\nlibrary_name: transformers\npipeline_tag: token-classification\nbase_model: {}\ntags:\n- metafora\n- token-classification\n- metaphor-detection\n---\n",
-        spec.model.checkpoint
+        input.base_model
     );
     let _ = writeln!(
         s,
         "# {} fine-tuned for token classification\n",
-        spec.model.display_name()
+        input.model_name
     );
+    let v = versions();
     let _ = writeln!(
         s,
-        "Fine-tuned with metafora {} (burn 0.21.0).\n",
-        env!("CARGO_PKG_VERSION")
+        "Fine-tuned with metafora {} (burn {}).\n",
+        v["metafora"].as_str().unwrap_or_default(),
+        v["burn"].as_str().unwrap_or_default()
     );
     let _ = writeln!(
         s,
         "- Base model: `{}`{}",
-        spec.model.checkpoint,
-        spec.model
-            .revision
+        input.base_model,
+        input
+            .base_revision
             .as_ref()
             .map(|r| format!(" (revision `{r}`)"))
             .unwrap_or_default()
@@ -52,22 +65,22 @@ pub fn model_card(spec: &JobSpec, outcome: &Value) -> String {
     let _ = writeln!(
         s,
         "- Dataset: `{dataset}`{}",
-        spec.dataset
-            .revision
+        input
+            .dataset_revision
             .as_ref()
             .map(|r| format!(" (revision `{r}`)"))
             .unwrap_or_default()
     );
-    let _ = writeln!(s, "- Seed: {}", spec.seed);
+    let _ = writeln!(s, "- Seed: {}", input.seed);
     let _ = writeln!(
         s,
         "- Best epoch: {} of {}\n",
-        outcome["best_epoch"], spec.training.num_train_epochs
+        outcome["best_epoch"], input.num_train_epochs
     );
     let _ = writeln!(
         s,
         "## Hyper-parameters\n\n```json\n{}\n```\n",
-        serde_json::to_string_pretty(&spec.training).unwrap_or_default()
+        serde_json::to_string_pretty(&input.training).unwrap_or_default()
     );
     let _ = writeln!(
         s,

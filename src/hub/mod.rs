@@ -173,8 +173,21 @@ impl HubClient {
             })
     }
 
-    fn repo(kind: RepoType, id: &str, revision: Option<&str>) -> Repo {
-        Repo::with_revision(id.to_string(), kind, revision.unwrap_or("main").to_string())
+    /// The repo at a revision; refuses revisions that are not ref names or commit ids (they
+    /// become paths under the cache).
+    fn repo(kind: RepoType, id: &str, revision: Option<&str>) -> Result<Repo, HubError> {
+        let revision = revision.unwrap_or("main");
+        if !is_valid_revision(revision) {
+            return Err(HubError::NotFound {
+                repo: id.into(),
+                message: format!("invalid revision {revision:?}"),
+            });
+        }
+        Ok(Repo::with_revision(
+            id.to_string(),
+            kind,
+            revision.to_string(),
+        ))
     }
 
     fn http_error(repo: &str, e: ApiError) -> HubError {
@@ -277,7 +290,7 @@ impl HubClient {
         revision: Option<&str>,
         progress: &mut dyn FnMut(Download),
     ) -> Result<PathBuf, HubError> {
-        let repo = Self::repo(RepoType::Model, id, revision);
+        let repo = Self::repo(RepoType::Model, id, revision)?;
         if self.config.offline {
             return self.cached(
                 &repo,
@@ -323,7 +336,7 @@ impl HubClient {
             None => vec![None, Some("refs/convert/parquet")],
         };
         for rev in revisions {
-            let repo = Self::repo(RepoType::Dataset, id, rev);
+            let repo = Self::repo(RepoType::Dataset, id, rev)?;
             if self.config.offline {
                 if let Some(root) = offline_dataset(&self.config.cache_dir, &repo, splits) {
                     return Ok(root);
@@ -363,7 +376,7 @@ impl HubClient {
                 let root = self.fetch(&repo, &wanted, progress)?;
                 // The parquet branch has no card: bring the main branch's for ClassLabel names.
                 if rev == Some("refs/convert/parquet") && !root.join("README.md").exists() {
-                    let main = Self::repo(RepoType::Dataset, id, None);
+                    let main = Self::repo(RepoType::Dataset, id, None)?;
                     if let Ok(card) = self.fetch(&main, &["README.md".to_string()], progress) {
                         let _ = std::fs::copy(card.join("README.md"), root.join("README.md"));
                     }
@@ -387,6 +400,24 @@ impl HubClient {
             ),
         })
     }
+}
+
+/// Whether `r` can name a revision: a 40-hex commit id, or a branch or tag name as git allows
+/// them (`main`, `v1.0`, `refs/convert/parquet`): ASCII letters, digits and `._-/`, no empty,
+/// `.`-leading or `..` component, nothing absolute. The revision becomes a path under the
+/// cache (`refs/<revision>`), so anything else could read files elsewhere.
+pub fn is_valid_revision(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 200
+        && r.split('/').all(|part| {
+            !part.is_empty()
+                && !part.starts_with('.')
+                && !part.ends_with(".lock")
+                && part
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+        })
+        && !r.contains("..")
 }
 
 /// The snapshot directory that holds `file` (`.../snapshots/<commit>/<file>`).
@@ -449,7 +480,11 @@ pub fn is_split_file(path: &str, splits: &[&str]) -> bool {
 fn offline_dataset(cache_dir: &Path, repo: &Repo, splits: &[&str]) -> Option<PathBuf> {
     let folder = cache_dir.join(repo.folder_name());
     let commit = std::fs::read_to_string(folder.join("refs").join(repo.revision())).ok()?;
-    let snap = folder.join("snapshots").join(commit.trim());
+    let commit = commit.trim();
+    if commit.len() != 40 || !commit.chars().all(|c| c.is_ascii_hexdigit()) {
+        return None;
+    }
+    let snap = folder.join("snapshots").join(commit);
     let mut files = Vec::new();
     let mut stack = vec![snap.clone()];
     while let Some(d) = stack.pop() {
@@ -499,6 +534,34 @@ mod tests {
             ]))
         );
         assert_eq!(choose_weights(&v(&["tf_model.h5"])), None);
+    }
+
+    #[test]
+    fn revisions() {
+        for ok in [
+            "main",
+            "v1.0",
+            "refs/convert/parquet",
+            "refs/pr/3",
+            &"a".repeat(40),
+        ] {
+            assert!(is_valid_revision(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/passwd",
+            "../../x",
+            "a/../b",
+            "a//b",
+            ".hidden",
+            "a/",
+            "a b",
+            "x\0",
+            "main.lock",
+            "ré",
+        ] {
+            assert!(!is_valid_revision(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -1,41 +1,51 @@
-//! Detection: a loaded model on its own executor thread, fed by a queue with dynamic batching;
-//! aggregation as the HF pipeline; sliding windows for long texts.
+//! Detection: a loaded model behind its executor thread ([`executor`]), fed by a bounded queue
+//! with dynamic batching; aggregation as the HF pipeline; sentences and sliding windows for
+//! long texts.
 //!
-//! The handle ([`Detector`]) tokenizes on the caller's side and sends token sequences; the
-//! executor batches sequences of all waiting requests by a token budget, runs the model, and
-//! replies through oneshot channels. Requests whose caller went away are skipped.
-//! Must not import axum or sqlx.
+//! The handle ([`Detector`]) does the CPU work around the model — tokenising, cutting long
+//! texts, aggregating — on the caller's blocking thread, in time linear in the text's length,
+//! and sends token sequences to the executor. Every entry point (`/v1/detect`, Label Studio,
+//! the CLI) goes through [`Input::check`]'s limits. Must not import axum or sqlx.
 
 pub mod aggregate;
+pub mod cpu;
+pub mod engine;
+pub mod executor;
 pub mod registry;
 pub mod segment;
 pub mod window;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
-use burn::tensor::activation::softmax;
-use burn::tensor::backend::{AutodiffBackend, Backend};
 use serde::Serialize;
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::data::RobertaTokenizer;
-use crate::data::batch::HostBatch;
-use crate::model::backend::{BackendTask, Resolved, dispatch};
-use crate::model::{HeadInit, LoadError, load_token_classifier};
+use crate::data::{Encoded, RobertaTokenizer};
+use crate::model::LoadError;
+use crate::model::backend::Resolved;
 
 use aggregate::{Entity, Strategy, TokenScores, aggregate};
+use executor::{Batching, Cmd, Health, Probs};
 
 pub use registry::Registry;
+
+/// Longest text accepted (code points); longer texts are windowed, this only bounds work.
+pub const MAX_TEXT_CHARS: usize = 200_000;
+/// Most texts in one request (a Label Studio `/predict` call included).
+pub const MAX_TEXTS: usize = 256;
+/// Most pre-split words in one request.
+pub const MAX_WORDS: usize = 20_000;
+/// Most code points in one request, all texts together.
+pub const MAX_TOTAL_CHARS: usize = 1_000_000;
 
 /// Executor settings.
 #[derive(Debug, Clone)]
 pub struct DetectorOptions {
     /// Requests waiting or running per model; beyond it `detect` fails with `Busy`.
     pub queue: usize,
-    /// Most padded tokens in one forward batch.
+    /// Most tokens in one forward batch.
     pub batch_tokens: usize,
     /// Longest wait for more requests before a batch runs.
     pub batch_wait: Duration,
@@ -76,9 +86,18 @@ impl std::str::FromStr for LongText {
         match s {
             "sentences" => Ok(LongText::Sentences),
             "windows" => Ok(LongText::Windows),
-            _ => Err(format!("long_text must be sentences or windows, got {s:?}")),
+            _ => Err(format!("must be sentences or windows, got {s:?}")),
         }
     }
+}
+
+/// How entities are formed and filtered.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DetectOptions {
+    pub strategy: Strategy,
+    /// Entities scored below it are dropped.
+    pub threshold: Option<f64>,
+    pub long_text: LongText,
 }
 
 /// What to analyse.
@@ -90,6 +109,72 @@ pub enum Input {
     Tokens(Vec<String>),
 }
 
+impl Input {
+    /// The limits every entry point applies; the error names the field.
+    pub fn check(&self) -> Result<(), DetectError> {
+        let invalid = |field: String, message: String| DetectError::Invalid { field, message };
+        let text = |field: String, t: &str| {
+            let n = t.chars().count();
+            if n > MAX_TEXT_CHARS {
+                return Err(invalid(
+                    field,
+                    format!("is {n} characters; the limit is {MAX_TEXT_CHARS}"),
+                ));
+            }
+            Ok(n)
+        };
+        match self {
+            Input::Text(t) => text("text".into(), t).map(|_| ()),
+            Input::Texts(ts) => {
+                if ts.is_empty() || ts.len() > MAX_TEXTS {
+                    return Err(invalid(
+                        "texts".into(),
+                        format!("needs 1 to {MAX_TEXTS} texts, got {}", ts.len()),
+                    ));
+                }
+                let mut total = 0;
+                for (i, t) in ts.iter().enumerate() {
+                    total += text(format!("texts[{i}]"), t)?;
+                }
+                if total > MAX_TOTAL_CHARS {
+                    return Err(invalid(
+                        "texts".into(),
+                        format!("hold {total} characters in all; the limit is {MAX_TOTAL_CHARS}"),
+                    ));
+                }
+                Ok(())
+            }
+            Input::Tokens(words) => {
+                if words.is_empty() || words.len() > MAX_WORDS {
+                    return Err(invalid(
+                        "tokens".into(),
+                        format!("needs 1 to {MAX_WORDS} words, got {}", words.len()),
+                    ));
+                }
+                if let Some(i) = words.iter().position(|w| w.trim().is_empty()) {
+                    return Err(invalid(format!("tokens[{i}]"), "must not be empty".into()));
+                }
+                let total: usize = words.iter().map(|w| w.chars().count()).sum();
+                if total > MAX_TEXT_CHARS {
+                    return Err(invalid(
+                        "tokens".into(),
+                        format!("hold {total} characters; the limit is {MAX_TEXT_CHARS}"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn items(&self) -> Vec<Item<'_>> {
+        match self {
+            Input::Text(t) => vec![Item::Text(t)],
+            Input::Texts(ts) => ts.iter().map(|t| Item::Text(t)).collect(),
+            Input::Tokens(w) => vec![Item::Words(w)],
+        }
+    }
+}
+
 /// Why detection failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
@@ -97,12 +182,14 @@ pub enum DetectError {
     Busy(String),
     #[error("model {0} stopped")]
     Stopped(String),
+    #[error("model {model} failed on this request and was restarted: {message}")]
+    Failed { model: String, message: String },
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
     #[error(transparent)]
     Load(#[from] LoadError),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("{field} {message}")]
+    Invalid { field: String, message: String },
 }
 
 /// Description of a loaded model.
@@ -125,7 +212,7 @@ pub struct ModelInfo {
 #[derive(Debug, Clone, Serialize)]
 pub struct TextResult {
     pub entities: Vec<Entity>,
-    /// Windows the input needed (1 unless it exceeded the model's window).
+    /// Sequences the input needed (1 unless it exceeded the model's window).
     pub windows: usize,
 }
 
@@ -137,21 +224,23 @@ pub struct DetectOutput {
     pub results: Vec<TextResult>,
 }
 
-type Probs = Vec<Vec<Vec<f32>>>;
-
-struct Job {
-    /// Token id sequences (with special tokens).
-    seqs: Vec<Vec<u32>>,
-    reply: oneshot::Sender<Probs>,
+/// A model's state for `/health`.
+#[derive(Debug, Clone)]
+pub struct ModelHealth {
+    /// `ok` or `degraded`.
+    pub state: &'static str,
+    pub reason: Option<String>,
+    pub restarts: u64,
 }
 
 /// A loaded model behind its executor thread.
 pub struct Detector {
     pub info: ModelInfo,
     tokenizer: RobertaTokenizer,
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Cmd>,
     permits: Arc<Semaphore>,
     opts: DetectorOptions,
+    health: Arc<Mutex<Health>>,
 }
 
 fn fingerprint(dir: &Path) -> String {
@@ -177,6 +266,38 @@ fn fingerprint(dir: &Path) -> String {
         .collect()
 }
 
+/// One text or word list of an input.
+#[derive(Clone, Copy)]
+enum Item<'a> {
+    Text(&'a str),
+    Words(&'a [String]),
+}
+
+/// A part of an input run as one or more sequences.
+struct Piece {
+    enc: Encoded,
+    /// Code-point offset of the piece in the text.
+    char_offset: usize,
+    windows: Vec<std::ops::Range<usize>>,
+    owner: Vec<usize>,
+    seqs: Vec<Vec<u32>>,
+}
+
+/// An input cut into sequences, ready for the executor.
+pub struct Prepared {
+    pieces: Vec<Vec<Piece>>,
+}
+
+impl Prepared {
+    fn sequences(&self) -> Vec<Vec<u32>> {
+        self.pieces
+            .iter()
+            .flatten()
+            .flat_map(|p| p.seqs.iter().cloned())
+            .collect()
+    }
+}
+
 impl Detector {
     /// Loads an HF model directory onto `device` and starts its executor thread.
     pub fn load(
@@ -186,80 +307,38 @@ impl Detector {
         opts: DetectorOptions,
     ) -> Result<Self, DetectError> {
         let tokenizer = RobertaTokenizer::from_dir(dir)?;
-        let (tx, rx) = mpsc::channel::<Job>();
-        let (ready_tx, ready_rx) = mpsc::channel::<Result<(Vec<String>, usize), LoadError>>();
-        let dir_owned = dir.to_path_buf();
-        let (batch_tokens, batch_wait) = (opts.batch_tokens, opts.batch_wait);
-        std::thread::Builder::new()
-            .name(format!("detect-{name}"))
-            .spawn(move || {
-                struct Task {
-                    dir: PathBuf,
-                    rx: mpsc::Receiver<Job>,
-                    ready: mpsc::Sender<Result<(Vec<String>, usize), LoadError>>,
-                    batch_tokens: usize,
-                    batch_wait: Duration,
-                }
-                impl BackendTask for Task {
-                    type Output = ();
-                    fn run<B: AutodiffBackend>(self, device: B::Device, _: Resolved) {
-                        executor::<B::InnerBackend>(self, &device)
-                    }
-                }
-                fn executor<B: Backend>(t: Task, device: &B::Device) {
-                    let (model, config) = match load_token_classifier::<B>(
-                        &t.dir,
-                        None,
-                        HeadInit::FromCheckpoint,
-                        device,
-                    ) {
-                        Ok((m, c, _)) => (m, c),
-                        Err(e) => {
-                            let _ = t.ready.send(Err(e));
-                            return;
-                        }
-                    };
-                    // Weights packed before the model is announced ready (once per deployment).
-                    let packed = model.pack_for_cpu();
-                    let labels = config.labels().unwrap_or_default();
-                    let _ = t.ready.send(Ok((labels, config.max_tokens())));
-                    run_executor(
-                        &model,
-                        packed.as_ref(),
-                        &t.rx,
-                        t.batch_tokens,
-                        t.batch_wait,
-                        config.pad_token_id as u32,
-                        device,
-                    );
-                }
-                dispatch(
-                    device,
-                    Task {
-                        dir: dir_owned,
-                        rx,
-                        ready: ready_tx,
-                        batch_tokens,
-                        batch_wait,
-                    },
-                );
-            })
-            .map_err(|e| DetectError::Invalid(format!("cannot start executor thread: {e}")))?;
-        let (labels, max_tokens) = ready_rx
-            .recv()
-            .map_err(|_| DetectError::Stopped(name.into()))??;
-        if labels.is_empty() {
-            return Err(DetectError::Invalid(format!(
+        let health = Arc::new(Mutex::new(Health::default()));
+        let batching = Batching {
+            budget: opts.batch_tokens,
+            wait: opts.batch_wait,
+        };
+        let (tx, loaded) = executor::spawn(name, dir, device, batching, health.clone())?;
+        let invalid = |message: String| DetectError::Invalid {
+            field: "model".into(),
+            message,
+        };
+        if loaded.labels.is_empty() {
+            return Err(invalid(format!(
                 "{}: config.json has no id2label",
                 dir.display()
             )));
         }
-        let max_tokens = max_tokens.min(tokenizer.model_max_length.unwrap_or(usize::MAX));
+        // A tokenizer with ids beyond the embedding table would index past it.
+        if tokenizer.vocab_size() > loaded.vocab_size {
+            return Err(invalid(format!(
+                "the tokenizer has {} tokens but the model's embedding table {} rows",
+                tokenizer.vocab_size(),
+                loaded.vocab_size
+            )));
+        }
+        let max_tokens = loaded
+            .max_tokens
+            .min(tokenizer.model_max_length.unwrap_or(usize::MAX));
         let info = ModelInfo {
             name: name.into(),
             path: dir.to_path_buf(),
             version: fingerprint(dir),
-            labels,
+            labels: loaded.labels,
             device: device.to_string(),
             max_tokens,
             job_id: None,
@@ -270,6 +349,7 @@ impl Detector {
             tx,
             permits: Arc::new(Semaphore::new(opts.queue.max(1))),
             opts,
+            health,
         })
     }
 
@@ -283,7 +363,7 @@ impl Detector {
     }
 
     /// Encodes one piece of input with its windows.
-    fn piece(&self, enc: crate::data::Encoded, char_offset: usize) -> Piece {
+    fn piece(&self, enc: Encoded, char_offset: usize) -> Piece {
         // Content tokens sit between <s> and </s>.
         let n = enc.len().saturating_sub(2);
         let size = self.window() - 2;
@@ -307,38 +387,54 @@ impl Detector {
         }
     }
 
-    /// Cuts an input into pieces: the whole text when it fits the window (the pipeline's
+    /// Cuts one item into pieces: the whole text when it fits the window (the pipeline's
     /// behaviour), else sentences or one windowed piece.
-    fn prepare(&self, input: Either<'_>, long: LongText) -> Result<Vec<Piece>, DetectError> {
-        match input {
-            Either::Words(w) => Ok(vec![self.piece(self.tokenizer.encode_words(w)?, 0)]),
-            Either::Text(t) => {
+    fn pieces(&self, item: Item<'_>, long: LongText) -> Result<Vec<Piece>, DetectError> {
+        match item {
+            Item::Words(w) => Ok(vec![self.piece(self.tokenizer.encode_words(w)?, 0)]),
+            Item::Text(t) => {
                 let enc = self.tokenizer.encode_text(t)?;
                 if enc.len() <= self.window() || long == LongText::Windows {
                     return Ok(vec![self.piece(enc, 0)]);
                 }
-                let chars: Vec<char> = t.chars().collect();
+                // Byte offset of every code point, once for the whole text.
+                let bytes: Vec<usize> = t.char_indices().map(|(b, _)| b).chain([t.len()]).collect();
                 segment::sentences(t)
                     .into_iter()
                     .map(|(s, e)| {
-                        let sentence: String = chars[s..e].iter().collect();
-                        Ok(self.piece(self.tokenizer.encode_text(&sentence)?, s))
+                        let sentence = &t[bytes[s]..bytes[e]];
+                        Ok(self.piece(self.tokenizer.encode_text(sentence)?, s))
                     })
                     .collect()
             }
         }
     }
 
-    fn postprocess(
+    /// Tokenises and cuts an input (CPU work: call from a blocking thread).
+    pub fn prepare(&self, input: &Input, long: LongText) -> Result<Prepared, DetectError> {
+        input.check()?;
+        let pieces = input
+            .items()
+            .into_iter()
+            .map(|i| self.pieces(i, long))
+            .collect::<Result<_, _>>()?;
+        Ok(Prepared { pieces })
+    }
+
+    fn entities(
         &self,
         pieces: &[Piece],
         probs: &[Vec<Vec<f32>>],
-        input: Either<'_>,
-        strategy: Strategy,
-        threshold: Option<f64>,
+        item: Item<'_>,
+        opts: DetectOptions,
     ) -> TextResult {
         let mut entities = Vec::new();
         let mut probs = probs.iter();
+        // The text's code points, once (spans are code-point ranges).
+        let chars: Vec<char> = match item {
+            Item::Text(t) => t.chars().collect(),
+            Item::Words(_) => Vec::new(),
+        };
         for p in pieces {
             let mine: Vec<&Vec<Vec<f32>>> = probs.by_ref().take(p.seqs.len()).collect();
             let tokens: Vec<TokenScores> = (0..p.owner.len())
@@ -355,17 +451,16 @@ impl Detector {
                     }
                 })
                 .collect();
-            entities.extend(match input {
-                Either::Text(text) => {
-                    let chars: Vec<char> = text.chars().collect();
+            entities.extend(match item {
+                Item::Text(_) => {
                     let span = |s: usize, e: usize| {
                         chars[s.min(chars.len())..e.min(chars.len())]
                             .iter()
                             .collect::<String>()
                     };
-                    aggregate(&tokens, &self.info.labels, strategy, &span)
+                    aggregate(&tokens, &self.info.labels, opts.strategy, &span)
                 }
-                Either::Words(words) => {
+                Item::Words(words) => {
                     // Pre-split input: offsets become word indices [start, end).
                     let by_word: Vec<TokenScores> = tokens
                         .into_iter()
@@ -378,11 +473,11 @@ impl Detector {
                     let span = |s: usize, e: usize| {
                         words[s.min(words.len())..e.min(words.len())].join(" ")
                     };
-                    aggregate(&by_word, &self.info.labels, strategy, &span)
+                    aggregate(&by_word, &self.info.labels, opts.strategy, &span)
                 }
             });
         }
-        if let Some(th) = threshold {
+        if let Some(th) = opts.threshold {
             entities.retain(|e| e.score as f64 >= th);
         }
         TextResult {
@@ -391,91 +486,23 @@ impl Detector {
         }
     }
 
-    fn inputs(input: &Input) -> Vec<Either<'_>> {
-        match input {
-            Input::Text(t) => vec![Either::Text(t)],
-            Input::Texts(ts) => ts.iter().map(|t| Either::Text(t)).collect(),
-            Input::Tokens(w) => vec![Either::Words(w)],
-        }
-    }
-
-    /// Detects entities; fails fast with `Busy` when the queue is full.
-    pub async fn detect(
+    /// Entities from the executor's probabilities (CPU work: call from a blocking thread).
+    pub fn assemble(
         &self,
-        input: Input,
-        strategy: Strategy,
-        threshold: Option<f64>,
-        long: LongText,
-    ) -> Result<DetectOutput, DetectError> {
-        let _permit = self
-            .permits
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| DetectError::Busy(self.info.name.clone()))?;
-        let items = Self::inputs(&input);
-        let prepared: Vec<Vec<Piece>> = items
-            .iter()
-            .map(|i| self.prepare(*i, long))
-            .collect::<Result<_, _>>()?;
-        let (reply, rx) = oneshot::channel();
-        let seqs: Vec<Vec<u32>> = prepared
-            .iter()
-            .flatten()
-            .flat_map(|p| p.seqs.iter().cloned())
-            .collect();
-        self.tx
-            .send(Job { seqs, reply })
-            .map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
-        let probs = rx
-            .await
-            .map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
-        Ok(self.assemble(&prepared, probs, &items, strategy, threshold))
-    }
-
-    /// Blocking variant for the CLI and benchmarks (no queue bound).
-    pub fn detect_blocking(
-        &self,
-        input: Input,
-        strategy: Strategy,
-        threshold: Option<f64>,
-        long: LongText,
-    ) -> Result<DetectOutput, DetectError> {
-        let items = Self::inputs(&input);
-        let prepared: Vec<Vec<Piece>> = items
-            .iter()
-            .map(|i| self.prepare(*i, long))
-            .collect::<Result<_, _>>()?;
-        let (reply, rx) = oneshot::channel();
-        let seqs: Vec<Vec<u32>> = prepared
-            .iter()
-            .flatten()
-            .flat_map(|p| p.seqs.iter().cloned())
-            .collect();
-        self.tx
-            .send(Job { seqs, reply })
-            .map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
-        let probs = rx
-            .blocking_recv()
-            .map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
-        Ok(self.assemble(&prepared, probs, &items, strategy, threshold))
-    }
-
-    fn assemble(
-        &self,
-        prepared: &[Vec<Piece>],
+        input: &Input,
+        prepared: &Prepared,
         probs: Probs,
-        items: &[Either<'_>],
-        strategy: Strategy,
-        threshold: Option<f64>,
+        opts: DetectOptions,
     ) -> DetectOutput {
         let mut probs = probs.into_iter();
         let results = prepared
+            .pieces
             .iter()
-            .zip(items)
-            .map(|(pieces, input)| {
+            .zip(input.items())
+            .map(|(pieces, item)| {
                 let n: usize = pieces.iter().map(|p| p.seqs.len()).sum();
                 let mine: Vec<Vec<Vec<f32>>> = probs.by_ref().take(n).collect();
-                self.postprocess(pieces, &mine, *input, strategy, threshold)
+                self.entities(pieces, &mine, item, opts)
             })
             .collect();
         DetectOutput {
@@ -485,136 +512,93 @@ impl Detector {
         }
     }
 
+    /// Queues the sequences on the executor; the receiver yields their probabilities.
+    fn submit(&self, prepared: &Prepared) -> Result<oneshot::Receiver<Probs>, DetectError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Cmd::Run {
+                seqs: prepared.sequences(),
+                reply,
+            })
+            .map_err(|_| DetectError::Stopped(self.info.name.clone()))?;
+        Ok(rx)
+    }
+
+    fn lost(&self) -> DetectError {
+        DetectError::Failed {
+            model: self.info.name.clone(),
+            message: self
+                .health
+                .lock()
+                .expect("health lock: this is a bug")
+                .degraded
+                .clone()
+                .unwrap_or_else(|| "its executor failed while running this request".into()),
+        }
+    }
+
+    /// Detects entities; fails fast with `Busy` when the queue is full. Tokenising and
+    /// aggregation run on the blocking pool, the forward pass on the executor; a caller that
+    /// goes away is skipped by the executor.
+    pub async fn detect(
+        self: Arc<Self>,
+        input: Input,
+        opts: DetectOptions,
+    ) -> Result<DetectOutput, DetectError> {
+        let _permit = self
+            .permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| DetectError::Busy(self.info.name.clone()))?;
+        let input = Arc::new(input);
+        let (me, inp) = (self.clone(), input.clone());
+        let prepared = tokio::task::spawn_blocking(move || me.prepare(&inp, opts.long_text))
+            .await
+            .map_err(|_| self.lost())??;
+        let probs = self.submit(&prepared)?.await.map_err(|_| self.lost())?;
+        let me = self.clone();
+        tokio::task::spawn_blocking(move || me.assemble(&input, &prepared, probs, opts))
+            .await
+            .map_err(|_| self.lost())
+    }
+
+    /// [`detect`](Self::detect) for the CLI and benchmarks: on this thread, no queue bound.
+    pub fn detect_blocking(
+        &self,
+        input: &Input,
+        opts: DetectOptions,
+    ) -> Result<DetectOutput, DetectError> {
+        let prepared = self.prepare(input, opts.long_text)?;
+        let probs = self
+            .submit(&prepared)?
+            .blocking_recv()
+            .map_err(|_| self.lost())?;
+        Ok(self.assemble(input, &prepared, probs, opts))
+    }
+
     /// Requests currently waiting or running.
     pub fn in_flight(&self) -> usize {
         self.opts.queue.max(1) - self.permits.available_permits()
     }
-}
 
-#[derive(Clone, Copy)]
-enum Either<'a> {
-    Text(&'a str),
-    Words(&'a [String]),
-}
+    /// `ok`, or `degraded` with the reason, and the restarts after panics.
+    pub fn health(&self) -> ModelHealth {
+        let h = self.health.lock().expect("health lock: this is a bug");
+        ModelHealth {
+            state: if h.degraded.is_some() {
+                "degraded"
+            } else {
+                "ok"
+            },
+            reason: h.degraded.clone(),
+            restarts: h.restarts,
+        }
+    }
 
-/// A part of an input run as one or more sequences.
-struct Piece {
-    enc: crate::data::Encoded,
-    /// Code-point offset of the piece in the text.
-    char_offset: usize,
-    windows: Vec<std::ops::Range<usize>>,
-    owner: Vec<usize>,
-    seqs: Vec<Vec<u32>>,
-}
-
-/// Softmax of one token's logits.
-fn softmax_row(logits: &[f32]) -> Vec<f32> {
-    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f32> = logits.iter().map(|x| (x - max).exp()).collect();
-    let sum: f32 = exp.iter().sum();
-    exp.into_iter().map(|e| e / sum).collect()
-}
-
-/// The executor loop: gather requests for up to `wait` or `budget` tokens, batch, run, reply.
-fn run_executor<B: Backend>(
-    model: &crate::model::RobertaForTokenClassification<B>,
-    packed: Option<&std::sync::Arc<crate::model::roberta::PackedWeights>>,
-    rx: &mpsc::Receiver<Job>,
-    budget: usize,
-    wait: Duration,
-    pad_id: u32,
-    device: &B::Device,
-) {
-    while let Ok(first) = rx.recv() {
-        let mut jobs = vec![first];
-        let mut tokens: usize = jobs[0].seqs.iter().map(|s| s.len()).sum();
-        let deadline = Instant::now() + wait;
-        while tokens < budget {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(j) => {
-                    tokens += j.seqs.iter().map(|s| s.len()).sum::<usize>();
-                    jobs.push(j);
-                }
-                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => break,
-            }
-        }
-        // Callers that went away are not computed.
-        jobs.retain(|j| !j.reply.is_closed());
-        if jobs.is_empty() {
-            continue;
-        }
-        // (job, seq) pairs sorted by length; batches bounded by padded tokens.
-        let mut order: Vec<(usize, usize)> = jobs
-            .iter()
-            .enumerate()
-            .flat_map(|(j, job)| (0..job.seqs.len()).map(move |s| (j, s)))
-            .collect();
-        order.sort_by_key(|(j, s)| jobs[*j].seqs[*s].len());
-        let mut out: Vec<Vec<Vec<Vec<f32>>>> = jobs
-            .iter()
-            .map(|j| vec![Vec::new(); j.seqs.len()])
-            .collect();
-        let len = |at: usize| jobs[order[at].0].seqs[order[at].1].len();
-        let mut i = 0;
-        while i < order.len() {
-            // Batches within the token budget: real tokens for the CPU kernels (unpadded
-            // batches), padded tokens otherwise (sorted by length, so the last is the longest).
-            let mut end = i + 1;
-            let mut tokens = len(i);
-            while end < order.len() {
-                tokens += len(end);
-                let cost = if packed.is_some() {
-                    tokens
-                } else {
-                    len(end) * (end + 1 - i)
-                };
-                if cost > budget {
-                    break;
-                }
-                end += 1;
-            }
-            let seqs: Vec<&[u32]> = order[i..end]
-                .iter()
-                .map(|(j, s)| jobs[*j].seqs[*s].as_slice())
-                .collect();
-            let c = model.num_labels();
-            let probs: Vec<Vec<Vec<f32>>> = match packed {
-                Some(packed) => model
-                    .forward_unpadded(packed, &seqs)
-                    .iter()
-                    .map(|logits| logits.chunks_exact(c).map(softmax_row).collect())
-                    .collect(),
-                None => {
-                    let seq = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
-                    let items = seqs.iter().map(|s| (*s, None));
-                    let host = HostBatch::collate_ids(items, seq, pad_id);
-                    let batch = host.to_device::<B>(device);
-                    let logits = model.forward(batch.input_ids, batch.attention_mask); // [batch, seq, labels]
-                    let probs: Vec<f32> = softmax(logits, 2)
-                        .into_data()
-                        .convert::<f32>()
-                        .to_vec()
-                        .expect("f32 probabilities: this is a bug");
-                    seqs.iter()
-                        .enumerate()
-                        .map(|(row, s)| {
-                            (0..s.len())
-                                .map(|t| {
-                                    probs[(row * seq + t) * c..(row * seq + t + 1) * c].to_vec()
-                                })
-                                .collect()
-                        })
-                        .collect()
-                }
-            };
-            for ((j, s), p) in order[i..end].iter().zip(probs) {
-                out[*j][*s] = p;
-            }
-            i = end;
-        }
-        for (job, probs) in jobs.into_iter().zip(out) {
-            let _ = job.reply.send(probs);
-        }
+    /// Makes the executor panic inside its serving loop, as a failing forward pass would
+    /// (tests of the supervision).
+    #[doc(hidden)]
+    pub fn inject_panic(&self) {
+        let _ = self.tx.send(Cmd::Panic);
     }
 }

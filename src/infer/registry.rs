@@ -63,6 +63,11 @@ impl Registry {
         Ok(info)
     }
 
+    /// The executor settings every model gets.
+    pub fn options(&self) -> &DetectorOptions {
+        &self.opts
+    }
+
     /// Removes a deployed model; in-flight requests finish.
     pub fn remove(&self, name: &str) -> bool {
         self.models

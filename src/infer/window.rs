@@ -24,19 +24,20 @@ pub fn plan(n: usize, size: usize, stride: usize) -> (Vec<Range<usize>>, Vec<usi
         windows.push(start..start + size);
         start += step;
     }
-    let owner = (0..n)
-        .map(|i| {
-            let mut best = (0usize, None::<usize>);
-            for (w, r) in windows.iter().enumerate() {
-                if r.contains(&i) {
-                    let centrality = (i - r.start).min(r.end - 1 - i);
-                    if best.1.is_none() || centrality > best.0 {
-                        best = (centrality, Some(w));
-                    }
-                }
+    // Each window offers itself to the tokens it covers (a token is in at most
+    // size / step + 1 windows, so this is linear in n for a fixed window and stride).
+    let mut best: Vec<(usize, Option<usize>)> = vec![(0, None); n];
+    for (w, r) in windows.iter().enumerate() {
+        for (i, b) in best.iter_mut().enumerate().take(r.end).skip(r.start) {
+            let centrality = (i - r.start).min(r.end - 1 - i);
+            if b.1.is_none() || centrality > b.0 {
+                *b = (centrality, Some(w));
             }
-            best.1.expect("every token is in a window: this is a bug")
-        })
+        }
+    }
+    let owner = best
+        .into_iter()
+        .map(|(_, w)| w.expect("every token is in a window: this is a bug"))
         .collect();
     (windows, owner)
 }

@@ -1,5 +1,157 @@
-//! Job lifecycle: spec parsing, resolution, status machine, the worker, cancellation.
+//! Job lifecycle: spec parsing, resolution, submission, the worker, cancellation.
+//!
+//! Must not import the API or the CLI: both call into it.
 
 pub mod resolve;
 pub mod spec;
 pub mod worker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::{Notify, broadcast};
+
+use crate::hub::card::CardInput;
+use crate::infer::Registry;
+use crate::model::backend::Resolved;
+use crate::store::{self, StoreError, jobs::JobRow};
+use crate::train::CancelToken;
+
+pub use crate::store::jobs::JobStatus;
+use resolve::ResolveContext;
+use spec::JobSpec;
+
+/// A stored event, as broadcast to SSE listeners.
+#[derive(Debug, Clone)]
+pub struct JobEvent {
+    pub id: i64,
+    pub job_id: String,
+    pub kind: String,
+    pub data: Value,
+}
+
+/// Event kinds after which a job's stream ends.
+pub const FINAL_EVENTS: [&str; 1] = ["finished"];
+
+/// Where a job is, as stored on its row and shown by the API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobProgress {
+    /// `queued`, `downloading`, `evaluating_base`, `training`, `done`, …
+    #[serde(default)]
+    pub stage: Option<String>,
+    #[serde(default)]
+    pub epoch: usize,
+    #[serde(default)]
+    pub epochs: usize,
+    #[serde(default)]
+    pub step: usize,
+    #[serde(default)]
+    pub steps: usize,
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
+}
+
+/// Training figures the worker publishes for `/metrics`.
+#[derive(Debug, Default, Clone)]
+pub struct TrainTelemetry {
+    /// Seconds of the last optimizer step.
+    pub step_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Optimizer steps run by this process.
+    pub steps: Counter,
+}
+
+/// State shared by the worker and the API.
+pub struct Shared {
+    pub pool: sqlx::SqlitePool,
+    pub ctx: ResolveContext,
+    pub device: Resolved,
+    pub data_dir: PathBuf,
+    pub registry: Arc<Registry>,
+    pub events: broadcast::Sender<JobEvent>,
+    /// Wakes the worker when a job is queued.
+    pub wake: Notify,
+    /// Cancel tokens of running jobs.
+    pub running: Mutex<HashMap<String, CancelToken>>,
+    pub telemetry: TrainTelemetry,
+}
+
+impl Shared {
+    /// Stores an event and broadcasts it.
+    pub async fn emit(&self, job_id: &str, kind: &str, data: Value) -> Result<(), StoreError> {
+        let row = store::events::insert(&self.pool, job_id, kind, &data.to_string()).await?;
+        let _ = self.events.send(JobEvent {
+            id: row.id,
+            job_id: job_id.into(),
+            kind: kind.into(),
+            data,
+        });
+        Ok(())
+    }
+
+    /// Directory of a job's artifacts.
+    pub fn job_dir(&self, id: &str) -> PathBuf {
+        self.data_dir.join("jobs").join(id)
+    }
+
+    /// Queues a job (the API and Label Studio's webhook both submit through here): stores it,
+    /// records a `status` event naming `source`, wakes the worker.
+    pub async fn submit(
+        &self,
+        spec: &JobSpec,
+        source: &str,
+        max_queued: usize,
+    ) -> Result<JobRow, StoreError> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let out = self.job_dir(&id);
+        let row = store::jobs::insert(
+            &self.pool,
+            &id,
+            &serde_json::to_string(spec)?,
+            &out.display().to_string(),
+            None,
+            max_queued,
+        )
+        .await?;
+        self.emit(&id, "status", json!({"status": "queued", "source": source}))
+            .await?;
+        self.wake.notify_one();
+        Ok(row)
+    }
+
+    /// Asks a running job's training thread to stop (the worker also polls the flag).
+    pub fn signal_cancel(&self, id: &str) {
+        if let Some(t) = self
+            .running
+            .lock()
+            .expect("running map poisoned: this is a bug")
+            .get(id)
+        {
+            t.cancel();
+        }
+    }
+}
+
+/// The model card's description of a job.
+pub fn card_input(spec: &JobSpec) -> CardInput {
+    let d = &spec.dataset;
+    CardInput {
+        base_model: spec.model.checkpoint.clone(),
+        base_revision: spec.model.revision.clone(),
+        model_name: spec.model.display_name(),
+        dataset: d
+            .hub_id
+            .clone()
+            .or(d.path.clone())
+            .or(d.id.clone())
+            .unwrap_or_default(),
+        dataset_revision: d.revision.clone(),
+        seed: spec.seed,
+        num_train_epochs: spec.training.num_train_epochs,
+        training: serde_json::to_value(&spec.training).unwrap_or(Value::Null),
+    }
+}

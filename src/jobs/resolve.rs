@@ -7,19 +7,42 @@ use crate::data::dataset::DatasetOptions;
 use crate::data::{DataError, Dataset};
 use crate::hub::{HubClient, HubError};
 use crate::model::backend::Resolved;
-use crate::train::{FieldError, RunConfig};
+use crate::train::{RunConfig, TrainError};
+use crate::validate::FieldError;
 
 use super::spec::JobSpec;
 
 /// Where local paths may point and where uploads live.
 #[derive(Debug, Clone, Default)]
 pub struct ResolveContext {
-    /// Roots local paths must resolve under (symlinks followed); `None` allows any path (CLI).
+    /// Canonical roots local paths must resolve under — the path itself and every file read
+    /// below it, symlinks followed; `None` allows any path (CLI).
     pub allowed_roots: Option<Vec<PathBuf>>,
+    /// What relative paths are relative to (the service's data dir); `None`: the working
+    /// directory.
+    pub base_dir: Option<PathBuf>,
     /// Uploaded datasets live in `<uploads>/<id>/`.
     pub uploads: Option<PathBuf>,
     /// Hub access (downloads into the HF cache).
     pub hub: Option<HubClient>,
+}
+
+/// Most files checked under one model or dataset directory.
+const MAX_FILES: usize = 10_000;
+
+/// `.` and `..` resolved without touching the file system.
+fn lexical(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// Why a spec cannot run.
@@ -33,31 +56,127 @@ pub enum ResolveError {
     Hub(#[from] HubError),
 }
 
+impl From<ResolveError> for TrainError {
+    fn from(e: ResolveError) -> Self {
+        match e {
+            ResolveError::Field(f) => TrainError::Spec(f),
+            ResolveError::Data(d) => TrainError::Data(d),
+            ResolveError::Hub(h) => TrainError::Hub(h.to_string()),
+        }
+    }
+}
+
 impl ResolveContext {
-    /// Canonical path of `raw` if it exists and lies under an allowed root.
+    fn allowed(&self, canonical: &Path) -> bool {
+        self.allowed_roots
+            .as_ref()
+            .is_none_or(|roots| roots.iter().any(|r| canonical.starts_with(r)))
+    }
+
+    /// Canonical path of `raw` if it exists and lies under an allowed root. Anything outside
+    /// is "not in an allowed directory" whether it exists or not (no existence oracle);
+    /// "does not exist" only for paths inside.
     pub fn local_path(&self, field: &str, raw: &str) -> Result<PathBuf, FieldError> {
-        let expanded = match raw.strip_prefix("~/") {
+        let outside = || {
+            FieldError::new(
+                field,
+                format!(
+                    "{raw:?} is not in an allowed directory (--allow-path, --data-dir, the bundled assets)"
+                ),
+            )
+        };
+        if raw.contains('\0') {
+            return Err(outside());
+        }
+        let mut path = match raw.strip_prefix("~/") {
             Some(rest) => std::env::var_os("HOME")
                 .map(|h| PathBuf::from(h).join(rest))
                 .unwrap_or_else(|| PathBuf::from(raw)),
             None => PathBuf::from(raw),
         };
-        let canonical = expanded
-            .canonicalize()
-            .map_err(|_| FieldError::new(field, format!("path {raw:?} does not exist")))?;
-        if let Some(roots) = &self.allowed_roots
-            && !roots
-                .iter()
-                .any(|r| r.canonicalize().is_ok_and(|r| canonical.starts_with(r)))
+        if path.is_relative()
+            && let Some(base) = &self.base_dir
         {
+            path = base.join(path);
+        }
+        match path.canonicalize() {
+            Ok(c) if self.allowed(&c) => Ok(c),
+            Ok(_) => Err(outside()),
+            Err(_) => {
+                // The nearest existing ancestor decides: outside the roots, say nothing more.
+                let lexical = lexical(&path);
+                let ancestor = lexical
+                    .ancestors()
+                    .find_map(|a| a.canonicalize().ok())
+                    .unwrap_or_default();
+                if self.allowed(&ancestor) {
+                    Err(FieldError::new(field, format!("{raw:?} does not exist")))
+                } else {
+                    Err(outside())
+                }
+            }
+        }
+    }
+
+    /// Checks that every file under `dir` (a model or dataset directory) resolves inside the
+    /// allowed roots: a directory inside them whose files link elsewhere is refused.
+    pub fn confine(&self, field: &str, raw: &str, dir: &Path) -> Result<(), FieldError> {
+        if self.allowed_roots.is_none() {
+            return Ok(());
+        }
+        let mut stack = vec![(dir.to_path_buf(), 0usize)];
+        let mut seen = 0usize;
+        while let Some((d, depth)) = stack.pop() {
+            let Ok(entries) = std::fs::read_dir(&d) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                seen += 1;
+                if seen > MAX_FILES {
+                    return Err(FieldError::new(
+                        field,
+                        format!("{raw:?} holds more than {MAX_FILES} files"),
+                    ));
+                }
+                let p = e.path();
+                let name = e.file_name().to_string_lossy().to_string();
+                let Ok(c) = p.canonicalize() else {
+                    continue; // a dangling link: nothing can be read through it
+                };
+                if !self.allowed(&c) {
+                    return Err(FieldError::new(
+                        field,
+                        format!(
+                            "{raw:?}: {name} links outside the allowed directories (--allow-path, --data-dir)"
+                        ),
+                    ));
+                }
+                if c.is_dir() && depth < 4 {
+                    stack.push((c, depth + 1));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A local model directory: allowed, confined, with a config.json.
+    pub fn local_model_dir(&self, field: &str, raw: &str) -> Result<PathBuf, FieldError> {
+        let dir = self.local_path(field, raw)?;
+        if !dir.join("config.json").is_file() {
             return Err(FieldError::new(
                 field,
-                format!(
-                    "path {raw:?} is outside the allowed directories (--allow-path, --data-dir)"
-                ),
+                format!("{raw:?} has no config.json"),
             ));
         }
-        Ok(canonical)
+        self.confine(field, raw, &dir)?;
+        Ok(dir)
+    }
+
+    /// A local dataset directory: allowed and confined.
+    pub fn local_dataset_dir(&self, field: &str, raw: &str) -> Result<PathBuf, FieldError> {
+        let dir = self.local_path(field, raw)?;
+        self.confine(field, raw, &dir)?;
+        Ok(dir)
     }
 
     /// The local model directory of `spec.model`, downloading from the Hub when needed.
@@ -76,15 +195,7 @@ impl ResolveContext {
                 progress,
             )?);
         }
-        let dir = self.local_path("model.checkpoint", &spec.model.checkpoint)?;
-        if !dir.join("config.json").is_file() {
-            return Err(FieldError::new(
-                "model.checkpoint",
-                format!("{} has no config.json", spec.model.checkpoint),
-            )
-            .into());
-        }
-        Ok(dir)
+        Ok(self.local_model_dir("model.checkpoint", &spec.model.checkpoint)?)
     }
 
     /// The local dataset folder of `spec.dataset`.
@@ -95,7 +206,7 @@ impl ResolveContext {
     ) -> Result<PathBuf, ResolveError> {
         let d = &spec.dataset;
         if let Some(p) = &d.path {
-            return Ok(self.local_path("dataset.path", p)?);
+            return Ok(self.local_dataset_dir("dataset.path", p)?);
         }
         if let Some(id) = &d.id {
             let uploads = self.uploads.as_ref().ok_or_else(|| {
@@ -129,16 +240,10 @@ impl ResolveContext {
     /// Checks what can be checked at submission without downloading or reading data.
     pub fn precheck(&self, spec: &JobSpec) -> Result<(), FieldError> {
         if !spec.model_is_hub() {
-            let dir = self.local_path("model.checkpoint", &spec.model.checkpoint)?;
-            if !dir.join("config.json").is_file() {
-                return Err(FieldError::new(
-                    "model.checkpoint",
-                    format!("{} has no config.json", spec.model.checkpoint),
-                ));
-            }
+            self.local_model_dir("model.checkpoint", &spec.model.checkpoint)?;
         }
         if let Some(p) = &spec.dataset.path {
-            self.local_path("dataset.path", p)?;
+            self.local_dataset_dir("dataset.path", p)?;
         }
         if let Some(id) = &spec.dataset.id {
             let ok = uuid::Uuid::parse_str(id).is_ok()

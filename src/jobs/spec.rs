@@ -3,9 +3,12 @@
 //! Unknown fields are rejected and every error names the field
 //! (`training.learning_rate must be > 0, got -1`).
 
+use std::path::Path;
+
 use serde::{Deserialize, Serialize};
 
-use crate::train::{FieldError, TrainingArgs};
+use crate::train::TrainingArgs;
+use crate::validate::{FieldError, JsonError, from_json};
 
 fn d_seed() -> u64 {
     42
@@ -142,6 +145,9 @@ pub struct JobSpec {
     pub deploy_as: Option<String>,
 }
 
+/// Names accepted by [`JobSpec::preset`].
+pub const PRESETS: [&str; 1] = ["demo"];
+
 fn is_hub_id(s: &str) -> bool {
     let parts: Vec<&str> = s.split('/').collect();
     (1..=2).contains(&parts.len())
@@ -167,20 +173,9 @@ fn check_name(field: &str, v: &str) -> Result<(), FieldError> {
 impl JobSpec {
     /// Parses and validates a spec; errors name the field.
     pub fn parse(json: &[u8]) -> Result<JobSpec, FieldError> {
-        let de = &mut serde_json::Deserializer::from_slice(json);
-        let spec: JobSpec = serde_path_to_error::deserialize(de).map_err(|e| {
-            let path = e.path().to_string();
-            let msg = e.into_inner().to_string();
-            let field = match msg
-                .strip_prefix("missing field `")
-                .and_then(|r| r.split('`').next())
-            {
-                Some(missing) if path == "." => missing.to_string(),
-                Some(missing) => format!("{path}.{missing}"),
-                None if path == "." => "body".to_string(),
-                None => path,
-            };
-            FieldError::new(field, msg)
+        let spec: JobSpec = from_json(json).map_err(|e| match e {
+            JsonError::Field(f) => f,
+            JsonError::Syntax(m) => FieldError::new("body", format!("is not valid JSON: {m}")),
         })?;
         // serde also reads a struct from a JSON array of its fields (`"output": [null, null]`);
         // the documented shape is an object.
@@ -210,6 +205,19 @@ impl JobSpec {
         check_name("model.checkpoint", &self.model.checkpoint)?;
         if let Some(n) = &self.model.name {
             check_name("model.name", n)?;
+        }
+        for (field, rev) in [
+            ("model.revision", &self.model.revision),
+            ("dataset.revision", &self.dataset.revision),
+        ] {
+            if let Some(r) = rev
+                && !crate::hub::is_valid_revision(r)
+            {
+                return Err(FieldError::new(
+                    field,
+                    format!("must be a branch or tag name or a 40-hex commit id, got {r:?}"),
+                ));
+            }
         }
         let d = &self.dataset;
         let sources = [d.path.is_some(), d.hub_id.is_some(), d.id.is_some()]
@@ -275,6 +283,21 @@ impl JobSpec {
             ));
         }
         Ok(())
+    }
+
+    /// A named spec: `demo` fine-tunes the bundled `mini-roberta-ca` on the bundled Catalan
+    /// metaphor data (lr 5e-4, 20 epochs). `None` for an unknown name (see [`PRESETS`]).
+    pub fn preset(name: &str, assets: &Path) -> Option<JobSpec> {
+        let json = match name {
+            "demo" => serde_json::json!({
+                "model": {"checkpoint": assets.join("models/mini-roberta-ca"), "name": "mini-roberta-ca"},
+                "dataset": {"path": assets.join("data/ca_meta4xnli")},
+                "training": {"learning_rate": 5e-4, "num_train_epochs": 20},
+                "seed": 42
+            }),
+            _ => return None,
+        };
+        Some(JobSpec::parse(json.to_string().as_bytes()).expect("presets are valid: this is a bug"))
     }
 
     /// Whether `model.checkpoint` names a Hub repository rather than a local directory.

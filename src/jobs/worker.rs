@@ -1,75 +1,33 @@
 //! The worker: claims queued jobs one at a time (the RNG and the CPU are process-wide), runs
-//! each on a dedicated thread, persists progress, epochs, evaluations and events as they
-//! arrive, and finishes the row. A training failure is data (status + error), never a crash.
+//! each on a dedicated thread, stores progress, epochs, evaluations and events in the order
+//! the thread reports them, and finishes the row. A training failure is data (status +
+//! error), never a crash.
+//!
+//! The training thread reports everything, its result last, over one channel: whatever it
+//! sent before finishing is stored before the job is finished.
 //!
 //! Tests drive it step by step with [`Worker::try_run_next`].
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use sqlx::SqlitePool;
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 
 use crate::hub::Download;
-use crate::infer::Registry;
-use crate::model::backend::Resolved;
-use crate::store::{self, StoreError, jobs::Finish};
-use crate::train::report::{CsvRow, append_csv};
-use crate::train::{CancelToken, Progress, RunOutcome, TrainError};
+use crate::store::jobs::{Finish, JobRow, JobStatus, PushStatus};
+use crate::store::{self, StoreError};
+use crate::train::report::{CsvRow, Report, append_csv};
+use crate::train::{CancelToken, EpochRecord, Eta, EvalSummary, Progress, RunOutcome, TrainError};
 
-use super::resolve::{ResolveContext, ResolveError, run_config};
+use super::resolve::run_config;
 use super::spec::JobSpec;
+use super::{JobProgress, Shared};
 
-/// A stored event, as broadcast to SSE listeners.
-#[derive(Debug, Clone)]
-pub struct JobEvent {
-    pub id: i64,
-    pub job_id: String,
-    pub kind: String,
-    pub data: Value,
-}
-
-/// Event kinds after which a job's stream ends.
-pub const FINAL_EVENTS: [&str; 1] = ["finished"];
-
-/// State shared by the worker and the API.
-pub struct Shared {
-    pub pool: SqlitePool,
-    pub ctx: ResolveContext,
-    pub device: Resolved,
-    pub data_dir: PathBuf,
-    pub registry: Arc<Registry>,
-    pub events: broadcast::Sender<JobEvent>,
-    /// Wakes the worker when a job is queued.
-    pub wake: Notify,
-    /// Cancel tokens of running jobs.
-    pub running: Mutex<HashMap<String, CancelToken>>,
-    /// Seconds per optimizer step, last observed (for /metrics).
-    pub step_seconds: Mutex<Option<f64>>,
-    pub steps_total: std::sync::atomic::AtomicU64,
-}
-
-impl Shared {
-    /// Stores an event and broadcasts it.
-    pub async fn emit(&self, job_id: &str, kind: &str, data: Value) -> Result<(), StoreError> {
-        let row = store::events::insert(&self.pool, job_id, kind, &data.to_string()).await?;
-        let _ = self.events.send(JobEvent {
-            id: row.id,
-            job_id: job_id.into(),
-            kind: kind.into(),
-            data,
-        });
-        Ok(())
-    }
-
-    /// Directory of a job's artifacts.
-    pub fn job_dir(&self, id: &str) -> PathBuf {
-        self.data_dir.join("jobs").join(id)
-    }
-}
+/// Crashes after which a job is marked `interrupted` instead of resumed.
+pub const MAX_CRASHES: i64 = 3;
 
 /// What one `try_run_next` did.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,13 +35,15 @@ pub enum Outcome {
     /// Nothing queued.
     Idle,
     /// Ran a job to this status.
-    Ran { id: String, status: String },
+    Ran { id: String, status: JobStatus },
 }
 
-/// Messages from the training thread.
-enum Msg {
-    Progress(Progress),
+/// What the training thread sends, in order; `Done` is last.
+#[derive(Debug)]
+pub enum Msg {
     Download(Download),
+    Progress(Progress),
+    Done(Result<RunOutcome, TrainError>),
 }
 
 /// The queue consumer.
@@ -93,15 +53,138 @@ pub struct Worker {
     shutdown: watch::Receiver<bool>,
 }
 
-fn progress_json(
-    stage: &str,
-    epoch: usize,
+/// What the worker keeps of a running job besides the store.
+pub struct JobRun {
+    pub id: String,
     epochs: usize,
-    step: usize,
-    steps: usize,
-    eta: Option<f64>,
-) -> Value {
-    json!({"stage": stage, "epoch": epoch, "epochs": epochs, "step": step, "steps": steps, "eta_seconds": eta.map(|e| e.round())})
+    steps_total: usize,
+    base: Option<EvalSummary>,
+    history: Vec<EpochRecord>,
+    /// Event kinds stored by earlier attempts (not repeated on resume).
+    seen: HashSet<String>,
+    eta: Eta,
+    last_progress: Option<Instant>,
+}
+
+impl JobRun {
+    /// A run of job `id`; `seen` are the kinds of its stored events.
+    pub fn new(id: &str, spec: &JobSpec, seen: HashSet<String>) -> Self {
+        JobRun {
+            id: id.into(),
+            epochs: spec.training.num_train_epochs,
+            steps_total: 0,
+            base: None,
+            history: Vec::new(),
+            seen,
+            eta: Eta::default(),
+            last_progress: None,
+        }
+    }
+
+    /// Whether a progress row is due (at most one per interval, and the last one always).
+    fn due(&mut self, every: Duration, last: bool) -> bool {
+        if last || self.last_progress.is_none_or(|t| t.elapsed() >= every) {
+            self.last_progress = Some(Instant::now());
+            return true;
+        }
+        false
+    }
+
+    fn progress(&self, stage: &str, epoch: usize, step: usize, eta: Option<f64>) -> JobProgress {
+        JobProgress {
+            stage: Some(stage.into()),
+            epoch,
+            epochs: self.epochs,
+            step,
+            steps: self.steps_total,
+            eta_seconds: eta.map(f64::round),
+        }
+    }
+}
+
+impl Shared {
+    async fn set_progress(&self, id: &str, p: &JobProgress) -> Result<(), StoreError> {
+        store::jobs::set_progress(&self.pool, id, &serde_json::to_string(p)?).await
+    }
+
+    /// Stores one message of a running job and tells SSE listeners: the one place progress
+    /// becomes data.
+    pub async fn record(&self, run: &mut JobRun, msg: Progress) -> Result<(), StoreError> {
+        let id = run.id.clone();
+        match msg {
+            Progress::Prepared {
+                ref label_distribution,
+                total_steps,
+                epochs,
+                ref resumed_from,
+                ..
+            } => {
+                run.epochs = epochs;
+                run.steps_total = total_steps;
+                store::results::set_distribution(&self.pool, &id, label_distribution).await?;
+                self.set_progress(&id, &run.progress("evaluating_base", 0, 0, None))
+                    .await?;
+                let kind = if resumed_from.is_some() || run.seen.contains("prepared") {
+                    "resumed"
+                } else {
+                    "prepared"
+                };
+                self.emit(&id, kind, serde_json::to_value(&msg)?).await?;
+            }
+            Progress::BaseEvaluated { summary } => {
+                if !run.seen.contains("base_evaluated") {
+                    store::results::upsert_evaluation(&self.pool, &id, "base", &summary).await?;
+                    self.emit(&id, "base_evaluated", serde_json::to_value(&summary)?)
+                        .await?;
+                }
+                run.base = Some(summary);
+            }
+            Progress::Step {
+                epoch,
+                step,
+                total_steps,
+                loss,
+                learning_rate,
+                seconds_per_step,
+                ..
+            } => {
+                self.telemetry.step_seconds.set(seconds_per_step);
+                self.telemetry.steps.inc();
+                let eta = run.eta.observe(step, total_steps);
+                if run.due(Duration::from_secs(1), step == total_steps) {
+                    let prog = run.progress("training", epoch, step, Some(eta));
+                    self.set_progress(&id, &prog).await?;
+                    let mut ev = serde_json::to_value(&prog)?;
+                    ev["loss"] = json!(loss);
+                    ev["learning_rate"] = json!(learning_rate);
+                    self.emit(&id, "progress", ev).await?;
+                }
+            }
+            Progress::Epoch { record } => {
+                store::results::upsert_epoch(&self.pool, &id, &record).await?;
+                self.emit(&id, "epoch", serde_json::to_value(&record)?)
+                    .await?;
+                run.history.push(record);
+            }
+            Progress::FinalEvaluated { summary } => {
+                store::results::upsert_evaluation(&self.pool, &id, "finetuned", &summary).await?;
+                let done = run.progress("done", run.epochs, run.steps_total, Some(0.0));
+                self.set_progress(&id, &done).await?;
+                self.emit(&id, "final_evaluated", serde_json::to_value(&summary)?)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn record_download(&self, run: &mut JobRun, d: Download) -> Result<(), StoreError> {
+        if run.due(Duration::from_millis(500), d.bytes >= d.total) {
+            let p = json!({"stage": "downloading", "repo": d.repo, "file": d.file, "bytes": d.bytes, "total": d.total});
+            store::jobs::set_progress(&self.pool, &run.id, &p.to_string()).await?;
+            self.emit(&run.id, "download", p).await?;
+        }
+        Ok(())
+    }
 }
 
 impl Worker {
@@ -141,13 +224,14 @@ impl Worker {
         Ok(Outcome::Ran { id, status })
     }
 
-    async fn run_job(&self, row: store::jobs::JobRow) -> Result<String, StoreError> {
+    async fn run_job(&self, row: JobRow) -> Result<JobStatus, StoreError> {
         let sh = &self.shared;
         let id = row.id.clone();
         let spec: JobSpec = serde_json::from_str(&row.spec)?;
         let output_dir = PathBuf::from(&row.output_dir);
         let resume = row.attempts > 1;
         tracing::info!(job = %id, attempt = row.attempts, resume, "job started");
+        let seen = store::events::kinds(&sh.pool, &id).await?;
         sh.emit(
             &id,
             "status",
@@ -165,167 +249,132 @@ impl Worker {
         if store::jobs::cancel_requested(&sh.pool, &id).await? {
             cancel.cancel();
         }
-        let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
-        let (done_tx, mut done_rx) =
-            tokio::sync::oneshot::channel::<Result<RunOutcome, TrainError>>();
-        let thread_ctx = sh.ctx.clone();
-        let (thread_spec, thread_out, device, thread_cancel) =
-            (spec.clone(), output_dir.clone(), sh.device, cancel.clone());
-        std::thread::Builder::new()
-            .name(format!("train-{}", &id[..8.min(id.len())]))
-            .spawn(move || {
-                let tx2 = tx.clone();
-                let result = (|| {
-                    let mut dl = |d: Download| {
-                        let _ = tx2.send(Msg::Download(d));
-                    };
-                    let cfg = run_config(&thread_spec, &thread_ctx, &thread_out, device, &mut dl)
-                        .map_err(|e| match e {
-                        ResolveError::Field(f) => TrainError::Spec(f),
-                        ResolveError::Data(d) => TrainError::Data(d),
-                        ResolveError::Hub(h) => TrainError::Checkpoint(format!("hub: {h}")),
-                    })?;
-                    crate::train::run(&cfg, resume, &thread_cancel, &mut |p| {
-                        let _ = tx.send(Msg::Progress(p));
-                    })
-                })();
-                let _ = done_tx.send(result);
-            })
-            .map_err(|e| StoreError::Conflict(format!("cannot start training thread: {e}")))?;
-
-        let mut epochs = spec.training.num_train_epochs;
-        let mut steps_total = 0usize;
-        let mut base = None;
-        let (mut last_progress, mut last_cancel_check) =
-            (Instant::now() - Duration::from_secs(10), Instant::now());
         let started = Instant::now();
-        let mut first_step: Option<(usize, Instant)> = None;
-        let mut shutdown = self.shutdown.clone();
-        let result = loop {
-            tokio::select! {
-                msg = rx.recv() => {
-                    let Some(msg) = msg else { continue };
-                    match msg {
-                        Msg::Download(d) => {
-                            if last_progress.elapsed() >= Duration::from_millis(500) || d.bytes >= d.total {
-                                last_progress = Instant::now();
-                                let p = json!({"stage": "downloading", "repo": d.repo, "file": d.file, "bytes": d.bytes, "total": d.total});
-                                store::jobs::set_progress(&sh.pool, &id, &p.to_string()).await?;
-                                sh.emit(&id, "download", p).await?;
-                            }
-                        }
-                        Msg::Progress(p) => match p {
-                            Progress::Prepared { ref label_distribution, total_steps, epochs: e, .. } => {
-                                epochs = e;
-                                steps_total = total_steps;
-                                store::results::set_distribution(&sh.pool, &id, label_distribution).await?;
-                                store::jobs::set_progress(&sh.pool, &id, &progress_json("evaluating_base", 0, epochs, 0, steps_total, None).to_string()).await?;
-                                sh.emit(&id, "prepared", serde_json::to_value(&p)?).await?;
-                            }
-                            Progress::BaseEvaluated { summary } => {
-                                store::results::upsert_evaluation(&sh.pool, &id, "base", &summary).await?;
-                                sh.emit(&id, "base_evaluated", serde_json::to_value(&summary)?).await?;
-                                base = Some(summary);
-                            }
-                            Progress::Step { epoch, step, total_steps, loss, learning_rate, seconds_per_step, .. } => {
-                                *sh.step_seconds.lock().expect("poisoned: this is a bug") = Some(seconds_per_step);
-                                sh.steps_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                                let (s0, t0) = *first_step.get_or_insert((step - 1, Instant::now()));
-                                if last_progress.elapsed() >= Duration::from_secs(1) || step == total_steps {
-                                    last_progress = Instant::now();
-                                    let rate = t0.elapsed().as_secs_f64() / (step - s0).max(1) as f64;
-                                    let eta = rate * (total_steps - step) as f64;
-                                    let prog = progress_json("training", epoch, epochs, step, total_steps, Some(eta));
-                                    store::jobs::set_progress(&sh.pool, &id, &prog.to_string()).await?;
-                                    let mut ev = prog.clone();
-                                    ev["loss"] = json!(loss);
-                                    ev["learning_rate"] = json!(learning_rate);
-                                    sh.emit(&id, "progress", ev).await?;
-                                }
-                            }
-                            Progress::Epoch { record } => {
-                                store::results::upsert_epoch(&sh.pool, &id, &record).await?;
-                                sh.emit(&id, "epoch", serde_json::to_value(&record)?).await?;
-                            }
-                            Progress::FinalEvaluated { summary } => {
-                                store::results::upsert_evaluation(&sh.pool, &id, "finetuned", &summary).await?;
-                                store::jobs::set_progress(&sh.pool, &id, &progress_json("done", epochs, epochs, steps_total, steps_total, Some(0.0)).to_string()).await?;
-                                sh.emit(&id, "final_evaluated", serde_json::to_value(&summary)?).await?;
-                            }
-                        },
-                    }
-                    if last_cancel_check.elapsed() >= Duration::from_secs(1) {
-                        last_cancel_check = Instant::now();
-                        if store::jobs::cancel_requested(&sh.pool, &id).await? {
-                            cancel.cancel();
-                        }
-                    }
-                }
-                r = &mut done_rx => {
-                    // Drain what the thread sent before finishing.
-                    while let Ok(Msg::Progress(Progress::Epoch { record })) = rx.try_recv() {
-                        store::results::upsert_epoch(&sh.pool, &id, &record).await?;
-                        sh.emit(&id, "epoch", serde_json::to_value(&record)?).await?;
-                    }
-                    break r.unwrap_or_else(|_| Err(TrainError::Checkpoint("training thread panicked".into())));
-                }
-                _ = shutdown.changed() => {
-                    cancel.shutdown();
-                }
-            }
-        };
+        let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+        self.spawn_training(&id, &spec, &output_dir, resume, &cancel, tx)?;
+        let mut run = JobRun::new(&id, &spec, seen);
+        let result = self.consume(&mut run, rx, &cancel).await;
         sh.running
             .lock()
             .expect("running map poisoned: this is a bug")
             .remove(&id);
         let status = self
-            .finish(
-                &id,
-                &spec,
-                &output_dir,
-                row.results_csv.as_deref(),
-                base,
-                result,
-                started,
-            )
+            .finish(&row, &spec, &output_dir, run, result?, started)
             .await?;
         tracing::info!(job = %id, %status, "job ended");
         Ok(status)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn finish(
+    /// Starts the training thread; it sends its messages and finally its result on `tx`.
+    fn spawn_training(
         &self,
         id: &str,
         spec: &JobSpec,
         output_dir: &Path,
-        results_csv: Option<&str>,
-        base: Option<crate::train::EvalSummary>,
+        resume: bool,
+        cancel: &CancelToken,
+        tx: mpsc::UnboundedSender<Msg>,
+    ) -> Result<(), StoreError> {
+        let (ctx, spec, out, device, cancel) = (
+            self.shared.ctx.clone(),
+            spec.clone(),
+            output_dir.to_path_buf(),
+            self.shared.device,
+            cancel.clone(),
+        );
+        std::thread::Builder::new()
+            .name(format!("train-{}", &id[..8.min(id.len())]))
+            .spawn(move || {
+                let progress_tx = tx.clone();
+                let result = (|| {
+                    let mut download = |d: Download| {
+                        let _ = progress_tx.send(Msg::Download(d));
+                    };
+                    let cfg = run_config(&spec, &ctx, &out, device, &mut download)?;
+                    crate::train::run(&cfg, resume, &cancel, &mut |p| {
+                        let _ = progress_tx.send(Msg::Progress(p));
+                    })
+                })();
+                let _ = tx.send(Msg::Done(result));
+            })
+            .map(|_| ())
+            .map_err(|e| StoreError::Conflict(format!("cannot start training thread: {e}")))
+    }
+
+    /// Stores the thread's messages in order until its result arrives. Checks for cancel
+    /// requests every second and turns a shutdown into a checkpoint-and-stop request.
+    pub async fn consume(
+        &self,
+        run: &mut JobRun,
+        mut rx: mpsc::UnboundedReceiver<Msg>,
+        cancel: &CancelToken,
+    ) -> Result<Result<RunOutcome, TrainError>, StoreError> {
+        let sh = &self.shared;
+        let mut shutdown = self.shutdown.clone();
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => match msg {
+                    Some(Msg::Progress(p)) => sh.record(run, p).await?,
+                    Some(Msg::Download(d)) => sh.record_download(run, d).await?,
+                    Some(Msg::Done(result)) => return Ok(result),
+                    None => {
+                        return Ok(Err(TrainError::Checkpoint(
+                            "the training thread panicked".into(),
+                        )));
+                    }
+                },
+                _ = tick.tick() => {
+                    if store::jobs::cancel_requested(&sh.pool, &run.id).await? {
+                        cancel.cancel();
+                    }
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_ok() && *shutdown.borrow() {
+                        cancel.shutdown();
+                    }
+                }
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        row: &JobRow,
+        spec: &JobSpec,
+        output_dir: &Path,
+        run: JobRun,
         result: Result<RunOutcome, TrainError>,
         started: Instant,
-    ) -> Result<String, StoreError> {
+    ) -> Result<JobStatus, StoreError> {
         let sh = &self.shared;
+        let id = row.id.as_str();
         if let Err(TrainError::Interrupted { checkpoint }) = &result {
             store::jobs::requeue(&sh.pool, id).await?;
+            let checkpoint = Path::new(checkpoint)
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string());
             sh.emit(
                 id,
                 "status",
                 json!({"status": "queued", "reason": "shutdown", "checkpoint": checkpoint}),
             )
             .await?;
-            return Ok("queued".into());
+            return Ok(JobStatus::Queued);
         }
-        let mut row = CsvRow::new(
+        let mut csv = CsvRow::new(
             &spec.model.display_name(),
             &spec.model.checkpoint,
             spec.seed,
             spec.training.gradient_accumulation_steps,
         );
-        let (status, mut finish) = match &result {
+        let finish = match &result {
             Ok(o) => {
-                row.succeed(o);
-                let f = Finish {
-                    status: "succeeded",
+                csv.succeed(o);
+                Finish {
+                    status: JobStatus::Succeeded,
+                    error: None,
                     best_epoch: Some(o.best_epoch as i64),
                     best_checkpoint: o
                         .epochs
@@ -334,87 +383,98 @@ impl Worker {
                         .map(|e| e.checkpoint.clone()),
                     best_model_dir: Some(o.best_model_dir.display().to_string()),
                     improvement_f1: Some(o.improvement_f1),
-                    ..Default::default()
-                };
-                ("succeeded", f)
+                    csv_row: Some(serde_json::to_string(&csv.cells())?),
+                }
             }
             Err(e) => {
-                if let Some(b) = &base {
-                    row.set_base(b);
+                if let Some(b) = &run.base {
+                    csv.set_base(b);
                 }
-                row.fail(e);
-                let status = if matches!(e, TrainError::Cancelled) {
-                    "cancelled"
-                } else {
-                    "failed"
-                };
-                (
-                    status,
-                    Finish {
-                        status,
-                        error: Some(row.error.clone()),
-                        ..Default::default()
+                csv.fail(e);
+                Finish {
+                    status: if matches!(e, TrainError::Cancelled) {
+                        JobStatus::Cancelled
+                    } else {
+                        JobStatus::Failed
                     },
-                )
+                    error: Some(csv.error.clone()),
+                    best_epoch: None,
+                    best_checkpoint: None,
+                    best_model_dir: None,
+                    improvement_f1: None,
+                    csv_row: Some(serde_json::to_string(&csv.cells())?),
+                }
             }
         };
-        finish.csv_row = Some(serde_json::to_string(&row.cells())?);
         let _ = std::fs::create_dir_all(output_dir);
-        let csv_path = results_csv
+        let csv_path = row
+            .results_csv
+            .as_deref()
             .map(PathBuf::from)
             .unwrap_or_else(|| output_dir.join("results.csv"));
-        if let Err(e) = append_csv(&csv_path, &row) {
+        if let Err(e) = append_csv(&csv_path, &csv) {
             tracing::warn!(job = %id, error = %e, "could not write results.csv");
         }
-        let report = match &result {
-            Ok(o) => {
-                json!({"status": status, "job_id": id, "spec": spec, "outcome": o, "versions": crate::cli::versions(), "total_seconds": started.elapsed().as_secs_f64()})
-            }
-            Err(e) => {
-                json!({"status": status, "job_id": id, "spec": spec, "error": format!("{}: {e}", e.kind()), "base_test": base, "versions": crate::cli::versions(), "total_seconds": started.elapsed().as_secs_f64()})
-            }
+        let report = Report {
+            status: finish.status.as_str(),
+            job_id: Some(id),
+            spec: serde_json::to_value(spec)?,
+            result: &result,
+            base: run.base.as_ref(),
+            epochs: &run.history,
+            total_seconds: started.elapsed().as_secs_f64(),
         };
-        if let Err(e) = crate::model::export::write_json(&output_dir.join("report.json"), &report) {
+        if let Err(e) =
+            crate::model::export::write_json(&output_dir.join("report.json"), &report.to_json())
+        {
             tracing::warn!(job = %id, error = %e, "could not write report.json");
         }
         store::jobs::finish(&sh.pool, id, &finish).await?;
         if let Ok(o) = &result {
             if let Some(name) = &spec.deploy_as {
-                let (registry, dir, job) = (
-                    sh.registry.clone(),
-                    o.best_model_dir.clone(),
-                    id.to_string(),
-                );
-                let name2 = name.clone();
-                match tokio::task::spawn_blocking(move || registry.deploy(&name2, &dir, Some(job)))
-                    .await
-                {
-                    Ok(Ok(info)) => {
-                        sh.emit(
-                            id,
-                            "deployed",
-                            json!({"model": info.name, "version": info.version}),
-                        )
-                        .await?
-                    }
-                    Ok(Err(e)) => {
-                        sh.emit(
-                            id,
-                            "deploy_failed",
-                            json!({"model": name, "error": e.to_string()}),
-                        )
-                        .await?
-                    }
-                    Err(e) => tracing::error!(error = %e, "deploy task panicked"),
-                }
+                self.deploy(id, name, &o.best_model_dir).await?;
             }
             if spec.hub.push {
                 push_job(sh, id, spec, &o.best_model_dir, &serde_json::to_value(o)?).await?;
             }
         }
-        let final_data = json!({"status": status, "error": finish.error, "improvement_f1": finish.improvement_f1, "best_epoch": finish.best_epoch});
+        let final_data = json!({"status": finish.status, "error": finish.error,
+            "improvement_f1": finish.improvement_f1, "best_epoch": finish.best_epoch});
         sh.emit(id, "finished", final_data).await?;
-        Ok(status.into())
+        Ok(finish.status)
+    }
+
+    /// `deploy_as`: serves the best model under `name`; the outcome is an event.
+    async fn deploy(&self, id: &str, name: &str, dir: &Path) -> Result<(), StoreError> {
+        let sh = &self.shared;
+        let (registry, dir, job, name2) = (
+            sh.registry.clone(),
+            dir.to_path_buf(),
+            id.to_string(),
+            name.to_string(),
+        );
+        match tokio::task::spawn_blocking(move || registry.deploy(&name2, &dir, Some(job))).await {
+            Ok(Ok(info)) => {
+                sh.emit(
+                    id,
+                    "deployed",
+                    json!({"model": info.name, "version": info.version}),
+                )
+                .await
+            }
+            Ok(Err(e)) => {
+                sh.emit(
+                    id,
+                    "deploy_failed",
+                    json!({"model": name, "error": e.to_string()}),
+                )
+                .await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "deploy task panicked");
+                Ok(())
+            }
+        }
     }
 }
 
@@ -428,14 +488,14 @@ pub async fn push_job(
     outcome: &Value,
 ) -> Result<(), StoreError> {
     let repo = spec.hub.repo_id.clone().unwrap_or_default();
-    store::jobs::set_push(&sh.pool, id, "pending", None, None).await?;
-    let card = crate::hub::card::model_card(spec, outcome);
-    let (cfg, dir, private) = (
+    store::jobs::set_push(&sh.pool, id, PushStatus::Pending, None, None).await?;
+    let card = crate::hub::card::model_card(&super::card_input(spec), outcome);
+    let (cfg, dir, private, repo2) = (
         sh.ctx.hub.as_ref().map(|h| h.config.clone()),
         best_model_dir.to_path_buf(),
         spec.hub.private,
+        repo.clone(),
     );
-    let repo2 = repo.clone();
     let result = tokio::task::spawn_blocking(move || match cfg {
         Some(cfg) => crate::hub::push_model(
             &cfg,
@@ -459,17 +519,18 @@ pub async fn push_job(
     });
     match result {
         Ok(url) => {
-            store::jobs::set_push(&sh.pool, id, "pushed", None, Some(&url)).await?;
+            store::jobs::set_push(&sh.pool, id, PushStatus::Pushed, None, Some(&url)).await?;
             sh.emit(id, "pushed", json!({"repo_id": repo, "url": url}))
                 .await?;
         }
         Err(e) => {
             tracing::warn!(job = %id, error = %e, "push failed");
-            store::jobs::set_push(&sh.pool, id, "failed", Some(&e.to_string()), None).await?;
+            let message = e.to_string();
+            store::jobs::set_push(&sh.pool, id, PushStatus::Failed, Some(&message), None).await?;
             sh.emit(
                 id,
                 "push_failed",
-                json!({"repo_id": repo, "error": e.to_string()}),
+                json!({"repo_id": repo, "error": message}),
             )
             .await?;
         }

@@ -1,12 +1,13 @@
-//! RoBERTa in burn: config, modules named after the HF classes, checkpoint import/export.
+//! RoBERTa in burn: config, modules named after the HF classes, checkpoint import/export,
+//! the backend chosen at run time.
 //!
 //! Must not import tokio, axum or sqlx.
 
 pub mod backend;
 pub mod config;
-pub mod cpu_kernels;
 pub mod export;
 pub mod loader;
+pub mod ops;
 pub mod roberta;
 pub mod weights;
 

@@ -33,6 +33,18 @@ pub async fn insert(
     .await?)
 }
 
+/// The kinds of event stored for a job.
+pub async fn kinds(
+    pool: &SqlitePool,
+    job_id: &str,
+) -> Result<std::collections::HashSet<String>, StoreError> {
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT kind FROM events WHERE job_id = ?")
+        .bind(job_id)
+        .fetch_all(pool)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
 /// Events of a job after `after` (exclusive), oldest first.
 pub async fn since(
     pool: &SqlitePool,

@@ -1,23 +1,79 @@
 //! The `jobs` table, which is also the queue.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{FromRow, SqlitePool};
 
 use super::{StoreError, begin_immediate, commit, now, rollback};
 
-/// Job statuses (the CHECK constraint's values).
-pub const STATUSES: [&str; 6] = [
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "interrupted",
-];
+/// A job's status (the `status` column and its CHECK constraint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// Crashed too often; data kept.
+    Interrupted,
+}
 
-/// Whether a status is final.
-pub fn is_finished(status: &str) -> bool {
-    matches!(status, "succeeded" | "failed" | "cancelled" | "interrupted")
+impl JobStatus {
+    pub const ALL: [JobStatus; 6] = [
+        JobStatus::Queued,
+        JobStatus::Running,
+        JobStatus::Succeeded,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+        JobStatus::Interrupted,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Queued => "queued",
+            JobStatus::Running => "running",
+            JobStatus::Succeeded => "succeeded",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+            JobStatus::Interrupted => "interrupted",
+        }
+    }
+
+    /// Whether the status is final.
+    pub fn is_finished(self) -> bool {
+        !matches!(self, JobStatus::Queued | JobStatus::Running)
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for JobStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| {
+                let all: Vec<&str> = JobStatus::ALL.iter().map(|v| v.as_str()).collect();
+                format!("must be one of {}, got {s:?}", all.join(", "))
+            })
+    }
+}
+
+/// State of a job's Hub push (the `push_status` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum PushStatus {
+    None,
+    Pending,
+    Pushed,
+    Failed,
 }
 
 /// One row of `jobs`.
@@ -25,12 +81,13 @@ pub fn is_finished(status: &str) -> bool {
 pub struct JobRow {
     pub seq: i64,
     pub id: String,
-    pub status: String,
+    pub status: JobStatus,
     pub spec: String,
     pub created_at: String,
     pub updated_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// Runs started (a resumed job counts each start).
     pub attempts: i64,
     pub cancel_requested: i64,
     pub error: Option<String>,
@@ -43,9 +100,11 @@ pub struct JobRow {
     pub best_model_dir: Option<String>,
     pub improvement_f1: Option<f64>,
     pub csv_row: Option<String>,
-    pub push_status: String,
+    pub push_status: PushStatus,
     pub push_error: Option<String>,
     pub push_url: Option<String>,
+    /// Times a process died while running it (graceful restarts not counted).
+    pub crashes: i64,
 }
 
 /// Inserts a queued job unless `max_queued` jobs are already waiting.
@@ -93,7 +152,7 @@ pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, StoreErr
 /// Newest first; `cursor` is the `seq` of the last job of the previous page.
 pub async fn list(
     pool: &SqlitePool,
-    status: Option<&str>,
+    status: Option<JobStatus>,
     limit: i64,
     cursor: Option<i64>,
 ) -> Result<Vec<JobRow>, StoreError> {
@@ -129,20 +188,26 @@ pub async fn claim_next(pool: &SqlitePool) -> Result<Option<JobRow>, StoreError>
     .await?)
 }
 
-/// At start: jobs left `running` by a crash go back to the queue to resume from their last
-/// checkpoint; after `max_attempts` tries they are marked `interrupted` (data kept).
+/// At start: jobs left `running` by a process that died go back to the queue to resume from
+/// their last checkpoint, each counted as a crash; at `max_crashes` they are marked
+/// `interrupted` instead (data kept). Graceful shutdowns requeue through [`requeue`] and are
+/// not counted.
 pub async fn recover_orphans(
     pool: &SqlitePool,
-    max_attempts: i64,
+    max_crashes: i64,
 ) -> Result<(Vec<String>, Vec<String>), StoreError> {
     let t = now();
     let mut conn = begin_immediate(pool).await?;
+    sqlx::query("UPDATE jobs SET crashes = crashes + 1, updated_at = ? WHERE status = 'running'")
+        .bind(&t)
+        .execute(&mut *conn)
+        .await?;
     let gave_up: Vec<(String,)> = sqlx::query_as(
-        "UPDATE jobs SET status = 'interrupted', error = 'interrupted: too many attempts', finished_at = ?1, updated_at = ?1
-         WHERE status = 'running' AND attempts >= ?2 RETURNING id",
+        "UPDATE jobs SET status = 'interrupted', error = 'interrupted: the server died while running it ' || crashes || ' times', finished_at = ?1, updated_at = ?1
+         WHERE status = 'running' AND crashes >= ?2 RETURNING id",
     )
     .bind(&t)
-    .bind(max_attempts)
+    .bind(max_crashes)
     .fetch_all(&mut *conn)
     .await?;
     let requeued: Vec<(String,)> = sqlx::query_as(
@@ -179,9 +244,9 @@ pub async fn set_device(pool: &SqlitePool, id: &str, device: &str) -> Result<(),
 }
 
 /// What a finished run leaves on the row.
-#[derive(Debug, Default, Clone)]
-pub struct Finish<'a> {
-    pub status: &'a str,
+#[derive(Debug, Clone)]
+pub struct Finish {
+    pub status: JobStatus,
     pub error: Option<String>,
     pub best_epoch: Option<i64>,
     pub best_checkpoint: Option<String>,
@@ -191,7 +256,7 @@ pub struct Finish<'a> {
 }
 
 /// Marks a running job finished.
-pub async fn finish(pool: &SqlitePool, id: &str, f: &Finish<'_>) -> Result<(), StoreError> {
+pub async fn finish(pool: &SqlitePool, id: &str, f: &Finish) -> Result<(), StoreError> {
     let t = now();
     sqlx::query(
         "UPDATE jobs SET status = ?, error = ?, best_epoch = ?, best_checkpoint = ?, best_model_dir = ?, improvement_f1 = ?,
@@ -236,14 +301,14 @@ pub enum Cancel {
 /// Cancels a queued job at once, flags a running one; a finished job is a conflict.
 pub async fn request_cancel(pool: &SqlitePool, id: &str) -> Result<Option<Cancel>, StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    let row: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = ?")
+    let row: Option<(JobStatus,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = ?")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
     let t = now();
-    let out = match row.as_ref().map(|r| r.0.as_str()) {
+    let out = match row.map(|r| r.0) {
         None => None,
-        Some("queued") => {
+        Some(JobStatus::Queued) => {
             sqlx::query("UPDATE jobs SET status = 'cancelled', cancel_requested = 1, error = 'cancelled before start', finished_at = ?1, updated_at = ?1 WHERE id = ?2")
                 .bind(&t)
                 .bind(id)
@@ -251,7 +316,7 @@ pub async fn request_cancel(pool: &SqlitePool, id: &str) -> Result<Option<Cancel
                 .await?;
             Some(Cancel::Cancelled)
         }
-        Some("running") => {
+        Some(JobStatus::Running) => {
             sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?")
                 .bind(&t)
                 .bind(id)
@@ -260,9 +325,8 @@ pub async fn request_cancel(pool: &SqlitePool, id: &str) -> Result<Option<Cancel
             Some(Cancel::Requested)
         }
         Some(other) => {
-            let other = other.to_string();
             rollback(conn).await?;
-            return Err(StoreError::Conflict(other));
+            return Err(StoreError::Conflict(other.to_string()));
         }
     };
     commit(conn).await?;
@@ -277,8 +341,8 @@ pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, Store
         .fetch_optional(&mut *conn)
         .await?;
     match &row {
-        Some(r) if !is_finished(&r.status) => {
-            let s = r.status.clone();
+        Some(r) if !r.status.is_finished() => {
+            let s = r.status.to_string();
             rollback(conn).await?;
             return Err(StoreError::Conflict(s));
         }
@@ -295,16 +359,16 @@ pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, Store
 }
 
 /// Jobs per status (every status present, 0 when none).
-pub async fn counts(pool: &SqlitePool) -> Result<Vec<(String, i64)>, StoreError> {
-    let rows: Vec<(String, i64)> =
+pub async fn counts(pool: &SqlitePool) -> Result<Vec<(JobStatus, i64)>, StoreError> {
+    let rows: Vec<(JobStatus, i64)> =
         sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
             .fetch_all(pool)
             .await?;
-    Ok(STATUSES
+    Ok(JobStatus::ALL
         .iter()
         .map(|s| {
             (
-                s.to_string(),
+                *s,
                 rows.iter().find(|r| r.0 == *s).map(|r| r.1).unwrap_or(0),
             )
         })
@@ -314,7 +378,7 @@ pub async fn counts(pool: &SqlitePool) -> Result<Vec<(String, i64)>, StoreError>
 pub async fn set_push(
     pool: &SqlitePool,
     id: &str,
-    status: &str,
+    status: PushStatus,
     error: Option<&str>,
     url: Option<&str>,
 ) -> Result<(), StoreError> {

@@ -5,31 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use super::loss::LossKind;
 use super::schedule::LrScheduler;
-
-/// A spec field that failed validation: `training.learning_rate must be > 0, got -1`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct FieldError {
-    /// Dotted path of the field (`training.learning_rate`).
-    pub field: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for FieldError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.field, self.message)
-    }
-}
-
-impl std::error::Error for FieldError {}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        FieldError {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
-}
+use crate::validate::FieldError;
 
 /// Class weights for the loss.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -43,6 +43,26 @@ pub struct TrainerState {
     pub seed: u64,
 }
 
+impl TrainerState {
+    /// The state before the first step.
+    pub fn new(seed: u64) -> Self {
+        TrainerState {
+            global_step: 0,
+            epochs_done: 0,
+            step_in_epoch: 0,
+            loss_sum: 0.0,
+            loss_count: 0,
+            epoch_seconds: 0.0,
+            epoch_samples: 0,
+            best: None,
+            patience_counter: 0,
+            history: vec![],
+            base_test: None,
+            seed,
+        }
+    }
+}
+
 /// The best checkpoint so far.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Best {
@@ -125,16 +145,29 @@ pub fn list(output: &Path) -> Vec<(usize, PathBuf)> {
     out
 }
 
-/// The newest complete checkpoint and its state.
-pub fn latest(output: &Path) -> Result<Option<(PathBuf, TrainerState)>, TrainError> {
-    let Some((_, dir)) = list(output).pop() else {
-        return Ok(None);
-    };
+/// Reads a checkpoint's state and checks that its weight and optimizer files open.
+fn open_checkpoint(dir: &Path) -> Result<TrainerState, TrainError> {
     let path = dir.join("trainer_state.json");
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
     let state = serde_json::from_str(&text)
         .map_err(|e| TrainError::Checkpoint(format!("{}: {e}", path.display())))?;
-    Ok(Some((dir, state)))
+    Weights::open(&dir.join("model.safetensors"))?;
+    Weights::open(&dir.join("optimizer.safetensors"))?;
+    Ok(state)
+}
+
+/// The newest checkpoint that reads back, and its state. A damaged one (a crash while the
+/// disk filled up, a truncated file) is skipped with a warning for the one before it.
+pub fn latest(output: &Path) -> Result<Option<(PathBuf, TrainerState)>, TrainError> {
+    for (_, dir) in list(output).into_iter().rev() {
+        match open_checkpoint(&dir) {
+            Ok(state) => return Ok(Some((dir, state))),
+            Err(e) => {
+                tracing::warn!(checkpoint = %dir.display(), error = %e, "damaged checkpoint skipped; resuming from an earlier one");
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Deletes the oldest checkpoints beyond `limit`, keeping every name in `protect`.

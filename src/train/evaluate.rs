@@ -1,15 +1,14 @@
-//! Batched evaluation: validation loss, token argmax, word-level predictions (first
-//! sub-token, as the notebook's `compute_metrics`) and seqeval metrics.
+//! Batched evaluation on an inference [`Engine`]: validation loss, token argmax, word-level
+//! predictions (first sub-token, as the notebook's `compute_metrics`) and seqeval metrics.
 
 use burn::tensor::backend::Backend;
 
+use crate::data::IGNORE;
 use crate::data::align::{Example, word_predictions};
-use crate::data::batch::HostBatch;
+use crate::infer::engine::Engine;
 use crate::metrics::{LabelScheme, Metrics};
-use crate::model::RobertaForTokenClassification;
 
 use super::TrainError;
-use super::loss::{LossKind, position_weights, token_loss};
 
 /// Predictions and scores on one split.
 #[derive(Debug, Clone)]
@@ -22,74 +21,74 @@ pub struct EvalOutput {
     pub word_preds: Vec<Vec<Option<usize>>>,
 }
 
-/// Token-level argmax for every example, in input order, plus the evaluation loss.
+/// Cross-entropy of one token's logits at `label` (log-sum-exp in f64).
+fn token_cross_entropy(logits: &[f32], label: usize) -> f64 {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|x| (*x as f64 - max).exp()).sum();
+    max + sum.ln() - logits[label] as f64
+}
+
+fn argmax(row: &[f32]) -> usize {
+    // First maximum, as numpy and torch.
+    let mut best = 0;
+    for (i, x) in row.iter().enumerate() {
+        if *x > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Token-level argmax for every example, in input order, plus the evaluation loss. Batches of
+/// `batch_size` sentences of similar length.
 pub fn predict<B: Backend>(
-    model: &RobertaForTokenClassification<B>,
+    engine: &Engine<B>,
     examples: &[Example],
     batch_size: usize,
-    pad_id: u32,
-    device: &B::Device,
 ) -> (Vec<Vec<usize>>, f64) {
-    // Batches of similar length pad less; the order is restored below.
     let mut order: Vec<usize> = (0..examples.len()).collect();
     order.sort_by_key(|i| examples[*i].input_ids.len());
     let mut preds: Vec<Vec<usize>> = vec![Vec::new(); examples.len()];
     let (mut loss_sum, mut loss_n) = (0.0, 0usize);
-    let packed = model.pack_for_cpu();
+    let c = engine.num_labels();
     for chunk in order.chunks(batch_size.max(1)) {
-        let refs: Vec<&Example> = chunk.iter().map(|i| &examples[*i]).collect();
-        let host = HostBatch::collate(&refs, pad_id);
-        let batch = host.to_device::<B>(device);
-        let logits = model.forward_packed(packed.as_ref(), batch.input_ids, batch.attention_mask); // [batch, seq, labels]
-        let n_label = host.num_label_tokens();
-        if n_label > 0 {
-            let w = position_weights(&host.labels, None);
-            let l = token_loss(
-                LossKind::CrossEntropy,
-                logits.clone(),
-                &host.labels,
-                &w,
-                n_label as f64,
-            );
-            loss_sum += l.into_scalar().elem::<f64>() * chunk.len() as f64;
+        let seqs: Vec<&[u32]> = chunk
+            .iter()
+            .map(|i| examples[*i].input_ids.as_slice())
+            .collect();
+        let (mut batch_loss, mut label_tokens) = (0.0, 0usize);
+        for (idx, logits) in chunk.iter().zip(engine.logits(&seqs)) {
+            let ex = &examples[*idx];
+            for (row, label) in logits.chunks_exact(c).zip(&ex.labels) {
+                if *label != IGNORE {
+                    batch_loss += token_cross_entropy(row, *label as usize);
+                    label_tokens += 1;
+                }
+            }
+            preds[*idx] = logits.chunks_exact(c).map(argmax).collect();
+        }
+        if label_tokens > 0 {
+            loss_sum += batch_loss / label_tokens as f64 * chunk.len() as f64;
             loss_n += chunk.len();
         }
-        let arg = logits.argmax(2).into_data(); // [batch, seq, 1]
-        let arg: Vec<i64> = arg
-            .convert::<i64>()
-            .to_vec()
-            .expect("argmax as i64: this is a bug");
-        for (row, idx) in chunk.iter().enumerate() {
-            let len = examples[*idx].input_ids.len();
-            preds[*idx] = arg[row * host.seq..row * host.seq + len]
-                .iter()
-                .map(|x| *x as usize)
-                .collect();
-        }
     }
-    (
-        preds,
-        if loss_n == 0 {
-            0.0
-        } else {
-            loss_sum / loss_n as f64
-        },
-    )
+    let loss = if loss_n == 0 {
+        0.0
+    } else {
+        loss_sum / loss_n as f64
+    };
+    (preds, loss)
 }
-
-use burn::tensor::ElementConversion;
 
 /// Evaluates `examples` whose gold word labels are `gold` (label ids per word).
 pub fn evaluate<B: Backend>(
-    model: &RobertaForTokenClassification<B>,
+    engine: &Engine<B>,
     examples: &[Example],
     gold: &[Vec<i64>],
     scheme: &LabelScheme,
     batch_size: usize,
-    pad_id: u32,
-    device: &B::Device,
 ) -> Result<EvalOutput, TrainError> {
-    let (token_preds, loss) = predict(model, examples, batch_size, pad_id, device);
+    let (token_preds, loss) = predict(engine, examples, batch_size);
     let mut word_preds = Vec::with_capacity(examples.len());
     let (mut g_all, mut p_all) = (
         Vec::with_capacity(examples.len()),

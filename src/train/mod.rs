@@ -24,8 +24,9 @@ use crate::data::{DataError, Dataset};
 use crate::metrics::{Metrics, MetricsError};
 use crate::model::LoadError;
 use crate::model::backend::Resolved;
+use crate::validate::FieldError;
 
-pub use args::{FieldError, TrainingArgs};
+pub use args::TrainingArgs;
 pub use checkpoint::EvalSummary;
 pub use trainer::run;
 
@@ -47,6 +48,8 @@ pub enum TrainError {
     },
     #[error("checkpoint: {0}")]
     Checkpoint(String),
+    #[error("hub: {0}")]
+    Hub(String),
     #[error("cancelled")]
     Cancelled,
     #[error("interrupted by shutdown; resumable from {checkpoint}")]
@@ -72,6 +75,7 @@ impl TrainError {
             TrainError::Spec(_) => "SpecError",
             TrainError::Io { .. } => "IoError",
             TrainError::Checkpoint(_) => "CheckpointError",
+            TrainError::Hub(_) => "HubError",
             TrainError::Cancelled => "Cancelled",
             TrainError::Interrupted { .. } => "Interrupted",
             TrainError::Diverged(..) => "Diverged",
@@ -112,6 +116,24 @@ impl CancelToken {
             2 => Some(StopReason::Shutdown),
             _ => None,
         }
+    }
+}
+
+/// Time left from the pace of the optimizer steps seen so far (steps done before the first one
+/// seen, e.g. by an earlier attempt, do not count).
+#[derive(Debug, Clone, Default)]
+pub struct Eta {
+    first: Option<(usize, std::time::Instant)>,
+}
+
+impl Eta {
+    /// Records that `step` of `total` is done; returns the estimated seconds left.
+    pub fn observe(&mut self, step: usize, total: usize) -> f64 {
+        let (s0, t0) = *self
+            .first
+            .get_or_insert((step.saturating_sub(1), std::time::Instant::now()));
+        let per_step = t0.elapsed().as_secs_f64() / step.saturating_sub(s0).max(1) as f64;
+        per_step * total.saturating_sub(step) as f64
     }
 }
 

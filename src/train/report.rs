@@ -5,9 +5,10 @@ use std::io::Write;
 use std::path::Path;
 
 use serde::Serialize;
+use serde_json::{Value, json};
 
 use super::checkpoint::EvalSummary;
-use super::{RunOutcome, TrainError};
+use super::{EpochRecord, RunOutcome, TrainError};
 
 /// The notebook's CSV columns, in order.
 pub const CSV_COLUMNS: [&str; 15] = [
@@ -103,30 +104,73 @@ impl CsvRow {
     }
 }
 
-/// Quotes a CSV cell when needed (RFC 4180, as Python's csv module does).
-pub fn csv_cell(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
+/// Versions of metafora and of the libraries that shape results, for reports and model cards
+/// (library versions read from Cargo.lock at build time).
+pub fn versions() -> Value {
+    json!({
+        "metafora": env!("CARGO_PKG_VERSION"),
+        "burn": env!("METAFORA_BURN_VERSION"),
+        "tokenizers": env!("METAFORA_TOKENIZERS_VERSION"),
+    })
+}
+
+/// What `report.json` records of a run.
+pub struct Report<'a> {
+    /// Final job status: `succeeded`, `failed` or `cancelled`.
+    pub status: &'a str,
+    pub job_id: Option<&'a str>,
+    /// The job spec as given.
+    pub spec: Value,
+    pub result: &'a Result<RunOutcome, TrainError>,
+    /// For a failed run: the base evaluation and the epochs it finished.
+    pub base: Option<&'a EvalSummary>,
+    pub epochs: &'a [EpochRecord],
+    pub total_seconds: f64,
+}
+
+impl Report<'_> {
+    /// The `report.json` document: spec, outcome (or error with what was done), versions.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "status": self.status,
+            "spec": self.spec,
+            "versions": versions(),
+            "total_seconds": self.total_seconds,
+        });
+        if let Some(id) = self.job_id {
+            v["job_id"] = json!(id);
+        }
+        match self.result {
+            Ok(o) => v["outcome"] = json!(o),
+            Err(e) => {
+                v["error"] = json!(format!("{}: {e}", e.kind()));
+                v["base_test"] = json!(self.base);
+                v["epochs"] = json!(self.epochs);
+            }
+        }
+        v
     }
 }
 
-/// The header line and rows as CSV text.
-pub fn csv_text(rows: &[CsvRow]) -> String {
-    let mut out = CSV_COLUMNS.join(",");
-    out.push_str("\r\n");
-    for r in rows {
-        out.push_str(
-            &r.cells()
-                .iter()
-                .map(|c| csv_cell(c))
-                .collect::<Vec<_>>()
-                .join(","),
-        );
-        out.push_str("\r\n");
-    }
-    out
+/// CSV text (RFC 4180 with CRLF line ends and minimal quoting, as Python's csv module writes):
+/// the header when `header`, then the rows.
+pub fn csv_text(header: bool, rows: &[Vec<String>]) -> String {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    let write = |w: &mut csv::Writer<Vec<u8>>| -> csv::Result<()> {
+        if header {
+            w.write_record(CSV_COLUMNS)?;
+        }
+        for r in rows {
+            w.write_record(r)?;
+        }
+        w.flush()?;
+        Ok(())
+    };
+    write(&mut w).expect("CSV into memory: this is a bug");
+    String::from_utf8(w.into_inner().expect("CSV into memory: this is a bug"))
+        .expect("CSV of UTF-8 cells is UTF-8: this is a bug")
 }
 
 /// Appends a row to `path`, writing the header first when the file is new or empty.
@@ -142,15 +186,7 @@ pub fn append_csv(path: &Path, row: &CsvRow) -> Result<(), TrainError> {
         .append(true)
         .open(path)
         .map_err(|e| TrainError::io(path, e))?;
-    let text = csv_text(std::slice::from_ref(row));
-    let text = if new {
-        text.as_str()
-    } else {
-        text.split_once("\r\n")
-            .map(|(_, rest)| rest)
-            .unwrap_or_default()
-    };
-    f.write_all(text.as_bytes())
+    f.write_all(csv_text(new, &[row.cells()]).as_bytes())
         .map_err(|e| TrainError::io(path, e))
 }
 
@@ -174,7 +210,23 @@ mod tests {
         r.base = Some([0.8708487084870848, 1.0, 0.0, 0.5]);
         let cells = r.cells();
         assert_eq!(&cells[5..9], ["0.8708487084870848", "1.0", "0.0", "0.5"]);
-        assert!(csv_text(&[r]).contains("\"a,b\""));
+        assert!(csv_text(true, &[r.cells()]).contains("\"a,b\""));
+    }
+
+    #[test]
+    fn quoting_matches_python_csv() {
+        // Python: csv.writer(f).writerow(["a", 'q"uote', "com,ma", "new\nline", ""])
+        let text = csv_text(
+            false,
+            &[vec![
+                "a".into(),
+                "q\"uote".into(),
+                "com,ma".into(),
+                "new\nline".into(),
+                String::new(),
+            ]],
+        );
+        assert_eq!(text, "a,\"q\"\"uote\",\"com,ma\",\"new\nline\",\r\n");
     }
 
     #[test]

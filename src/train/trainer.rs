@@ -1,5 +1,8 @@
 //! The training loop (HF `Trainer.train` with eval/save every epoch and
-//! `load_best_model_at_end`), written out explicitly.
+//! `load_best_model_at_end`), written out as named steps: [`Trainer::prepare`] (data, model,
+//! resume), [`Trainer::evaluate_base`], [`Trainer::train_epoch`] with [`Trainer::train_step`],
+//! [`Trainer::end_epoch`] (validation, best tracking, checkpoint rotation) and
+//! [`Trainer::finish`] (best model on test, export).
 //!
 //! Determinism: the shuffle of epoch `e` comes from `(seed, e)` and the dropout RNG is
 //! re-seeded from `(seed, step)` before every micro-batch, so a run resumed from any
@@ -19,16 +22,17 @@ use rand::seq::SliceRandom;
 
 use crate::data::align::{Example, example};
 use crate::data::batch::HostBatch;
-use crate::data::{Dataset, RobertaTokenizer};
+use crate::data::{Dataset, RobertaTokenizer, Split};
+use crate::infer::engine::Engine;
 use crate::metrics::LabelScheme;
 use crate::model::backend::{BackendTask, Resolved, dispatch};
 use crate::model::export::save_hf_dir;
 use crate::model::loader::{HeadInit, load_with_weights};
-use crate::model::roberta::{host_rng, is_cpu_autodiff};
+use crate::model::ops::dropout_rng;
 use crate::model::weights::Weights;
 use crate::model::{RobertaConfig, RobertaForTokenClassification};
 
-use super::args::{BestMetric, ClassWeights};
+use super::args::{BestMetric, ClassWeights, TrainingArgs};
 use super::checkpoint::{self, Best, EvalSummary, TrainerState};
 use super::evaluate::{EvalOutput, evaluate};
 use super::loss::{balanced_weights, position_weights, token_loss};
@@ -47,7 +51,9 @@ pub fn mix(seed: u64, counter: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// Micro-batches per batch when training on the CPU backend.
+/// Micro-batches per batch when training on the CPU: burn-flex parallelises only large matrix
+/// products, so two halves on two threads keep both cores busy. A fixed split, not the
+/// machine's core count, so a seed gives the same run everywhere.
 const CPU_SHARDS: usize = 2;
 
 /// A copy of the model whose parameters are new autodiff leaves with the same ids and values:
@@ -78,7 +84,7 @@ pub struct Prepared {
 
 /// Tokenizes and aligns one split; returns the examples and the words truncated away.
 pub fn encode_split(
-    split: &crate::data::Split,
+    split: &Split,
     tokenizer: &RobertaTokenizer,
     max_len: usize,
 ) -> Result<(Vec<Example>, usize), TrainError> {
@@ -137,14 +143,8 @@ pub fn run(
     impl BackendTask for Task<'_> {
         type Output = Result<RunOutcome, TrainError>;
         fn run<B: AutodiffBackend>(self, device: B::Device, resolved: Resolved) -> Self::Output {
-            run_on::<B>(
-                self.cfg,
-                self.resume,
-                self.cancel,
-                self.progress,
-                &device,
-                resolved,
-            )
+            let mut t = Trainer::<B>::prepare(self.cfg, self.resume, device, resolved)?;
+            t.run(self.cancel, self.progress)
         }
     }
     dispatch(
@@ -186,407 +186,487 @@ fn clear_previous(output: &Path) -> Result<(), TrainError> {
     Ok(())
 }
 
-fn run_on<B: AutodiffBackend>(
-    cfg: &RunConfig,
-    resume: bool,
-    cancel: &CancelToken,
-    progress: &mut dyn FnMut(Progress),
-    device: &B::Device,
+fn gold(split: &Split) -> Vec<Vec<i64>> {
+    split.sentences.iter().map(|s| s.tags.clone()).collect()
+}
+
+/// A run in progress: data, model, optimizer and the state a checkpoint keeps.
+struct Trainer<'a, B: AutodiffBackend> {
+    cfg: &'a RunConfig,
+    args: &'a TrainingArgs,
+    device: B::Device,
     resolved: Resolved,
-) -> Result<RunOutcome, TrainError> {
-    let args = &cfg.args;
-    let labels = &cfg.dataset.labels;
-    let num_labels = labels.len();
-    args.validate(Some(num_labels))?;
-    let scheme = LabelScheme::new(labels)?;
-    let tokenizer = RobertaTokenizer::from_dir(&cfg.model_dir)?;
-    let base_config = RobertaConfig::from_dir(&cfg.model_dir)?;
-    let config = base_config.clone().with_labels(labels);
-    let max_len = max_len(&base_config, &tokenizer, args.max_length);
-    let data = prepare(&cfg.dataset, &tokenizer, max_len)?;
-    let gold = |split: &crate::data::Split| -> Vec<Vec<i64>> {
-        split.sentences.iter().map(|s| s.tags.clone()).collect()
-    };
-    let (gold_val, gold_test) = (gold(&cfg.dataset.validation), gold(&cfg.dataset.test));
-    let class_weights: Option<Vec<f64>> = match &args.class_weights {
-        None => None,
-        Some(ClassWeights::Named(_)) => Some(balanced_weights(&train_label_counts(&cfg.dataset))),
-        Some(ClassWeights::Explicit(w)) => Some(w.clone()),
-    };
+    tokenizer: RobertaTokenizer,
+    /// The base checkpoint's configuration, and the same with this run's labels.
+    base_config: RobertaConfig,
+    config: RobertaConfig,
+    scheme: LabelScheme,
+    data: Prepared,
+    gold_val: Vec<Vec<i64>>,
+    gold_test: Vec<Vec<i64>>,
+    class_weights: Option<Vec<f64>>,
+    model: RobertaForTokenClassification<B>,
+    optim: AdamW<B>,
+    state: TrainerState,
+    resumed_from: Option<String>,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    warmup: usize,
+    last_lr: f64,
+}
 
-    std::fs::create_dir_all(&cfg.output_dir).map_err(|e| TrainError::io(&cfg.output_dir, e))?;
-    let resumed = if resume {
-        checkpoint::latest(&cfg.output_dir)?
-    } else {
-        None
-    };
-    if !resume {
-        clear_previous(&cfg.output_dir)?;
+impl<'a, B: AutodiffBackend> Trainer<'a, B> {
+    /// Reads and tokenizes the data; loads the newest checkpoint to resume, or the base
+    /// checkpoint with a head.
+    fn prepare(
+        cfg: &'a RunConfig,
+        resume: bool,
+        device: B::Device,
+        resolved: Resolved,
+    ) -> Result<Self, TrainError> {
+        let args = &cfg.args;
+        let labels = &cfg.dataset.labels;
+        let num_labels = labels.len();
+        args.validate(Some(num_labels))?;
+        let scheme = LabelScheme::new(labels)?;
+        let tokenizer = RobertaTokenizer::from_dir(&cfg.model_dir)?;
+        let base_config = RobertaConfig::from_dir(&cfg.model_dir)?;
+        let config = base_config.clone().with_labels(labels);
+        let max_len = max_len(&base_config, &tokenizer, args.max_length);
+        let data = prepare(&cfg.dataset, &tokenizer, max_len)?;
+        let class_weights = match &args.class_weights {
+            None => None,
+            Some(ClassWeights::Named(_)) => {
+                Some(balanced_weights(&train_label_counts(&cfg.dataset)))
+            }
+            Some(ClassWeights::Explicit(w)) => Some(w.clone()),
+        };
+        std::fs::create_dir_all(&cfg.output_dir).map_err(|e| TrainError::io(&cfg.output_dir, e))?;
+        let resumed = if resume {
+            checkpoint::latest(&cfg.output_dir)?
+        } else {
+            clear_previous(&cfg.output_dir)?;
+            None
+        };
+        let mut optim = AdamW::<B>::new(AdamWConfig {
+            weight_decay: args.weight_decay,
+            ..Default::default()
+        });
+        let (model, state, resumed_from) = match resumed {
+            Some((dir, state)) => {
+                let weights = Weights::open_dir(&dir)?;
+                let (m, _) = load_with_weights::<B>(
+                    &base_config,
+                    &weights,
+                    num_labels,
+                    HeadInit::FromCheckpoint,
+                    &device,
+                )?;
+                optim
+                    .load_state(
+                        state.global_step as u64,
+                        checkpoint::read_optimizer(&dir)?,
+                        &device,
+                    )
+                    .map_err(TrainError::Checkpoint)?;
+                (m, state, Some(dir.display().to_string()))
+            }
+            None => {
+                let weights = Weights::open_dir(&cfg.model_dir)?;
+                let has_head = weights.entries.contains_key("classifier.weight");
+                let head = if has_head && base_config.labels().as_deref() == Some(labels.as_slice())
+                {
+                    HeadInit::FromCheckpoint
+                } else {
+                    HeadInit::Fresh { seed: cfg.seed }
+                };
+                let (m, report) =
+                    load_with_weights::<B>(&base_config, &weights, num_labels, head, &device)?;
+                tracing::info!(format = ?report.format, head = report.head, ignored = report.ignored.len(), params = report.num_parameters, "loaded base checkpoint");
+                (m, TrainerState::new(cfg.seed), None)
+            }
+        };
+        let bs = args.per_device_train_batch_size;
+        let steps_per_epoch = data
+            .train
+            .len()
+            .div_ceil(bs)
+            .div_ceil(args.gradient_accumulation_steps);
+        let total_steps = steps_per_epoch * args.num_train_epochs;
+        Ok(Trainer {
+            cfg,
+            args,
+            device,
+            resolved,
+            tokenizer,
+            gold_val: gold(&cfg.dataset.validation),
+            gold_test: gold(&cfg.dataset.test),
+            base_config,
+            config,
+            scheme,
+            data,
+            class_weights,
+            model,
+            optim,
+            state,
+            resumed_from,
+            steps_per_epoch,
+            total_steps,
+            warmup: warmup_steps(args.warmup_steps, total_steps),
+            last_lr: 0.0,
+        })
     }
 
-    // Model: a checkpoint to resume, or the base checkpoint with a head.
-    let (mut model, mut state, resumed_from): (
-        RobertaForTokenClassification<B>,
-        TrainerState,
-        Option<String>,
-    ) = match &resumed {
-        Some((dir, state)) => {
-            let weights = Weights::open_dir(dir)?;
-            let (m, _) = load_with_weights::<B>(
-                &base_config,
-                &weights,
-                num_labels,
-                HeadInit::FromCheckpoint,
-                device,
-            )?;
-            (m, state.clone(), Some(dir.display().to_string()))
+    /// The whole run after [`prepare`](Self::prepare).
+    fn run(
+        &mut self,
+        cancel: &CancelToken,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RunOutcome, TrainError> {
+        progress(Progress::Prepared {
+            device: self.resolved.to_string(),
+            train_sentences: self.data.train.len(),
+            steps_per_epoch: self.steps_per_epoch,
+            total_steps: self.total_steps,
+            epochs: self.args.num_train_epochs,
+            dropped_words: self.data.dropped_words,
+            label_distribution: self.cfg.dataset.stats(),
+            warnings: self.cfg.dataset.imbalance_warnings(),
+            resumed_from: self.resumed_from.clone(),
+        });
+        let base_test = self.evaluate_base()?;
+        progress(Progress::BaseEvaluated {
+            summary: base_test.clone(),
+        });
+        let mut stopped_early = false;
+        for epoch in self.state.epochs_done..self.args.num_train_epochs {
+            self.train_epoch(epoch, cancel, progress)?;
+            let record = self.end_epoch(epoch)?;
+            progress(Progress::Epoch { record });
+            if self
+                .args
+                .early_stopping_patience
+                .is_some_and(|p| self.state.patience_counter >= p)
+            {
+                stopped_early = true;
+                tracing::info!(epoch = epoch + 1, "early stopping");
+                break;
+            }
         }
-        None => {
-            let weights = Weights::open_dir(&cfg.model_dir)?;
-            let has_head = weights.entries.contains_key("classifier.weight");
-            let head = if has_head && base_config.labels().as_deref() == Some(labels.as_slice()) {
-                HeadInit::FromCheckpoint
-            } else {
-                HeadInit::Fresh { seed: cfg.seed }
-            };
-            let (m, report) =
-                load_with_weights::<B>(&base_config, &weights, num_labels, head, device)?;
-            tracing::info!(format = ?report.format, head = report.head, ignored = report.ignored.len(), params = report.num_parameters, "loaded base checkpoint");
-            let state = TrainerState {
-                global_step: 0,
-                epochs_done: 0,
-                step_in_epoch: 0,
-                loss_sum: 0.0,
-                loss_count: 0,
-                epoch_seconds: 0.0,
-                epoch_samples: 0,
-                best: None,
-                patience_counter: 0,
-                history: vec![],
-                base_test: None,
-                seed: cfg.seed,
-            };
-            (m, state, None)
-        }
-    };
-    let num_parameters = {
-        use burn::module::Module;
-        model.num_params()
-    };
-
-    let bs = args.per_device_train_batch_size;
-    let ga = args.gradient_accumulation_steps;
-    let batches_per_epoch = data.train.len().div_ceil(bs);
-    let steps_per_epoch = batches_per_epoch.div_ceil(ga);
-    let total_steps = steps_per_epoch * args.num_train_epochs;
-    let warmup = warmup_steps(args.warmup_steps, total_steps);
-    let pad = tokenizer.pad_id;
-
-    progress(Progress::Prepared {
-        device: resolved.to_string(),
-        train_sentences: data.train.len(),
-        steps_per_epoch,
-        total_steps,
-        epochs: args.num_train_epochs,
-        dropped_words: data.dropped_words,
-        label_distribution: cfg.dataset.stats(),
-        warnings: cfg.dataset.imbalance_warnings(),
-        resumed_from: resumed_from.clone(),
-    });
-
-    // Base model (pretrained encoder + fresh head) on test, before any step.
-    let base_test = match &state.base_test {
-        Some(b) => b.clone(),
-        None => {
-            let t = Instant::now();
-            let out = evaluate(
-                &model.valid(),
-                &data.test,
-                &gold_test,
-                &scheme,
-                args.per_device_eval_batch_size,
-                pad,
-                device,
-            )?;
-            let s = EvalSummary::new(&out, t.elapsed().as_secs_f64());
-            state.base_test = Some(s.clone());
-            s
-        }
-    };
-    progress(Progress::BaseEvaluated {
-        summary: base_test.clone(),
-    });
-
-    let mut optim = AdamW::<B>::new(AdamWConfig {
-        weight_decay: args.weight_decay,
-        ..Default::default()
-    });
-    if let Some((dir, st)) = &resumed {
-        optim
-            .load_state(
-                st.global_step as u64,
-                checkpoint::read_optimizer(dir)?,
-                device,
-            )
-            .map_err(TrainError::Checkpoint)?;
+        self.finish(base_test, stopped_early, progress)
     }
 
-    // Shards: on the CPU backend each batch trains as two halves on two threads (burn-flex
-    // parallelises only large matrix products; the halves keep both cores busy). A fixed split,
-    // not the machine's core count, so a seed gives the same run everywhere.
-    let parallel = is_cpu_autodiff::<B>(device);
-    let shards = if parallel { CPU_SHARDS } else { 1 };
-    let mut stopped_early = false;
-    let mut last_lr = 0.0;
-    'epochs: for epoch in state.epochs_done..args.num_train_epochs {
-        let mut order: Vec<usize> = (0..data.train.len()).collect();
-        order.shuffle(&mut StdRng::seed_from_u64(mix(cfg.seed, epoch as u64)));
-        let batches: Vec<&[usize]> = order.chunks(bs).collect();
-        let windows: Vec<&[&[usize]]> = batches.chunks(ga).collect();
-        let mut t_epoch = Instant::now();
-        for window in windows.iter().skip(state.step_in_epoch) {
-            if let Some(reason) = cancel.reason() {
-                match reason {
-                    StopReason::Cancel => return Err(TrainError::Cancelled),
-                    StopReason::Shutdown => {
-                        state.epoch_seconds += t_epoch.elapsed().as_secs_f64();
-                        let dir =
-                            checkpoint::save(&cfg.output_dir, &model, &config, &optim, &state)?;
-                        return Err(TrainError::Interrupted {
-                            checkpoint: dir.display().to_string(),
-                        });
-                    }
+    /// An inference engine over the current weights.
+    fn engine(
+        &self,
+        model: RobertaForTokenClassification<B::InnerBackend>,
+    ) -> Engine<B::InnerBackend> {
+        Engine::new(model, &self.config, self.resolved, &self.device)
+    }
+
+    fn evaluate_on(
+        &self,
+        engine: &Engine<B::InnerBackend>,
+        examples: &[Example],
+        gold: &[Vec<i64>],
+    ) -> Result<EvalOutput, TrainError> {
+        evaluate(
+            engine,
+            examples,
+            gold,
+            &self.scheme,
+            self.args.per_device_eval_batch_size,
+        )
+    }
+
+    /// The base model (pretrained encoder + fresh head) on test, once per run (kept in the
+    /// checkpoints' state).
+    fn evaluate_base(&mut self) -> Result<EvalSummary, TrainError> {
+        if let Some(b) = &self.state.base_test {
+            return Ok(b.clone());
+        }
+        let t = Instant::now();
+        let engine = self.engine(self.model.valid());
+        let out = self.evaluate_on(&engine, &self.data.test, &self.gold_test)?;
+        let s = EvalSummary::new(&out, t.elapsed().as_secs_f64());
+        self.state.base_test = Some(s.clone());
+        Ok(s)
+    }
+
+    /// The optimizer steps of one epoch (from `step_in_epoch` when resuming); on a shutdown
+    /// request, a checkpoint of the step reached.
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        cancel: &CancelToken,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<(), TrainError> {
+        let mut order: Vec<usize> = (0..self.data.train.len()).collect();
+        order.shuffle(&mut StdRng::seed_from_u64(mix(self.cfg.seed, epoch as u64)));
+        let batches: Vec<&[usize]> = order
+            .chunks(self.args.per_device_train_batch_size)
+            .collect();
+        let windows: Vec<&[&[usize]]> = batches
+            .chunks(self.args.gradient_accumulation_steps)
+            .collect();
+        let t_epoch = Instant::now();
+        for window in windows.iter().skip(self.state.step_in_epoch) {
+            match cancel.reason() {
+                Some(StopReason::Cancel) => return Err(TrainError::Cancelled),
+                Some(StopReason::Shutdown) => {
+                    self.state.epoch_seconds += t_epoch.elapsed().as_secs_f64();
+                    let dir = checkpoint::save(
+                        &self.cfg.output_dir,
+                        &self.model,
+                        &self.config,
+                        &self.optim,
+                        &self.state,
+                    )?;
+                    return Err(TrainError::Interrupted {
+                        checkpoint: dir.display().to_string(),
+                    });
                 }
+                None => {}
             }
             let t_step = Instant::now();
-            // Each batch is split into `shards` micro-batches (same loss: one denominator for
-            // the window), run two at a time on the CPU backend.
-            let hosts: Vec<HostBatch> = window
-                .iter()
-                .flat_map(|idx| idx.chunks(idx.len().div_ceil(shards)))
-                .map(|idx| {
-                    HostBatch::collate(
-                        &idx.iter().map(|i| &data.train[*i]).collect::<Vec<_>>(),
-                        pad,
-                    )
-                })
-                .collect();
-            let weights: Vec<Vec<f32>> = hosts
-                .iter()
-                .map(|h| position_weights(&h.labels, class_weights.as_deref()))
-                .collect();
-            let denom: f64 = weights.iter().flatten().map(|w| *w as f64).sum();
-            let mut acc = GradientsAccumulator::<RobertaForTokenClassification<B>>::new();
-            let mut window_loss = 0.0;
-            let step_seed = mix(cfg.seed ^ 0xD50F, state.global_step as u64);
-            let micro_step = |m: &RobertaForTokenClassification<B>, micro: usize| {
-                let seed = mix(step_seed, micro as u64);
-                B::seed(device, seed);
-                host_rng::reseed(seed);
-                let (host, w) = (&hosts[micro], &weights[micro]);
-                let batch = host.to_device::<B>(device);
-                let logits = m.forward(batch.input_ids, batch.attention_mask);
-                let loss = token_loss(args.loss, logits, &host.labels, w, denom);
-                let value = loss.clone().into_scalar().elem::<f64>();
-                (value, GradientsParams::from_grads(loss.backward(), m))
-            };
-            let mut micro = 0;
-            while micro < hosts.len() {
-                let results = if parallel && micro + 1 < hosts.len() {
-                    // Separate autodiff graphs (fresh leaves, same parameter ids): burn locks a
-                    // graph for the whole backward pass. Plain threads, not rayon::join: a
-                    // rayon worker waiting inside one shard may run the other shard's closure,
-                    // which would interleave the two shards' dropout streams.
-                    let (a, b) = (fresh_leaves(&model), fresh_leaves(&model));
-                    let (ra, rb) = std::thread::scope(|scope| {
-                        let other = scope.spawn(|| micro_step(&b, micro + 1));
-                        let ra = micro_step(&a, micro);
-                        (ra, other.join().expect("a training shard panicked"))
-                    });
-                    vec![ra, rb]
-                } else {
-                    vec![micro_step(&model, micro)]
-                };
-                for (value, grads) in results {
-                    window_loss += value;
-                    acc.accumulate(&model, grads);
-                    micro += 1;
-                }
-            }
-            if !window_loss.is_finite() {
-                return Err(TrainError::Diverged(window_loss, state.global_step));
-            }
-            let grads = acc.grads();
-            let scale = if args.max_grad_norm > 0.0 {
-                let norm = grad_norm(&model, &grads);
-                (args.max_grad_norm / (norm + 1e-6)).min(1.0)
-            } else {
-                1.0
-            };
-            last_lr = args.learning_rate
-                * lr_factor(args.lr_scheduler, state.global_step, warmup, total_steps);
-            model = optim.step(last_lr, model, grads, scale);
-            state.global_step += 1;
-            state.step_in_epoch += 1;
-            state.loss_sum += window_loss;
-            state.loss_count += 1;
-            state.epoch_samples += window.iter().map(|b| b.len()).sum::<usize>();
+            let loss = self.train_step(window)?;
             progress(Progress::Step {
                 epoch: epoch + 1,
-                epochs: args.num_train_epochs,
-                step: state.global_step,
-                total_steps,
-                loss: window_loss,
-                learning_rate: last_lr,
+                epochs: self.args.num_train_epochs,
+                step: self.state.global_step,
+                total_steps: self.total_steps,
+                loss,
+                learning_rate: self.last_lr,
                 seconds_per_step: t_step.elapsed().as_secs_f64(),
             });
         }
-        let train_seconds = state.epoch_seconds + t_epoch.elapsed().as_secs_f64();
-        t_epoch = Instant::now();
-        let eval = evaluate(
-            &model.valid(),
-            &data.validation,
-            &gold_val,
-            &scheme,
-            args.per_device_eval_batch_size,
-            pad,
-            device,
-        )?;
-        let value = metric_value(args.metric_for_best_model, &eval);
-        let improved = match &state.best {
-            None => true,
-            Some(b) => better(args.metric_for_best_model, value, b.metric, 0.0),
+        self.state.epoch_seconds += t_epoch.elapsed().as_secs_f64();
+        Ok(())
+    }
+
+    /// One optimizer step over a gradient-accumulation window of batches; returns its loss.
+    /// On the CPU each batch trains as two halves on two threads (same loss: one denominator
+    /// for the window).
+    fn train_step(&mut self, window: &[&[usize]]) -> Result<f64, TrainError> {
+        let parallel = self.resolved == Resolved::Cpu;
+        let shards = if parallel { CPU_SHARDS } else { 1 };
+        let pad = self.tokenizer.pad_id;
+        let hosts: Vec<HostBatch> = window
+            .iter()
+            .flat_map(|idx| idx.chunks(idx.len().div_ceil(shards)))
+            .map(|idx| {
+                HostBatch::collate(
+                    &idx.iter().map(|i| &self.data.train[*i]).collect::<Vec<_>>(),
+                    pad,
+                )
+            })
+            .collect();
+        let weights: Vec<Vec<f32>> = hosts
+            .iter()
+            .map(|h| position_weights(&h.labels, self.class_weights.as_deref()))
+            .collect();
+        let denom: f64 = weights.iter().flatten().map(|w| *w as f64).sum();
+        let step_seed = mix(self.cfg.seed ^ 0xD50F, self.state.global_step as u64);
+        let (device, loss_kind) = (&self.device, self.args.loss);
+        let micro_step = |m: &RobertaForTokenClassification<B>, micro: usize| {
+            let seed = mix(step_seed, micro as u64);
+            if parallel {
+                dropout_rng::seed_thread(seed);
+            } else {
+                B::seed(device, seed);
+            }
+            let (host, w) = (&hosts[micro], &weights[micro]);
+            let batch = host.to_device::<B>(device);
+            let logits = m.forward(batch.input_ids, batch.attention_mask);
+            let loss = token_loss(loss_kind, logits, &host.labels, w, denom);
+            let value = loss.clone().into_scalar().elem::<f64>();
+            (value, GradientsParams::from_grads(loss.backward(), m))
         };
-        let significant = match &state.best {
-            None => true,
-            Some(b) => better(
-                args.metric_for_best_model,
-                value,
-                b.metric,
-                args.early_stopping_threshold,
+        let mut acc = GradientsAccumulator::<RobertaForTokenClassification<B>>::new();
+        let mut window_loss = 0.0;
+        let mut micro = 0;
+        while micro < hosts.len() {
+            let results = if parallel && micro + 1 < hosts.len() {
+                // Separate autodiff graphs (fresh leaves, same parameter ids): burn locks a
+                // graph for the whole backward pass. Plain threads, not rayon::join: a rayon
+                // worker waiting inside one shard may run the other shard's closure, which
+                // would interleave the two shards' dropout streams.
+                let (a, b) = (fresh_leaves(&self.model), fresh_leaves(&self.model));
+                let (ra, rb) = std::thread::scope(|scope| {
+                    let other = scope.spawn(|| micro_step(&b, micro + 1));
+                    let ra = micro_step(&a, micro);
+                    (ra, other.join().expect("a training shard panicked"))
+                });
+                vec![ra, rb]
+            } else {
+                vec![micro_step(&self.model, micro)]
+            };
+            for (value, grads) in results {
+                window_loss += value;
+                acc.accumulate(&self.model, grads);
+                micro += 1;
+            }
+        }
+        if !window_loss.is_finite() {
+            return Err(TrainError::Diverged(window_loss, self.state.global_step));
+        }
+        let grads = acc.grads();
+        let scale = if self.args.max_grad_norm > 0.0 {
+            let norm = grad_norm(&self.model, &grads);
+            (self.args.max_grad_norm / (norm + 1e-6)).min(1.0)
+        } else {
+            1.0
+        };
+        self.last_lr = self.args.learning_rate
+            * lr_factor(
+                self.args.lr_scheduler,
+                self.state.global_step,
+                self.warmup,
+                self.total_steps,
+            );
+        self.model = self
+            .optim
+            .step(self.last_lr, self.model.clone(), grads, scale);
+        let s = &mut self.state;
+        s.global_step += 1;
+        s.step_in_epoch += 1;
+        s.loss_sum += window_loss;
+        s.loss_count += 1;
+        s.epoch_samples += window.iter().map(|b| b.len()).sum::<usize>();
+        Ok(window_loss)
+    }
+
+    /// Validation, best-checkpoint and patience bookkeeping, the epoch's checkpoint and the
+    /// rotation of old ones; returns the epoch's record.
+    fn end_epoch(&mut self, epoch: usize) -> Result<EpochRecord, TrainError> {
+        let train_seconds = self.state.epoch_seconds;
+        let t = Instant::now();
+        let engine = self.engine(self.model.valid());
+        let eval = self.evaluate_on(&engine, &self.data.validation, &self.gold_val)?;
+        drop(engine);
+        let metric = self.args.metric_for_best_model;
+        let value = metric_value(metric, &eval);
+        let (improved, significant) = match &self.state.best {
+            None => (true, true),
+            Some(b) => (
+                better(metric, value, b.metric, 0.0),
+                better(metric, value, b.metric, self.args.early_stopping_threshold),
             ),
         };
-        let ckpt_name = checkpoint::dir_name(state.global_step);
+        let ckpt_name = checkpoint::dir_name(self.state.global_step);
+        let s = &mut self.state;
         if improved {
-            state.best = Some(Best {
+            s.best = Some(Best {
                 epoch: epoch + 1,
                 metric: value,
                 checkpoint: ckpt_name.clone(),
             });
         }
-        state.patience_counter = if significant {
+        s.patience_counter = if significant {
             0
         } else {
-            state.patience_counter + 1
+            s.patience_counter + 1
         };
-        let record = EpochRecord {
+        s.history.push(EpochRecord {
             epoch: epoch + 1,
-            step: state.global_step,
-            train_loss: if state.loss_count == 0 {
+            step: s.global_step,
+            train_loss: if s.loss_count == 0 {
                 0.0
             } else {
-                state.loss_sum / state.loss_count as f64
+                s.loss_sum / s.loss_count as f64
             },
             eval_loss: eval.loss,
-            eval: eval.metrics.clone(),
-            learning_rate: last_lr,
+            eval: eval.metrics,
+            learning_rate: self.last_lr,
             train_seconds,
-            eval_seconds: 0.0,
-            train_samples_per_second: state.epoch_samples as f64 / train_seconds.max(1e-9),
+            eval_seconds: t.elapsed().as_secs_f64(),
+            train_samples_per_second: s.epoch_samples as f64 / train_seconds.max(1e-9),
             checkpoint: ckpt_name.clone(),
-        };
-        state.history.push(record);
-        state.epochs_done = epoch + 1;
-        state.step_in_epoch = 0;
-        state.loss_sum = 0.0;
-        state.loss_count = 0;
-        state.epoch_seconds = 0.0;
-        state.epoch_samples = 0;
-        let stop = args
-            .early_stopping_patience
-            .is_some_and(|p| state.patience_counter >= p);
-        let eval_seconds = t_epoch.elapsed().as_secs_f64();
-        if let Some(last) = state.history.last_mut() {
-            last.eval_seconds = eval_seconds;
-        }
-        checkpoint::save(&cfg.output_dir, &model, &config, &optim, &state)?;
-        let best_name = state
+        });
+        s.epochs_done = epoch + 1;
+        s.step_in_epoch = 0;
+        s.loss_sum = 0.0;
+        s.loss_count = 0;
+        s.epoch_seconds = 0.0;
+        s.epoch_samples = 0;
+        checkpoint::save(
+            &self.cfg.output_dir,
+            &self.model,
+            &self.config,
+            &self.optim,
+            &self.state,
+        )?;
+        let best_name = self
+            .state
             .best
             .as_ref()
             .map(|b| b.checkpoint.clone())
             .unwrap_or_default();
         checkpoint::rotate(
-            &cfg.output_dir,
-            args.save_total_limit,
+            &self.cfg.output_dir,
+            self.args.save_total_limit,
             &[best_name.as_str(), ckpt_name.as_str()],
         )?;
-        progress(Progress::Epoch {
-            record: state
-                .history
-                .last()
-                .cloned()
-                .expect("pushed above: this is a bug"),
-        });
-        if stop {
-            stopped_early = true;
-            tracing::info!(epoch = epoch + 1, "early stopping");
-            break 'epochs;
-        }
+        Ok(self
+            .state
+            .history
+            .last()
+            .cloned()
+            .expect("pushed above: this is a bug"))
     }
 
-    // load_best_model_at_end, then the best model on test.
-    let best = state
-        .best
-        .clone()
-        .ok_or_else(|| TrainError::Checkpoint("no epoch finished: no best checkpoint".into()))?;
-    let best_dir = cfg.output_dir.join(&best.checkpoint);
-    let weights = Weights::open_dir(&best_dir)?;
-    let (best_model, _) = load_with_weights::<B::InnerBackend>(
-        &base_config,
-        &weights,
-        num_labels,
-        HeadInit::FromCheckpoint,
-        device,
-    )?;
-    let t = Instant::now();
-    let fin = evaluate(
-        &best_model,
-        &data.test,
-        &gold_test,
-        &scheme,
-        args.per_device_eval_batch_size,
-        pad,
-        device,
-    )?;
-    let finetuned_test = EvalSummary::new(&fin, t.elapsed().as_secs_f64());
-    progress(Progress::FinalEvaluated {
-        summary: finetuned_test.clone(),
-    });
-    let best_model_dir = cfg.output_dir.join("best_model");
-    save_hf_dir(
-        &best_model,
-        &config,
-        &cfg.model_dir,
-        Some(&tokenizer.json),
-        &best_model_dir,
-    )?;
-
-    let train_seconds: f64 = state.history.iter().map(|e| e.train_seconds).sum();
-    let samples = data.train.len() * state.history.len();
-    Ok(RunOutcome {
-        improvement_f1: finetuned_test.metrics.f1 - base_test.metrics.f1,
-        base_test,
-        finetuned_test,
-        best_epoch: best.epoch,
-        best_metric: best.metric,
-        best_model_dir,
-        epochs: state.history,
-        stopped_early,
-        label_distribution: cfg.dataset.stats(),
-        dropped_words: data.dropped_words,
-        train_seconds,
-        train_samples_per_second: samples as f64 / train_seconds.max(1e-9),
-        num_parameters,
-        device: resolved.to_string(),
-    })
+    /// `load_best_model_at_end`: the best checkpoint on test, exported as an HF directory.
+    fn finish(
+        &mut self,
+        base_test: EvalSummary,
+        stopped_early: bool,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<RunOutcome, TrainError> {
+        let best = self.state.best.clone().ok_or_else(|| {
+            TrainError::Checkpoint("no epoch finished: no best checkpoint".into())
+        })?;
+        let best_dir = self.cfg.output_dir.join(&best.checkpoint);
+        let weights = Weights::open_dir(&best_dir)?;
+        let (best_model, _) = load_with_weights::<B::InnerBackend>(
+            &self.base_config,
+            &weights,
+            self.cfg.dataset.labels.len(),
+            HeadInit::FromCheckpoint,
+            &self.device,
+        )?;
+        let best_model_dir = self.cfg.output_dir.join("best_model");
+        save_hf_dir(
+            &best_model,
+            &self.config,
+            &self.cfg.model_dir,
+            Some(&self.tokenizer.json),
+            &best_model_dir,
+        )?;
+        let t = Instant::now();
+        let engine = self.engine(best_model);
+        let fin = self.evaluate_on(&engine, &self.data.test, &self.gold_test)?;
+        let finetuned_test = EvalSummary::new(&fin, t.elapsed().as_secs_f64());
+        progress(Progress::FinalEvaluated {
+            summary: finetuned_test.clone(),
+        });
+        let history = &self.state.history;
+        let train_seconds: f64 = history.iter().map(|e| e.train_seconds).sum();
+        let samples = self.data.train.len() * history.len();
+        Ok(RunOutcome {
+            improvement_f1: finetuned_test.metrics.f1 - base_test.metrics.f1,
+            base_test,
+            finetuned_test,
+            best_epoch: best.epoch,
+            best_metric: best.metric,
+            best_model_dir,
+            epochs: history.clone(),
+            stopped_early,
+            label_distribution: self.cfg.dataset.stats(),
+            dropped_words: self.data.dropped_words,
+            train_seconds,
+            train_samples_per_second: samples as f64 / train_seconds.max(1e-9),
+            num_parameters: self.model.num_params(),
+            device: self.resolved.to_string(),
+        })
+    }
 }

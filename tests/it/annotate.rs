@@ -398,7 +398,7 @@ async fn dataset_uploads_accept_jsonl_and_conll_and_name_bad_lines() {
         app.run_next().await,
         metafora::jobs::worker::Outcome::Ran {
             id: id.clone(),
-            status: "succeeded".into()
+            status: metafora::jobs::JobStatus::Succeeded
         }
     );
     let (_, results) = app.get(&format!("/v1/jobs/{id}/results")).await;

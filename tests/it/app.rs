@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use metafora::config::ServeArgs;
+use metafora::config::{ServeArgs, Settings};
 use metafora::jobs::worker::{Outcome, Worker};
 use metafora::model::backend::DeviceSpec;
 use metafora::server::{Running, start};
@@ -23,7 +23,7 @@ pub struct TestApp {
 pub struct Options {
     pub api_key: Option<String>,
     pub max_body_bytes: usize,
-    pub max_queued_jobs: usize,
+    pub max_queued_jobs: u32,
     pub allow: Vec<PathBuf>,
     pub detect_queue: usize,
     pub labelstudio_train_spec: Option<PathBuf>,
@@ -62,17 +62,28 @@ pub fn serve_args(dir: &std::path::Path, o: &Options) -> ServeArgs {
         detect_queue: o.detect_queue,
         batch_tokens: 4096,
         batch_wait_ms: 2,
-        window_stride: 128,
         labelstudio_train_spec: o.labelstudio_train_spec.clone(),
         no_worker: true,
-        hub: o.hub.clone(),
+        ..Default::default()
     }
+}
+
+/// Validated settings for `args`, with the stand-in Hub when given.
+pub fn settings(args: ServeArgs, hub: Option<metafora::hub::HubConfig>) -> Settings {
+    let mut s =
+        Settings::from_args(args, &metafora::config::assets_dir(None)).expect("valid settings");
+    if let Some(h) = hub {
+        s.hub = h;
+    }
+    s
 }
 
 pub async fn spawn_app_with(o: Options) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let root = o.dir.clone().unwrap_or_else(|| dir.path().to_path_buf());
-    let mut running = start(serve_args(&root, &o)).await.expect("server starts");
+    let mut running = start(settings(serve_args(&root, &o), o.hub.clone()))
+        .await
+        .expect("server starts");
     let worker = running
         .worker
         .take()

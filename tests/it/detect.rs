@@ -6,7 +6,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor, TensorData};
 use metafora::data::RobertaTokenizer;
 use metafora::infer::aggregate::{Entity, Strategy};
-use metafora::infer::{Detector, DetectorOptions, Input, LongText};
+use metafora::infer::{DetectOptions, Detector, DetectorOptions, Input, LongText};
 use metafora::model::backend::Resolved;
 use metafora::model::{HeadInit, load_token_classifier};
 use serde_json::Value;
@@ -30,8 +30,16 @@ fn slice(text: &str, s: usize, e: usize) -> String {
     text.chars().skip(s).take(e - s).collect()
 }
 
+fn opts(strategy: Strategy, long_text: LongText) -> DetectOptions {
+    DetectOptions {
+        strategy,
+        threshold: None,
+        long_text,
+    }
+}
+
 fn detect(d: &Detector, text: &str, s: Strategy) -> Vec<Entity> {
-    d.detect_blocking(Input::Text(text.into()), s, None, LongText::Sentences)
+    d.detect_blocking(&Input::Text(text.into()), opts(s, LongText::Sentences))
         .unwrap()
         .results
         .remove(0)
@@ -223,10 +231,8 @@ fn pre_split_tokens_return_word_indices() {
         .collect();
     let out = d
         .detect_blocking(
-            Input::Tokens(words.clone()),
-            Strategy::First,
-            None,
-            LongText::Sentences,
+            &Input::Tokens(words.clone()),
+            opts(Strategy::First, LongText::Sentences),
         )
         .unwrap();
     let ents = &out.results[0].entities;
@@ -277,10 +283,8 @@ fn long_text_by_sentences_equals_sentence_by_sentence() {
     let (long, sentences, starts) = long_text(3000);
     let out = d
         .detect_blocking(
-            Input::Text(long.clone()),
-            Strategy::Simple,
-            None,
-            LongText::Sentences,
+            &Input::Text(long.clone()),
+            opts(Strategy::Simple, LongText::Sentences),
         )
         .unwrap();
     let got = &out.results[0].entities;
@@ -327,10 +331,8 @@ fn overlapping_windows_score_each_token_in_its_most_central_window() {
     .unwrap();
     let out = small
         .detect_blocking(
-            Input::Text(text.clone()),
-            Strategy::None,
-            None,
-            LongText::Windows,
+            &Input::Text(text.clone()),
+            opts(Strategy::None, LongText::Windows),
         )
         .unwrap();
     let (got, windows) = (&out.results[0].entities, out.results[0].windows);
@@ -392,10 +394,8 @@ fn overlapping_windows_score_each_token_in_its_most_central_window() {
     let one = detect(&detector(dir), &text, Strategy::Simple);
     let win = small
         .detect_blocking(
-            Input::Text(text.clone()),
-            Strategy::Simple,
-            None,
-            LongText::Windows,
+            &Input::Text(text.clone()),
+            opts(Strategy::Simple, LongText::Windows),
         )
         .unwrap();
     let common = spans(&win.results[0].entities)

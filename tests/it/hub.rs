@@ -537,7 +537,7 @@ async fn run_to_success(app: &crate::app::TestApp, spec: &Value) -> (String, Val
         outcome,
         metafora::jobs::worker::Outcome::Ran {
             id: id.clone(),
-            status: "succeeded".into()
+            status: metafora::jobs::JobStatus::Succeeded
         },
         "{job}"
     );

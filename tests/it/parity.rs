@@ -5,6 +5,8 @@
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
 use metafora::data::RobertaTokenizer;
+use metafora::infer::engine::Engine;
+use metafora::model::backend::Resolved;
 use metafora::model::{HeadInit, load_token_classifier};
 use serde_json::Value;
 
@@ -111,7 +113,7 @@ fn batch(rows: &[Vec<u32>], masks: &[Vec<u32>]) -> (Tensor<Flex, 2, Int>, Tensor
 #[test]
 fn tiny_roberta_logits_match_single_and_padded_batch() {
     let fx = json("parity/tokenization_and_logits.json");
-    let (model, _, report) = load_token_classifier::<Flex>(
+    let (model, config, report) = load_token_classifier::<Flex>(
         &fixture("tiny-roberta"),
         None,
         HeadInit::FromCheckpoint,
@@ -119,12 +121,6 @@ fn tiny_roberta_logits_match_single_and_padded_batch() {
     )
     .unwrap();
     assert_eq!(report.head, "loaded");
-    // burn's ops (training, evaluation off the CPU) and the packed CPU inference kernels.
-    let packed = model.pack_for_cpu();
-    assert_eq!(
-        packed.is_some(),
-        metafora::model::cpu_kernels::packed_kernels_available()
-    );
     let b = &fx["batch"];
     let rows: Vec<Vec<u32>> = b["input_ids"].as_array().unwrap().iter().map(ids).collect();
     let masks: Vec<Vec<u32>> = b["attention_mask"]
@@ -134,72 +130,78 @@ fn tiny_roberta_logits_match_single_and_padded_batch() {
         .map(ids)
         .collect();
     let want = floats(&b["logits"]);
-    for (path, packed) in [("burn ops", None), ("cpu kernels", packed.as_ref())] {
-        let mut worst = 0f32;
-        for s in fx["sentences"].as_array().unwrap() {
-            let (i, m) = batch(&[ids(&s["input_ids"])], &[ids(&s["attention_mask"])]);
-            let got: Vec<f32> = model
-                .forward_packed(packed, i, m)
-                .into_data()
-                .to_vec()
-                .unwrap();
-            worst = worst.max(max_abs_diff(&got, &floats(&s["logits"])));
-        }
-        let (i, m) = batch(&rows, &masks);
-        let got: Vec<f32> = model
-            .forward_packed(packed, i, m)
-            .into_data()
-            .to_vec()
-            .unwrap();
-        // Padded positions: compare only real tokens.
-        let mask_flat: Vec<u32> = masks.iter().flatten().copied().collect();
-        let labels = want.len() / mask_flat.len();
-        let (g, w): (Vec<f32>, Vec<f32>) = got
-            .iter()
-            .zip(&want)
-            .enumerate()
-            .filter(|(k, _)| mask_flat[k / labels] == 1)
-            .map(|(_, (a, b))| (*a, *b))
-            .unzip();
-        worst = worst.max(max_abs_diff(&g, &w));
-        eprintln!("tiny-roberta logits ({path}) max |Δ| = {worst:e}");
-        assert!(worst <= LOGIT_TOL, "{path}: max |Δ| {worst} > {LOGIT_TOL}");
+    // burn's ops (training; inference off the CPU): single sequences and the padded batch.
+    let mut worst = 0f32;
+    for s in fx["sentences"].as_array().unwrap() {
+        let (i, m) = batch(&[ids(&s["input_ids"])], &[ids(&s["attention_mask"])]);
+        let got: Vec<f32> = model.forward(i, m).into_data().to_vec().unwrap();
+        worst = worst.max(max_abs_diff(&got, &floats(&s["logits"])));
     }
-    // The batch's sequences without their padding, back to back (how /v1/detect batches on
-    // the CPU): the reference's logits at the real tokens.
-    if let Some(packed) = &packed {
-        let real: Vec<Vec<u32>> = rows
-            .iter()
-            .zip(&masks)
-            .map(|(r, m)| {
-                r.iter()
-                    .zip(m)
-                    .filter(|(_, m)| **m == 1)
-                    .map(|(t, _)| *t)
-                    .collect()
-            })
-            .collect();
-        assert!(
-            real.iter()
-                .map(Vec::len)
-                .collect::<std::collections::HashSet<_>>()
-                .len()
-                > 1
-        );
-        let seqs: Vec<&[u32]> = real.iter().map(Vec::as_slice).collect();
-        let got = model.forward_unpadded(packed, &seqs);
-        let (seq, labels) = (rows[0].len(), want.len() / (rows.len() * rows[0].len()));
-        let mut worst = 0f32;
-        for (row, g) in got.iter().enumerate() {
-            assert_eq!(g.len(), real[row].len() * labels);
-            worst = worst.max(max_abs_diff(g, &want[row * seq * labels..][..g.len()]));
-        }
-        eprintln!("tiny-roberta logits (unpadded batch) max |Δ| = {worst:e}");
-        assert!(
-            worst <= LOGIT_TOL,
-            "unpadded: max |Δ| {worst} > {LOGIT_TOL}"
-        );
+    let (i, m) = batch(&rows, &masks);
+    let got: Vec<f32> = model.forward(i, m).into_data().to_vec().unwrap();
+    // Padded positions: compare only real tokens.
+    let mask_flat: Vec<u32> = masks.iter().flatten().copied().collect();
+    let labels = want.len() / mask_flat.len();
+    let (g, w): (Vec<f32>, Vec<f32>) = got
+        .iter()
+        .zip(&want)
+        .enumerate()
+        .filter(|(k, _)| mask_flat[k / labels] == 1)
+        .map(|(_, (a, b))| (*a, *b))
+        .unzip();
+    worst = worst.max(max_abs_diff(&g, &w));
+    eprintln!("tiny-roberta logits (burn ops) max |Δ| = {worst:e}");
+    assert!(
+        worst <= LOGIT_TOL,
+        "burn ops: max |Δ| {worst} > {LOGIT_TOL}"
+    );
+
+    // The inference engine /v1/detect and evaluation use on the CPU (the host kernels where
+    // the processor has AVX2 + FMA): single sequences, and the batch's sequences without
+    // their padding, back to back (how /v1/detect batches on the CPU).
+    let engine = Engine::new(model, &config, Resolved::Cpu, &Default::default());
+    assert_eq!(
+        engine.unpadded(),
+        metafora::infer::cpu::kernels::packed_kernels_available()
+    );
+    let mut worst = 0f32;
+    for s in fx["sentences"].as_array().unwrap() {
+        let got = engine.logits(&[ids(&s["input_ids"]).as_slice()]).remove(0);
+        worst = worst.max(max_abs_diff(&got, &floats(&s["logits"])));
     }
+    eprintln!("tiny-roberta logits (inference engine, single) max |Δ| = {worst:e}");
+    assert!(worst <= LOGIT_TOL, "engine: max |Δ| {worst} > {LOGIT_TOL}");
+    let real: Vec<Vec<u32>> = rows
+        .iter()
+        .zip(&masks)
+        .map(|(r, m)| {
+            r.iter()
+                .zip(m)
+                .filter(|(_, m)| **m == 1)
+                .map(|(t, _)| *t)
+                .collect()
+        })
+        .collect();
+    assert!(
+        real.iter()
+            .map(Vec::len)
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 1
+    );
+    let seqs: Vec<&[u32]> = real.iter().map(Vec::as_slice).collect();
+    let got = engine.logits(&seqs);
+    let (seq, labels) = (rows[0].len(), want.len() / (rows.len() * rows[0].len()));
+    let mut worst = 0f32;
+    for (row, g) in got.iter().enumerate() {
+        assert_eq!(g.len(), real[row].len() * labels);
+        worst = worst.max(max_abs_diff(g, &want[row * seq * labels..][..g.len()]));
+    }
+    eprintln!("tiny-roberta logits (inference engine, unpadded batch) max |Δ| = {worst:e}");
+    assert!(
+        worst <= LOGIT_TOL,
+        "unpadded: max |Δ| {worst} > {LOGIT_TOL}"
+    );
 }
 
 fn encoder_outputs(dir: &str) -> f32 {

@@ -26,7 +26,7 @@ async fn job_runs_to_success_with_epochs_results_and_csv() {
         outcome,
         metafora::jobs::worker::Outcome::Ran {
             id: id.clone(),
-            status: "succeeded".into()
+            status: metafora::jobs::JobStatus::Succeeded
         }
     );
 
@@ -193,7 +193,7 @@ async fn cancel_queued_running_and_finished() {
         out,
         metafora::jobs::worker::Outcome::Ran {
             id: running.clone(),
-            status: "cancelled".into()
+            status: metafora::jobs::JobStatus::Cancelled
         }
     );
     let (_, j) = app.get(&format!("/v1/jobs/{running}")).await;

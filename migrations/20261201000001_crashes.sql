@@ -1,0 +1,3 @@
+-- Crashes are counted apart from runs: a graceful restart requeues a job without using up its
+-- crash budget (`attempts` still counts every start).
+ALTER TABLE jobs ADD COLUMN crashes INTEGER NOT NULL DEFAULT 0;

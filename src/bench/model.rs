@@ -1,0 +1,181 @@
+//! `bench model`: forward (as inference runs it) and training step at tiny, base and large
+//! RoBERTa shapes, against PyTorch in the same run.
+
+use burn::module::{AutodiffModule, Module};
+use burn::optim::GradientsParams;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
+use serde_json::{Value, json};
+
+use crate::config::ModelBench;
+use crate::infer::engine::Engine;
+use crate::model::RobertaConfig;
+use crate::model::backend::{BackendTask, Resolved, dispatch};
+use crate::train::loss::{LossKind, position_weights, token_loss};
+use crate::train::optim::{AdamW, AdamWConfig, grad_norm};
+
+use super::{run_python, time_it};
+
+fn size_config(size: &str) -> anyhow::Result<RobertaConfig> {
+    Ok(match size {
+        "tiny" => RobertaConfig::synthetic(128, 2, 4, 512, 3000),
+        "base" => RobertaConfig::synthetic(768, 12, 12, 3072, 50262),
+        "large" => RobertaConfig::synthetic(1024, 24, 16, 4096, 50262),
+        other => anyhow::bail!("unknown size {other:?} (tiny, base, large)"),
+    })
+}
+
+/// `batch` sequences of `seq` random ids with `<s>`/`</s>` at the ends, and random labels.
+fn random_batch(batch: usize, seq: usize, vocab: usize) -> (Vec<Vec<u32>>, Vec<i64>) {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let mut labels: Vec<i64> = (0..batch * seq).map(|_| rng.random_range(0..2)).collect();
+    let ids = (0..batch)
+        .map(|b| {
+            labels[b * seq] = -100;
+            labels[b * seq + seq - 1] = -100;
+            (0..seq)
+                .map(|i| match i {
+                    0 => 0,
+                    i if i == seq - 1 => 2,
+                    _ => rng.random_range(5..vocab as u32),
+                })
+                .collect()
+        })
+        .collect();
+    (ids, labels)
+}
+
+/// (forward ms, train step ms, parameters) on backend `B`.
+fn time_model<B: AutodiffBackend>(
+    cfg: &RobertaConfig,
+    m: &ModelBench,
+    device: &B::Device,
+    resolved: Resolved,
+) -> (f64, f64, usize) {
+    let model = cfg.init_token_classifier::<B>(2, device);
+    let params = model.num_params();
+    let (seqs, labels) = random_batch(m.batch, m.seq, cfg.vocab_size);
+    // Inference as /v1/detect and evaluation run it (on the CPU: the host engine, weights
+    // packed once, at load).
+    let engine = Engine::new(model.valid(), cfg, resolved, device);
+    let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    let forward = time_it(m.warmup, m.iters, || {
+        let _ = engine.logits(&refs);
+    });
+    drop(engine);
+    if m.forward_only {
+        return (forward * 1000.0, f64::NAN, params);
+    }
+    let flat: Vec<i32> = seqs.iter().flatten().map(|x| *x as i32).collect();
+    let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [m.batch, m.seq]), device);
+    let mask = Tensor::<B, 2, Int>::from_data(
+        TensorData::new(vec![1i32; m.batch * m.seq], [m.batch, m.seq]),
+        device,
+    );
+    let mut model = model;
+    let mut optim = AdamW::<B>::new(AdamWConfig {
+        weight_decay: 0.01,
+        ..Default::default()
+    });
+    let weights = position_weights(&labels, None);
+    let denom: f64 = weights.iter().map(|w| *w as f64).sum();
+    let step = time_it(m.warmup, (m.iters / 2).max(3), || {
+        let logits = model.forward(ids.clone(), mask.clone());
+        let loss = token_loss(LossKind::CrossEntropy, logits, &labels, &weights, denom);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let norm = grad_norm(&model, &grads);
+        let scale = (1.0 / (norm + 1e-6)).min(1.0);
+        model = optim.step(2e-5, model.clone(), grads, scale);
+        // Wait for the device: read one value of the updated classifier.
+        let _ = model
+            .classifier
+            .weight
+            .val()
+            .slice([0..1, 0..1])
+            .into_scalar()
+            .elem::<f32>();
+    });
+    (forward * 1000.0, step * 1000.0, params)
+}
+
+pub fn model_bench(m: ModelBench) -> anyhow::Result<()> {
+    let device = m.device.resolve().map_err(anyhow::Error::msg)?;
+    let sizes: Vec<String> = m.sizes.split(',').map(|s| s.trim().to_string()).collect();
+    let torch = match &m.python {
+        Some(py) => {
+            let mut args: Vec<String> = [
+                "--sizes",
+                &m.sizes,
+                "--batch",
+                &m.batch.to_string(),
+                "--seq",
+                &m.seq.to_string(),
+                "--threads",
+                &m.torch_threads.to_string(),
+                "--iters",
+                &m.iters.to_string(),
+                "--warmup",
+                &m.warmup.to_string(),
+                "--device",
+                &m.torch_device,
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            if m.forward_only {
+                args.push("--forward-only".into());
+            }
+            Some(run_python(py, "torch_model.py", &args)?)
+        }
+        None => None,
+    };
+    struct Task<'a>(&'a ModelBench, &'a [String]);
+    impl BackendTask for Task<'_> {
+        type Output = anyhow::Result<Vec<(String, f64, f64, usize)>>;
+        fn run<B: AutodiffBackend>(self, device: B::Device, resolved: Resolved) -> Self::Output {
+            self.1
+                .iter()
+                .map(|s| {
+                    let (f, t, p) = time_model::<B>(&size_config(s)?, self.0, &device, resolved);
+                    Ok((s.clone(), f, t, p))
+                })
+                .collect()
+        }
+    }
+    let ours = dispatch(device, Task(&m, &sizes))?;
+    let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
+    println!(
+        "metafora bench model: batch {} x {} tokens, device {device}, rayon threads {threads}; PyTorch threads {} on {}",
+        m.batch, m.seq, m.torch_threads, m.torch_device
+    );
+    println!(
+        "{:<6} {:>11} {:>12} {:>9} {:>14} {:>15} {:>9}",
+        "size", "params", "forward ms", "torch ms", "ratio", "train step ms", "torch ms"
+    );
+    let mut report = Vec::new();
+    for (size, f, t, p) in ours {
+        let pick = |j: &Value, k: &str| j["sizes"][&size][k].as_f64();
+        let (tf, tt) = torch
+            .as_ref()
+            .map(|j| (pick(j, "forward_ms"), pick(j, "train_step_ms")))
+            .unwrap_or((None, None));
+        let ratio = |a: f64, b: Option<f64>| {
+            b.map(|b| format!("{:.2}x", a / b))
+                .unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{size:<6} {p:>11} {f:>12.2} {:>9} {:>14} {t:>15.1} {:>9}  train ratio {}",
+            tf.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()),
+            ratio(f, tf),
+            tt.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into()),
+            ratio(t, tt)
+        );
+        report.push(json!({"size": size, "parameters": p, "forward_ms": f, "train_step_ms": t, "torch_forward_ms": tf, "torch_train_step_ms": tt}));
+    }
+    println!(
+        "{}",
+        json!({"device": device.to_string(), "results": report})
+    );
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! What runs a model's forward pass for inference and evaluation, chosen from the resolved
+//! device: the CPU engine ([`super::cpu`], host kernels on unpadded sequences) on the CPU when
+//! the processor has AVX2 + FMA, burn's ops on padded batches otherwise (GPU, other CPUs).
+
+use burn::tensor::backend::Backend;
+
+use crate::data::batch::HostBatch;
+use crate::model::backend::Resolved;
+use crate::model::{RobertaConfig, RobertaForTokenClassification};
+
+use super::cpu::{self, CpuRoberta};
+
+/// A model ready for inference.
+// One engine per deployed model or evaluation pass, never moved in a loop: no boxing.
+#[allow(clippy::large_enum_variant)]
+pub enum Engine<B: Backend> {
+    /// Host kernels; the burn model has been dropped.
+    Cpu(CpuRoberta),
+    /// burn's ops on padded batches.
+    Burn {
+        model: RobertaForTokenClassification<B>,
+        pad_id: u32,
+        device: B::Device,
+    },
+}
+
+impl<B: Backend> Engine<B> {
+    /// The engine for `model` on `resolved`.
+    pub fn new(
+        model: RobertaForTokenClassification<B>,
+        config: &RobertaConfig,
+        resolved: Resolved,
+        device: &B::Device,
+    ) -> Self {
+        if resolved == Resolved::Cpu && cpu::available() {
+            Engine::Cpu(CpuRoberta::new(&model, config))
+        } else {
+            Engine::Burn {
+                model,
+                pad_id: config.pad_token_id as u32,
+                device: device.clone(),
+            }
+        }
+    }
+
+    /// Whether batches cost their real tokens (no padding); otherwise the longest sequence
+    /// times the batch size.
+    pub fn unpadded(&self) -> bool {
+        matches!(self, Engine::Cpu(_))
+    }
+
+    pub fn num_labels(&self) -> usize {
+        match self {
+            Engine::Cpu(m) => m.num_labels(),
+            Engine::Burn { model, .. } => model.num_labels(),
+        }
+    }
+
+    /// Logits of token-id sequences (special tokens included), each `[len, num_labels]`
+    /// row-major, in input order.
+    pub fn logits(&self, sequences: &[&[u32]]) -> Vec<Vec<f32>> {
+        match self {
+            Engine::Cpu(m) => m.logits(sequences),
+            Engine::Burn {
+                model,
+                pad_id,
+                device,
+            } => {
+                let seq = sequences.iter().map(|s| s.len()).max().unwrap_or(0);
+                if seq == 0 {
+                    return vec![Vec::new(); sequences.len()];
+                }
+                let host =
+                    HostBatch::collate_ids(sequences.iter().map(|s| (*s, None)), seq, *pad_id);
+                let batch = host.to_device::<B>(device);
+                let logits = model.forward(batch.input_ids, batch.attention_mask); // [batch, seq, labels]
+                let c = model.num_labels();
+                let flat: Vec<f32> = logits
+                    .into_data()
+                    .convert::<f32>()
+                    .into_vec()
+                    .expect("f32 logits: this is a bug");
+                sequences
+                    .iter()
+                    .enumerate()
+                    .map(|(row, s)| flat[row * seq * c..(row * seq + s.len()) * c].to_vec())
+                    .collect()
+            }
+        }
+    }
+}
