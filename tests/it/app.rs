@@ -30,6 +30,9 @@ pub struct Options {
     pub hub: Option<metafora::hub::HubConfig>,
     /// Reuse this directory (database, data) instead of a fresh one.
     pub dir: Option<PathBuf>,
+    /// (header read, request) timeouts in seconds.
+    pub timeouts: (u64, u64),
+    pub cors_origins: Vec<String>,
 }
 
 impl Default for Options {
@@ -43,6 +46,8 @@ impl Default for Options {
             labelstudio_train_spec: None,
             hub: None,
             dir: None,
+            timeouts: (10, 60),
+            cors_origins: vec![],
         }
     }
 }
@@ -64,6 +69,9 @@ pub fn serve_args(dir: &std::path::Path, o: &Options) -> ServeArgs {
         batch_wait_ms: 2,
         labelstudio_train_spec: o.labelstudio_train_spec.clone(),
         no_worker: true,
+        header_read_timeout: o.timeouts.0,
+        request_timeout: o.timeouts.1,
+        cors_origins: o.cors_origins.clone(),
         ..Default::default()
     }
 }

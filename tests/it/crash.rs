@@ -202,5 +202,21 @@ async fn kill_9_mid_epoch_then_resume_gives_the_uninterrupted_result() {
         results["best_epoch"].as_u64().unwrap(),
         reference["best_epoch"].as_u64().unwrap()
     );
+    // The history reads as one run that resumed: prepared and the base evaluation once,
+    // then one `resumed`.
+    let events = crate::app::read_sse(
+        client
+            .get(format!("{base2}/v1/jobs/{id}/events"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let count = |kind: &str| events.iter().filter(|(k, _)| k == kind).count();
+    assert_eq!(count("prepared"), 1, "{events:?}");
+    assert_eq!(count("base_evaluated"), 1, "{events:?}");
+    assert_eq!(count("resumed"), 1, "{events:?}");
+    assert_eq!(count("epoch"), 10, "{events:?}");
+    assert_eq!(count("finished"), 1, "{events:?}");
     drop(child);
 }
