@@ -17,7 +17,7 @@ use crate::jobs::spec::JobSpec;
 use crate::metrics::{LabelScheme, Metrics};
 use crate::model::backend::{BackendTask, Resolved, dispatch};
 use crate::model::{HeadInit, load_token_classifier};
-use crate::train::report::{CsvRow, Report, append_csv};
+use crate::train::report::{Report, append_csv};
 use crate::train::trainer::{encode_split, max_len};
 use crate::train::{CancelToken, EpochRecord, EvalSummary, Progress, RunOutcome, TrainError};
 
@@ -183,12 +183,7 @@ pub fn train(args: TrainArgs, assets: &Path) -> anyhow::Result<()> {
             console.on(p)
         })
     })();
-    let mut row = CsvRow::new(
-        &spec.model.display_name(),
-        &spec.model.checkpoint,
-        spec.seed,
-        spec.training.gradient_accumulation_steps,
-    );
+    let mut row = spec.csv_row();
     let status = match &outcome {
         Ok(o) => {
             row.succeed(o);

@@ -7,8 +7,8 @@
 use std::path::{Path, PathBuf};
 
 use axum::Json;
-use axum::extract::{FromRequest, Multipart, Path as UrlPath, Request, State};
 use axum::extract::multipart::Field;
+use axum::extract::{FromRequest, Multipart, Path as UrlPath, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -181,7 +181,11 @@ async fn read_multipart(mut mp: Multipart, up: &mut Upload) -> Result<(), ApiErr
                     name
                 };
                 // The file name is only a label in messages: keep it short and printable.
-                let label: String = label.chars().filter(|c| !c.is_control()).take(200).collect();
+                let label: String = label
+                    .chars()
+                    .filter(|c| !c.is_control())
+                    .take(200)
+                    .collect();
                 up.files.push(Source { name: label, path });
                 if up.name.is_empty() {
                     up.name = file_name.unwrap_or_default();
@@ -353,7 +357,9 @@ pub async fn upload_dataset(
 }
 
 /// GET /v1/datasets
-pub async fn list_datasets(State(state): State<AppState>) -> Result<Json<DatasetsResponse>, ApiError> {
+pub async fn list_datasets(
+    State(state): State<AppState>,
+) -> Result<Json<DatasetsResponse>, ApiError> {
     let rows = store::datasets::list(&state.shared.pool).await?;
     Ok(Json(DatasetsResponse {
         datasets: rows

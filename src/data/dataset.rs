@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
+use yaml_rust2::{Yaml, YamlLoader};
 
 use super::DataError;
 
@@ -84,6 +85,7 @@ pub struct LabelCount {
 }
 
 /// A record before validation, with where it came from.
+#[derive(Debug)]
 struct RawRecord {
     line: usize,
     value: Value,
@@ -346,71 +348,62 @@ fn read_records(path: &Path, split: &str) -> Result<Vec<RawRecord>, DataError> {
     Ok(out)
 }
 
-/// CSV with a header; list cells as JSON (`["a", "b"]`) or Python reprs (`['a', 'b']`).
+/// The delimiter of a CSV file from its header line: the most frequent of `,`, `;` and tab
+/// (comma on a tie): spreadsheets in Catalan and Spanish locales write `;`.
+fn sniff_delimiter(text: &str) -> u8 {
+    let header = text.lines().next().unwrap_or_default();
+    [b',', b';', b'\t']
+        .into_iter()
+        .max_by_key(|d| (header.bytes().filter(|c| c == d).count(), *d == b','))
+        .unwrap_or(b',')
+}
+
+/// CSV with a header (RFC 4180 quoting, a leading BOM ignored, `,` `;` or tab delimited);
+/// list cells as JSON (`["a", "b"]`) or Python reprs (`['a', 'b']`).
 fn read_csv(text: &str, split: &str) -> Result<Vec<RawRecord>, DataError> {
-    let mut rows = csv_rows(text).into_iter();
-    let Some((_, header)) = rows.next() else {
-        return Ok(vec![]);
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut reader = csv::ReaderBuilder::new()
+        .delimiter(sniff_delimiter(text))
+        .flexible(true)
+        .from_reader(text.as_bytes());
+    let bad = |line: usize, message: String| DataError::Record {
+        split: split.into(),
+        line,
+        message,
     };
+    let header: Vec<String> = reader
+        .headers()
+        .map_err(|e| bad(1, format!("invalid CSV header: {e}")))?
+        .iter()
+        .map(|h| h.trim().to_string())
+        .collect();
     let mut out = Vec::new();
-    for (line, cells) in rows {
-        if cells.len() == 1 && cells[0].is_empty() {
+    for record in reader.records() {
+        let record = record.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line() as usize);
+            bad(line, format!("invalid CSV: {e}"))
+        })?;
+        let line = record.position().map_or(0, |p| p.line() as usize);
+        if record.len() == 1 && record[0].trim().is_empty() {
             continue;
         }
-        if cells.len() != header.len() {
-            return Err(DataError::Record {
-                split: split.into(),
+        if record.len() != header.len() {
+            return Err(bad(
                 line,
-                message: format!("{} cells but the header has {}", cells.len(), header.len()),
-            });
+                format!("{} cells but the header has {}", record.len(), header.len()),
+            ));
         }
-        let mut obj = serde_json::Map::new();
-        for (h, c) in header.iter().zip(cells) {
-            obj.insert(h.clone(), parse_cell(&c));
-        }
+        let obj: serde_json::Map<String, Value> = header
+            .iter()
+            .zip(record.iter())
+            .map(|(h, c)| (h.clone(), parse_cell(c)))
+            .collect();
         out.push(RawRecord {
             line,
             value: Value::Object(obj),
         });
     }
     Ok(out)
-}
-
-/// Minimal RFC 4180 reader: quoted cells, doubled quotes, newlines inside quotes.
-/// Returns (1-based line where the row starts, cells).
-pub fn csv_rows(text: &str) -> Vec<(usize, Vec<String>)> {
-    let mut rows = Vec::new();
-    let (mut cell, mut cells) = (String::new(), Vec::new());
-    let (mut quoted, mut line, mut row_line) = (false, 1, 1);
-    let mut chars = text.chars().peekable();
-    while let Some(c) = chars.next() {
-        match (c, quoted) {
-            ('"', true) if chars.peek() == Some(&'"') => {
-                cell.push('"');
-                chars.next();
-            }
-            ('"', true) => quoted = false,
-            ('"', false) if cell.is_empty() => quoted = true,
-            (',', false) => cells.push(std::mem::take(&mut cell)),
-            ('\r', false) => {}
-            ('\n', false) => {
-                cells.push(std::mem::take(&mut cell));
-                rows.push((row_line, std::mem::take(&mut cells)));
-                line += 1;
-                row_line = line;
-            }
-            ('\n', true) => {
-                cell.push(c);
-                line += 1;
-            }
-            _ => cell.push(c),
-        }
-    }
-    if !cell.is_empty() || !cells.is_empty() {
-        cells.push(cell);
-        rows.push((row_line, cells));
-    }
-    rows
 }
 
 fn parse_cell(cell: &str) -> Value {
@@ -529,47 +522,70 @@ fn find_class_label(v: &Value, column: &str) -> Option<Vec<String>> {
     }
 }
 
-/// Reads the `class_label` names of `column` from a dataset card's YAML header:
+/// Label names of a `class_label`: a mapping of ids to names (`'0': O`) or a list.
+fn class_label_names(names: &Yaml) -> Option<Vec<String>> {
+    let scalar = |y: &Yaml| match y {
+        Yaml::String(s) | Yaml::Real(s) => Some(s.clone()),
+        Yaml::Integer(i) => Some(i.to_string()),
+        Yaml::Boolean(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match names {
+        Yaml::Array(items) => items.iter().map(scalar).collect(),
+        Yaml::Hash(map) => {
+            let mut by_id = BTreeMap::new();
+            for (k, v) in map {
+                let id: usize = scalar(k)?.trim().parse().ok()?;
+                by_id.insert(id, scalar(v)?);
+            }
+            let n = by_id.len();
+            by_id
+                .keys()
+                .copied()
+                .eq(0..n)
+                .then(|| by_id.into_values().collect())
+        }
+        _ => None,
+    }
+}
+
+/// The feature named `column` anywhere under `node` that carries a `class_label` (directly or
+/// under `sequence`), and its names.
+fn find_card_class_label(node: &Yaml, column: &str) -> Option<Vec<String>> {
+    match node {
+        Yaml::Hash(map) => {
+            if node["name"].as_str() == Some(column) {
+                for holder in [node, &node["sequence"], &node["sequence"]["feature"]] {
+                    if let Some(names) = class_label_names(&holder["class_label"]["names"]) {
+                        return Some(names);
+                    }
+                }
+            }
+            map.values().find_map(|v| find_card_class_label(v, column))
+        }
+        Yaml::Array(items) => items.iter().find_map(|v| find_card_class_label(v, column)),
+        _ => None,
+    }
+}
+
+/// Reads the `class_label` names of `column` from a dataset card's YAML header (parsed with a
+/// YAML parser: names as a mapping or a list, any quoting, one config or several):
 /// ```yaml
-/// - name: tags
-///   sequence:
-///     class_label:
-///       names:
-///         '0': O
-///         '1': B-METAPHOR
+/// dataset_info:
+///   features:
+///   - name: tags
+///     sequence:
+///       class_label:
+///         names:
+///           '0': O
+///           '1': B-METAPHOR
 /// ```
 pub fn class_label_from_card(card: &str, column: &str) -> Option<Vec<String>> {
-    let yaml = card.strip_prefix("---")?.split("\n---").next()?;
-    let lines: Vec<&str> = yaml.lines().collect();
-    let start = lines.iter().position(|l| {
-        let t = l.trim().trim_start_matches("- ");
-        t == format!("name: {column}")
-            || t == format!("name: '{column}'")
-            || t == format!("name: \"{column}\"")
-    })?;
-    let mut names: BTreeMap<usize, String> = BTreeMap::new();
-    let mut in_names = None;
-    for l in &lines[start + 1..] {
-        let indent = l.len() - l.trim_start().len();
-        let t = l.trim();
-        if t.starts_with("- name:") {
-            break;
-        }
-        if t == "names:" {
-            in_names = Some(indent);
-            continue;
-        }
-        if let Some(ind) = in_names {
-            if indent <= ind {
-                break;
-            }
-            let (k, v) = t.split_once(':')?;
-            let k = k.trim().trim_matches('\'').trim_matches('"').parse().ok()?;
-            names.insert(k, v.trim().trim_matches('\'').trim_matches('"').to_string());
-        }
-    }
-    let n = names.len();
-    (n > 0 && names.keys().copied().eq(0..n)).then(|| names.into_values().collect())
+    let rest = card.trim_start_matches('\u{feff}').strip_prefix("---")?;
+    let end = rest.find("\n---").unwrap_or(rest.len());
+    let docs = YamlLoader::load_from_str(&rest[..end]).ok()?;
+    docs.iter()
+        .find_map(|d| find_card_class_label(&d["dataset_info"], column))
 }
 
 /// When tags are label names: the sorted names, `O` first.
@@ -729,13 +745,22 @@ mod tests {
     }
 
     #[test]
-    fn csv_quotes_and_newlines() {
-        let rows = csv_rows("tokens,tags\n\"['a', 'b,c']\",\"[0, 1]\"\n\"x\"\"y\",\"2\nz\"\n");
-        assert_eq!(
-            rows[1].1,
-            vec!["['a', 'b,c']".to_string(), "[0, 1]".to_string()]
-        );
-        assert_eq!(rows[2], (3, vec!["x\"y".to_string(), "2\nz".to_string()]));
+    fn csv_quotes_newlines_bom_and_delimiters() {
+        let rows = read_csv(
+            "\u{feff}tokens,tags\n\"['a', 'b,c']\",\"[0, 1]\"\n\"x\"\"y\",\"2\nz\"\n",
+            "train",
+        )
+        .unwrap();
+        assert_eq!(rows[0].value["tokens"], serde_json::json!(["a", "b,c"]));
+        assert_eq!(rows[0].value["tags"], serde_json::json!([0, 1]));
+        assert_eq!(rows[1].line, 3);
+        assert_eq!(rows[1].value["tokens"], "x\"y");
+        assert_eq!(rows[1].value["tags"], "2\nz");
+        // A spreadsheet export with ';' and CRLF.
+        let rows = read_csv("tokens;tags\r\n\"['El', 'cor']\";\"[0, 1]\"\r\n", "train").unwrap();
+        assert_eq!(rows[0].value["tokens"], serde_json::json!(["El", "cor"]));
+        let e = read_csv("tokens,tags\n\"['a']\"\n", "train").unwrap_err();
+        assert_eq!(e.to_string(), "train line 2: 1 cells but the header has 2");
     }
 
     #[test]
@@ -746,5 +771,12 @@ mod tests {
             Some(vec!["O".into(), "B-METAPHOR".into()])
         );
         assert_eq!(class_label_from_card(card, "ner_tags"), None);
+        // The list form (which the line reader lost), double quotes, several configs.
+        let card = "---\nlicense: apache-2.0\ndataset_info:\n- config_name: default\n  features:\n  - name: \"tags\"\n    sequence:\n      class_label:\n        names:\n        - O\n        - B-METAPHOR\n---\n";
+        assert_eq!(
+            class_label_from_card(card, "tags"),
+            Some(vec!["O".into(), "B-METAPHOR".into()])
+        );
+        assert_eq!(class_label_from_card("---\n: : bad\n---", "tags"), None);
     }
 }

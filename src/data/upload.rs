@@ -378,7 +378,10 @@ fn open(path: &Path) -> Result<BufReader<File>, DataError> {
 }
 
 /// Label names: `given`, else the names used (`O` first, then sorted). Checks every file.
-fn scan(sources: &[Source], opts: &ImportOptions) -> Result<(Vec<String>, Vec<Vec<Span>>), DataError> {
+fn scan(
+    sources: &[Source],
+    opts: &ImportOptions,
+) -> Result<(Vec<String>, Vec<Vec<Span>>), DataError> {
     let mut names = std::collections::BTreeSet::new();
     let mut spans = Vec::with_capacity(sources.len());
     for src in sources {
@@ -479,9 +482,7 @@ impl SplitWriter {
             &serde_json::json!({"tokens": tokens, "tags": ids}),
         )
         .map_err(|e| io(&self.path, e.into()))?;
-        self.out
-            .write_all(b"\n")
-            .map_err(|e| io(&self.path, e))?;
+        self.out.write_all(b"\n").map_err(|e| io(&self.path, e))?;
         self.sentences += 1;
         for t in ids {
             self.counts[*t as usize] += 1;
@@ -694,7 +695,10 @@ mod tests {
         let src = dir.path().join("in.conll");
         let mut text = String::new();
         for i in 0..20 {
-            text.push_str(&format!("w{i}\tO\nx{i}\t{}\n\n", if i % 2 == 0 { "B-M" } else { "O" }));
+            text.push_str(&format!(
+                "w{i}\tO\nx{i}\t{}\n\n",
+                if i % 2 == 0 { "B-M" } else { "O" }
+            ));
         }
         std::fs::write(&src, &text).unwrap();
         let opts = ImportOptions {
@@ -721,11 +725,14 @@ mod tests {
         // Every sentence written once, with its own words and ids.
         let mut words = Vec::new();
         for split in ["train", "validation", "test"] {
-            for line in std::fs::read_to_string(out.join(format!("{split}.jsonl"))).unwrap().lines() {
+            for line in std::fs::read_to_string(out.join(format!("{split}.jsonl")))
+                .unwrap()
+                .lines()
+            {
                 let v: Value = serde_json::from_str(line).unwrap();
                 let w0 = v["tokens"][0].as_str().unwrap().to_string();
                 let i: usize = w0[1..].parse().unwrap();
-                assert_eq!(v["tags"][1], if i % 2 == 0 { 1 } else { 0 });
+                assert_eq!(v["tags"][1], if i.is_multiple_of(2) { 1 } else { 0 });
                 words.push(i);
             }
         }

@@ -6,6 +6,9 @@
 //! into memory); every request is retried on transient failures (network errors, 408, 429,
 //! 5xx) with exponential backoff, honouring `Retry-After`.
 
+// `ureq::Error` is large, but it is ureq's, and a failed request is not a hot path.
+#![allow(clippy::result_large_err)]
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -170,9 +173,7 @@ impl Session<'_> {
     fn lfs_paths(&self, files: &[Upload]) -> Result<Vec<String>, HubError> {
         let listed = files
             .iter()
-            .map(|f| {
-                Ok(json!({"path": f.rel, "size": f.size, "sample": B64.encode(f.sample()?)}))
-            })
+            .map(|f| Ok(json!({"path": f.rel, "size": f.size, "sample": B64.encode(f.sample()?)})))
             .collect::<std::io::Result<Vec<_>>>()?;
         let pre: Value = with_retries("preupload", || {
             self.agent
@@ -241,9 +242,7 @@ impl Session<'_> {
                 for (k, v) in upload["header"].as_object().into_iter().flatten() {
                     req = req.set(k, v.as_str().unwrap_or_default());
                 }
-                let body = file.reader().map_err(|e| {
-                    ureq::Error::from(e)
-                })?;
+                let body = file.reader().map_err(ureq::Error::from)?;
                 req.send(body)
             })
             .map_err(|e| err(self.repo_id, &format!("lfs upload {}", file.rel), e))?;

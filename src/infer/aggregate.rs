@@ -89,8 +89,8 @@ struct Labeled {
     end: usize,
 }
 
-fn argmax(v: &[f32]) -> usize {
-    // numpy argmax: first maximum.
+/// Index of the first maximum (numpy's and torch's argmax).
+pub fn argmax(v: &[f32]) -> usize {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
         if *x > v[best] {

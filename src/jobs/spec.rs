@@ -300,6 +300,16 @@ impl JobSpec {
         Some(JobSpec::parse(json.to_string().as_bytes()).expect("presets are valid: this is a bug"))
     }
 
+    /// The notebook's CSV row for this job, to be filled with its outcome.
+    pub fn csv_row(&self) -> crate::train::report::CsvRow {
+        crate::train::report::CsvRow::new(
+            &self.model.display_name(),
+            &self.model.checkpoint,
+            self.seed,
+            self.training.gradient_accumulation_steps,
+        )
+    }
+
     /// Whether `model.checkpoint` names a Hub repository rather than a local directory.
     pub fn model_is_hub(&self) -> bool {
         let c = &self.model.checkpoint;

@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use crate::hub::Download;
 use crate::store::jobs::{Finish, JobRow, JobStatus, PushStatus};
 use crate::store::{self, StoreError};
-use crate::train::report::{CsvRow, Report, append_csv};
+use crate::train::report::{Report, append_csv};
 use crate::train::{CancelToken, EpochRecord, Eta, EvalSummary, Progress, RunOutcome, TrainError};
 
 use super::resolve::run_config;
@@ -363,12 +363,7 @@ impl Worker {
             .await?;
             return Ok(JobStatus::Queued);
         }
-        let mut csv = CsvRow::new(
-            &spec.model.display_name(),
-            &spec.model.checkpoint,
-            spec.seed,
-            spec.training.gradient_accumulation_steps,
-        );
+        let mut csv = spec.csv_row();
         let finish = match &result {
             Ok(o) => {
                 csv.succeed(o);

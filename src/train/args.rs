@@ -132,34 +132,7 @@ impl TrainingArgs {
                 format!("must be > 0, got {}", self.learning_rate),
             );
         }
-        for (name, v) in [
-            (
-                "per_device_train_batch_size",
-                self.per_device_train_batch_size,
-            ),
-            (
-                "per_device_eval_batch_size",
-                self.per_device_eval_batch_size,
-            ),
-            ("num_train_epochs", self.num_train_epochs),
-            (
-                "gradient_accumulation_steps",
-                self.gradient_accumulation_steps,
-            ),
-        ] {
-            if v == 0 {
-                return f(name, "must be >= 1, got 0".into());
-            }
-        }
-        if self.per_device_train_batch_size > 4096 || self.per_device_eval_batch_size > 4096 {
-            return f("per_device_train_batch_size", "must be <= 4096".into());
-        }
-        if self.num_train_epochs > 10_000 {
-            return f(
-                "num_train_epochs",
-                format!("must be <= 10000, got {}", self.num_train_epochs),
-            );
-        }
+        self.validate_sizes()?;
         if !(finite(self.weight_decay) && self.weight_decay >= 0.0) {
             return f(
                 "weight_decay",
@@ -212,16 +185,67 @@ impl TrainingArgs {
                 format!("must be in [8, 100000], got {}", self.max_length),
             );
         }
+        self.validate_class_weights(num_labels)?;
+        if matches!(self.precision, Precision::Bf16 | Precision::F16) {
+            return f(
+                "precision",
+                "bf16/f16 training is not implemented yet; use \"auto\" or \"f32\"".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
+fn field(name: &str, msg: String) -> Result<(), FieldError> {
+    Err(FieldError::new(format!("training.{name}"), msg))
+}
+
+impl TrainingArgs {
+    /// Batch sizes, epochs and accumulation steps: at least 1 and bounded.
+    fn validate_sizes(&self) -> Result<(), FieldError> {
+        for (name, v) in [
+            (
+                "per_device_train_batch_size",
+                self.per_device_train_batch_size,
+            ),
+            (
+                "per_device_eval_batch_size",
+                self.per_device_eval_batch_size,
+            ),
+            ("num_train_epochs", self.num_train_epochs),
+            (
+                "gradient_accumulation_steps",
+                self.gradient_accumulation_steps,
+            ),
+        ] {
+            if v == 0 {
+                return field(name, "must be >= 1, got 0".into());
+            }
+        }
+        if self.per_device_train_batch_size > 4096 || self.per_device_eval_batch_size > 4096 {
+            return field("per_device_train_batch_size", "must be <= 4096".into());
+        }
+        if self.num_train_epochs > 10_000 {
+            return field(
+                "num_train_epochs",
+                format!("must be <= 10000, got {}", self.num_train_epochs),
+            );
+        }
+        Ok(())
+    }
+
+    /// `"balanced"` or one positive weight per label.
+    fn validate_class_weights(&self, num_labels: Option<usize>) -> Result<(), FieldError> {
         match &self.class_weights {
             Some(ClassWeights::Named(n)) if n != "balanced" => {
-                return f(
+                return field(
                     "class_weights",
                     format!("must be null, \"balanced\" or a list of numbers, got {n:?}"),
                 );
             }
             Some(ClassWeights::Explicit(w)) => {
                 if let Some(i) = w.iter().position(|x| !(x.is_finite() && *x > 0.0)) {
-                    return f(
+                    return field(
                         &format!("class_weights[{i}]"),
                         format!("must be > 0, got {}", w[i]),
                     );
@@ -229,19 +253,13 @@ impl TrainingArgs {
                 if let Some(n) = num_labels
                     && w.len() != n
                 {
-                    return f(
+                    return field(
                         "class_weights",
                         format!("needs one weight per label ({n}), got {}", w.len()),
                     );
                 }
             }
             _ => {}
-        }
-        if matches!(self.precision, Precision::Bf16 | Precision::F16) {
-            return f(
-                "precision",
-                "bf16/f16 training is not implemented yet; use \"auto\" or \"f32\"".into(),
-            );
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ use burn::tensor::backend::Backend;
 
 use crate::data::IGNORE;
 use crate::data::align::{Example, word_predictions};
+use crate::infer::aggregate::argmax;
 use crate::infer::engine::Engine;
 use crate::metrics::{LabelScheme, Metrics};
 
@@ -26,17 +27,6 @@ fn token_cross_entropy(logits: &[f32], label: usize) -> f64 {
     let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
     let sum: f64 = logits.iter().map(|x| (*x as f64 - max).exp()).sum();
     max + sum.ln() - logits[label] as f64
-}
-
-fn argmax(row: &[f32]) -> usize {
-    // First maximum, as numpy and torch.
-    let mut best = 0;
-    for (i, x) in row.iter().enumerate() {
-        if *x > row[best] {
-            best = i;
-        }
-    }
-    best
 }
 
 /// Token-level argmax for every example, in input order, plus the evaluation loss. Batches of

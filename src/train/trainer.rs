@@ -356,6 +356,17 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         self.finish(base_test, stopped_early, progress)
     }
 
+    /// Writes `checkpoint-<step>/` of the current model, optimizer and state.
+    fn save_checkpoint(&self) -> Result<std::path::PathBuf, TrainError> {
+        checkpoint::save(
+            &self.cfg.output_dir,
+            &self.model,
+            &self.config,
+            &self.optim,
+            &self.state,
+        )
+    }
+
     /// An inference engine over the current weights.
     fn engine(
         &self,
@@ -415,13 +426,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
                 Some(StopReason::Cancel) => return Err(TrainError::Cancelled),
                 Some(StopReason::Shutdown) => {
                     self.state.epoch_seconds += t_epoch.elapsed().as_secs_f64();
-                    let dir = checkpoint::save(
-                        &self.cfg.output_dir,
-                        &self.model,
-                        &self.config,
-                        &self.optim,
-                        &self.state,
-                    )?;
+                    let dir = self.save_checkpoint()?;
                     return Err(TrainError::Interrupted {
                         checkpoint: dir.display().to_string(),
                     });
@@ -589,13 +594,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         s.loss_count = 0;
         s.epoch_seconds = 0.0;
         s.epoch_samples = 0;
-        checkpoint::save(
-            &self.cfg.output_dir,
-            &self.model,
-            &self.config,
-            &self.optim,
-            &self.state,
-        )?;
+        self.save_checkpoint()?;
         let best_name = self
             .state
             .best

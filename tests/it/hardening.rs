@@ -115,9 +115,14 @@ async fn detect_is_linear_in_text_length_and_health_answers_meanwhile() {
     let small = time(25_000).await.min(time(25_000).await);
     let large = time(200_000).await.min(time(200_000).await);
     let ratio = large / small;
-    eprintln!("detect 25k chars {small:.3} s, 200k chars {large:.3} s: ratio {ratio:.1} (linear 8)");
+    eprintln!(
+        "detect 25k chars {small:.3} s, 200k chars {large:.3} s: ratio {ratio:.1} (linear 8)"
+    );
     // Linear is 8×; the quadratic post-processing this guards against was 64×.
-    assert!(ratio < 20.0, "200k/25k characters took {ratio:.1}× (linear: 8×)");
+    assert!(
+        ratio < 20.0,
+        "200k/25k characters took {ratio:.1}× (linear: 8×)"
+    );
 
     // Two 200k-character detections in flight: /health still answers at once.
     let (a, b) = (tokio::spawn(time(200_000)), tokio::spawn(time(200_000)));
@@ -132,7 +137,10 @@ async fn detect_is_linear_in_text_length_and_health_answers_meanwhile() {
     a.await.unwrap();
     b.await.unwrap();
     eprintln!("/health during two 200k-character detections: worst {worst:?}");
-    assert!(worst < Duration::from_millis(1000), "/health took {worst:?}");
+    assert!(
+        worst < Duration::from_millis(1000),
+        "/health took {worst:?}"
+    );
     app.shutdown().await;
 }
 
@@ -252,7 +260,10 @@ fn a_public_bind_needs_a_key() {
     let assets = metafora::config::assets_dir(None);
     let e = Settings::from_args(args(None, false), &assets).unwrap_err();
     assert!(e.to_string().contains("--api-key"), "{e}");
-    assert!(Settings::from_args(args(Some(""), false), &assets).is_err(), "an empty key is no key");
+    assert!(
+        Settings::from_args(args(Some(""), false), &assets).is_err(),
+        "an empty key is no key"
+    );
     assert!(Settings::from_args(args(Some("k"), false), &assets).is_ok());
     assert!(Settings::from_args(args(None, true), &assets).is_ok());
     // compose refuses to start without a key instead of defaulting to an empty one.
@@ -322,7 +333,12 @@ async fn uploads_with_extreme_split_ratios_get_an_answer() {
         .await;
     assert_eq!(code, 422, "{body}");
     assert_eq!(body["error"]["field"], "split");
-    assert!(!body["error"]["message"].as_str().unwrap().contains("split split"));
+    assert!(
+        !body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("split split")
+    );
     // Nothing half-received is left behind.
     let leftovers: Vec<_> = std::fs::read_dir(app.dir.path().join("data/datasets"))
         .unwrap()
@@ -390,7 +406,10 @@ async fn revisions_and_symlinked_files_cannot_escape_the_allowed_paths() {
         .await;
     assert_eq!(code, 422, "{body}");
     assert!(
-        body["error"]["message"].as_str().unwrap().contains("links outside"),
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("links outside"),
         "{body}"
     );
     let (_, list) = app.get("/v1/jobs").await;
@@ -498,12 +517,18 @@ async fn slow_headers_and_slow_bodies_are_cut_off() {
     assert!(t.elapsed() < Duration::from_secs(1));
     for (i, h) in slow.into_iter().enumerate() {
         let (resp, took) = h.await.unwrap();
-        assert!(took < Duration::from_secs(6), "connection {i} held {took:?}");
+        assert!(
+            took < Duration::from_secs(6),
+            "connection {i} held {took:?}"
+        );
         if i % 2 == 1 {
             assert!(resp.starts_with("HTTP/1.1 408"), "body {i}: {resp}");
             assert!(resp.contains("\"timeout\""), "{resp}");
         } else {
-            assert!(!resp.contains("200 OK"), "headers {i} never completed: {resp}");
+            assert!(
+                !resp.contains("200 OK"),
+                "headers {i} never completed: {resp}"
+            );
         }
     }
     app.shutdown().await;
@@ -588,11 +613,16 @@ async fn a_panic_in_the_forward_pass_restarts_the_model() {
     assert_eq!(health["status"], "degraded", "{health}");
     assert_eq!(health["models"][0]["state"], "degraded");
     assert!(
-        health["models"][0]["reason"].as_str().unwrap().contains("panic"),
+        health["models"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("panic"),
         "{health}"
     );
     // It answers again, without a redeploy.
-    let (code, body) = app.post("/v1/detect", &json!({"text": "Té un cor de pedra."})).await;
+    let (code, body) = app
+        .post("/v1/detect", &json!({"text": "Té un cor de pedra."}))
+        .await;
     assert_eq!(code, 200, "{body}");
     let (_, health) = app.get("/health").await;
     assert_eq!(health["status"], "ok", "{health}");
@@ -642,10 +672,7 @@ async fn auth_comes_before_404_and_405_and_says_how() {
             .await
             .unwrap();
         assert_eq!(r.status().as_u16(), 401, "{method} {path}");
-        assert_eq!(
-            r.headers()["www-authenticate"],
-            "Bearer realm=\"metafora\""
-        );
+        assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"metafora\"");
     }
     let r = app
         .client

@@ -35,6 +35,28 @@ struct StandIn {
     created: Mutex<Vec<Value>>,
     commits: Mutex<Vec<(String, Vec<Value>)>>,
     downloads: Mutex<Vec<String>>,
+    /// Failures still to inject: "download" (a weights download cut mid-body), "commit"
+    /// (503), "lfs" (500 on an LFS upload).
+    flaky: Mutex<HashMap<&'static str, usize>>,
+    /// `Range` headers of weights downloads.
+    weight_ranges: Mutex<Vec<String>>,
+    /// Requests answered, by endpoint ("commit", "lfs").
+    calls: Mutex<HashMap<&'static str, usize>>,
+}
+
+impl StandIn {
+    /// Whether to fail this `what` request (and counts it).
+    fn fail(&self, what: &'static str) -> bool {
+        *self.calls.lock().unwrap().entry(what).or_default() += 1;
+        let mut f = self.flaky.lock().unwrap();
+        match f.get_mut(what) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 fn sha256(b: &[u8]) -> String {
@@ -114,6 +136,34 @@ async fn resolve(
             .lock()
             .unwrap()
             .push(format!("{kind}:{owner}/{name}@{rev}:{file}"));
+    }
+    if file.ends_with(".bin") || file.ends_with(".safetensors") {
+        if let Some(r) = headers.get(header::RANGE).and_then(|r| r.to_str().ok()) {
+            s.weight_ranges.lock().unwrap().push(r.to_string());
+        }
+        // A connection lost half way through a full download: the client must resume.
+        if matches!(range, Some((0, b)) if b > 0) && s.fail("download") {
+            let half = bytes[..total / 2].to_vec();
+            let stream = futures::stream::iter(vec![
+                Ok::<_, std::io::Error>(Bytes::from(half)),
+                Err(std::io::Error::other("connection reset")),
+            ]);
+            let mut r = (
+                StatusCode::PARTIAL_CONTENT,
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response();
+            r.headers_mut().insert(
+                header::CONTENT_RANGE,
+                format!("bytes 0-{}/{total}", total - 1).parse().unwrap(),
+            );
+            r.headers_mut().insert(header::CONTENT_LENGTH, total.into());
+            r.headers_mut()
+                .insert("x-repo-commit", repo.commit.parse().unwrap());
+            r.headers_mut()
+                .insert("etag", format!("\"{}\"", sha256(bytes)).parse().unwrap());
+            return r;
+        }
     }
     let etag = format!("\"{}\"", sha256(bytes));
     let common = [
@@ -201,6 +251,9 @@ async fn lfs_batch(s: S, body: Bytes) -> Response {
 }
 
 async fn lfs_upload(s: S, UrlPath(oid): UrlPath<String>, body: Bytes) -> StatusCode {
+    if s.fail("lfs") {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
     assert_eq!(sha256(&body), oid, "LFS object matches its oid");
     s.lfs.lock().unwrap().insert(oid, body.to_vec());
     StatusCode::OK
@@ -213,6 +266,14 @@ async fn commit(
     body: Bytes,
 ) -> Response {
     assert_eq!(headers["authorization"], "Bearer hf_test_token");
+    if s.fail("commit") {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "busy",
+        )
+            .into_response();
+    }
     let ops: Vec<Value> = String::from_utf8(body.to_vec())
         .unwrap()
         .lines()
@@ -542,4 +603,42 @@ async fn run_to_success(app: &crate::app::TestApp, spec: &Value) -> (String, Val
         "{job}"
     );
     (id, job)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_resume_and_pushes_retry_on_a_flaky_hub() {
+    let (hub, endpoint) = spawn_hub().await;
+    hub.flaky
+        .lock()
+        .unwrap()
+        .extend([("download", 1), ("commit", 1), ("lfs", 1)]);
+    let cache = tempfile::tempdir().unwrap();
+    let app = spawn_app_with(Options {
+        hub: Some(metafora::hub::HubConfig {
+            endpoint,
+            token: Some("hf_test_token".into()),
+            cache_dir: cache.path().join("hub"),
+            offline: false,
+        }),
+        ..Default::default()
+    })
+    .await;
+    let (_, job) = run_to_success(&app, &hub_job()).await;
+    assert_eq!(job["push"]["status"], "pushed", "{job}");
+    // The weights download was cut half way and resumed from where it stopped.
+    let ranges = hub.weight_ranges.lock().unwrap().clone();
+    let total = std::fs::metadata(fixture("hub/model/pytorch_model.bin"))
+        .unwrap()
+        .len();
+    assert!(
+        ranges.contains(&format!("bytes={}-", total / 2)),
+        "resumed at byte {}: {ranges:?}",
+        total / 2
+    );
+    // The LFS upload and the commit failed once each and were sent again.
+    let calls = hub.calls.lock().unwrap().clone();
+    assert_eq!(calls["lfs"], 2, "{calls:?}");
+    assert_eq!(calls["commit"], 2, "{calls:?}");
+    assert_eq!(hub.commits.lock().unwrap().len(), 1);
+    app.shutdown().await;
 }

@@ -2,12 +2,11 @@
 //! arithmetic:
 //! - dense layers on weights packed once per loaded model ([`PackedLinear`]): burn-flex's GEMM
 //!   repacks the whole weight matrix on every call, which for the few rows of a single
-//!   sentence costs more than the multiply (a 35 × 768 · 768 × 3072 product ran at 23 GFLOP/s,
-//!   packed at 57–69 on one core of this machine);
+//!   sentence costs more than the multiply (figures: README, "CPU inference engine");
 //! - scaled-dot-product attention that reads heads in place from the `[batch, seq, heads,
 //!   head_dim]` projections (no permute copies), with a vectorisable exp and one task per
 //!   (sequence, head) on the rayon pool — burn-flex's runs every (sequence, head) on the calling
-//!   thread and calls scalar libm `expf` (a fifth of a small model's forward);
+//!   thread and calls scalar libm `expf`, which dominated small models' forward passes;
 //! - the exact-erf GELU.
 
 use rayon::prelude::*;
@@ -213,8 +212,8 @@ impl PackedLinear {
     /// Blocked like a BLAS GEMM: `KC` weight rows × 16 columns of a panel stay in cache while up
     /// to `MC` activation rows (`MC × KC`, in L2) stream past them; column panels are shared out
     /// over the rayon pool when the product is big enough to pay for it. (`KC` = 1024 leaves
-    /// roberta-base's 768-wide layers unblocked: on this machine blocking them by 256 was up to
-    /// 20 % slower for a single sentence.)
+    /// roberta-base's 768-wide layers unblocked: smaller blocks measured slower for a single
+    /// sentence; `metafora bench kernels` times the shapes.)
     pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
         const KC: usize = 1024;
         const MC: usize = 96;
