@@ -39,14 +39,15 @@ pub async fn request_id(mut req: Request, next: Next) -> Response {
     resp
 }
 
-/// The tracing span of a request, with its id.
+/// The tracing span of a request, with its id (debug level, as tower-http's default: at
+/// `info` a request costs no span; errors log the id themselves).
 pub fn request_span(req: &Request) -> tracing::Span {
     let id = req
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
+    tracing::debug_span!("request", method = %req.method(), uri = %req.uri().path(), request_id = %id)
 }
 
 /// A panic in a handler: a 500 JSON error (the connection stays usable).
@@ -146,8 +147,8 @@ pub fn cors(origins: &[String]) -> Option<CorsLayer> {
 }
 
 /// With `--api-key`: a Bearer token (scheme case-insensitive) or Basic with the key as
-/// password (as Label Studio sends it) on every route but `/health`, unknown routes and
-/// wrong methods included (they answer 401 before 404/405).
+/// password (as Label Studio sends it) on every route but `GET`/`HEAD /health`, unknown routes
+/// and wrong methods included (they answer 401 before 404/405).
 pub async fn auth(
     State(state): State<AppState>,
     req: Request,
@@ -156,7 +157,7 @@ pub async fn auth(
     let Some(key) = &state.settings.api_key else {
         return Ok(next.run(req).await);
     };
-    let open = req.method() == Method::GET
+    let open = (req.method() == Method::GET || req.method() == Method::HEAD)
         && req
             .extensions()
             .get::<MatchedPath>()

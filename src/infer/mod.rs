@@ -39,6 +39,10 @@ pub const MAX_TEXTS: usize = 256;
 pub const MAX_WORDS: usize = 20_000;
 /// Most code points in one request, all texts together.
 pub const MAX_TOTAL_CHARS: usize = 1_000_000;
+/// Inputs up to this many code points are tokenised and aggregated on the calling task (tens
+/// of microseconds: a hop to the blocking pool would cost more); longer ones on the blocking
+/// pool, so the async runtime never waits on them.
+const INLINE_CHARS: usize = 4096;
 
 /// Executor settings.
 #[derive(Debug, Clone)]
@@ -163,6 +167,15 @@ impl Input {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// Code points (bytes as an upper bound) of the whole input.
+    fn size(&self) -> usize {
+        match self {
+            Input::Text(t) => t.len(),
+            Input::Texts(ts) => ts.iter().map(String::len).sum(),
+            Input::Tokens(w) => w.iter().map(String::len).sum(),
         }
     }
 
@@ -538,8 +551,8 @@ impl Detector {
     }
 
     /// Detects entities; fails fast with `Busy` when the queue is full. Tokenising and
-    /// aggregation run on the blocking pool, the forward pass on the executor; a caller that
-    /// goes away is skipped by the executor.
+    /// aggregation of long inputs run on the blocking pool, the forward pass on the executor; a
+    /// caller that goes away is skipped by the executor.
     pub async fn detect(
         self: Arc<Self>,
         input: Input,
@@ -550,6 +563,11 @@ impl Detector {
             .clone()
             .try_acquire_owned()
             .map_err(|_| DetectError::Busy(self.info.name.clone()))?;
+        if input.size() <= INLINE_CHARS {
+            let prepared = self.prepare(&input, opts.long_text)?;
+            let probs = self.submit(&prepared)?.await.map_err(|_| self.lost())?;
+            return Ok(self.assemble(&input, &prepared, probs, opts));
+        }
         let input = Arc::new(input);
         let (me, inp) = (self.clone(), input.clone());
         let prepared = tokio::task::spawn_blocking(move || me.prepare(&inp, opts.long_text))
