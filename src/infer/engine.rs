@@ -33,7 +33,7 @@ impl<B: Backend> Engine<B> {
         device: &B::Device,
     ) -> Self {
         if resolved == Resolved::Cpu && cpu::available() {
-            Engine::Cpu(CpuRoberta::new(&model, config))
+            Engine::Cpu(CpuRoberta::new(model, config))
         } else {
             Engine::Burn {
                 model,

@@ -38,12 +38,11 @@ struct Norm {
 }
 
 impl Norm {
-    fn new<B: Backend>(ln: &LayerNorm<B>, eps: f64) -> Self {
-        let gamma = host(ln.gamma.val());
+    fn new<B: Backend>(ln: LayerNorm<B>, eps: f64) -> Self {
+        let gamma = host(ln.gamma.into_value());
         let beta = ln
             .beta
-            .as_ref()
-            .map(|b| host(b.val()))
+            .map(|b| host(b.into_value()))
             .unwrap_or_else(|| vec![0.0; gamma.len()]);
         Norm {
             gamma,
@@ -71,10 +70,11 @@ impl Norm {
     }
 }
 
-fn packed<B: Backend>(l: &Linear<B>) -> PackedLinear {
+/// Packs a Linear, consuming it (its weights are freed as the packed copy is made).
+fn packed<B: Backend>(l: Linear<B>) -> PackedLinear {
     let [d_in, d_out] = l.weight.dims();
-    let w = host(l.weight.val());
-    let b = l.bias.as_ref().map(|b| host(b.val()));
+    let w = host(l.weight.into_value());
+    let b = l.bias.map(|b| host(b.into_value()));
     PackedLinear::new(&w, b.as_deref(), d_in, d_out)
 }
 
@@ -106,42 +106,48 @@ pub struct CpuRoberta {
 }
 
 impl CpuRoberta {
-    /// Copies and packs the weights of `model` (its configuration: `config`).
-    pub fn new<B: Backend>(
-        model: &RobertaForTokenClassification<B>,
-        config: &RobertaConfig,
-    ) -> Self {
+    /// Takes over the weights of `model` (its configuration: `config`), packing the dense
+    /// layers; each burn tensor is freed as its host copy is made, so building the engine
+    /// does not hold two copies of the model.
+    pub fn new<B: Backend>(model: RobertaForTokenClassification<B>, config: &RobertaConfig) -> Self {
         let eps = config.layer_norm_eps;
-        let e = &model.roberta.embeddings;
         let hidden = config.hidden_size;
-        let layers = model
-            .roberta
+        let RobertaForTokenClassification {
+            roberta, classifier, ..
+        } = model;
+        let e = roberta.embeddings;
+        let pad = e.padding_idx;
+        let word_embeddings = host(e.word_embeddings.weight.into_value());
+        let position_embeddings = host(e.position_embeddings.weight.into_value());
+        let token_type = host(e.token_type_embeddings.weight.into_value())[..hidden].to_vec();
+        let embeddings_norm = Norm::new(e.layer_norm, eps);
+        let layers = roberta
             .encoder
             .layer
-            .iter()
+            .into_iter()
             .map(|l| {
-                let a = &l.attention;
+                let a = l.attention;
                 Layer {
-                    query: packed(&a.self_attn.query),
-                    key: packed(&a.self_attn.key),
-                    value: packed(&a.self_attn.value),
-                    attention_output: packed(&a.output.dense),
-                    attention_norm: Norm::new(&a.output.layer_norm, eps),
-                    intermediate: packed(&l.intermediate.dense),
-                    output: packed(&l.output.dense),
-                    output_norm: Norm::new(&l.output.layer_norm, eps),
+                    query: packed(a.self_attn.query),
+                    key: packed(a.self_attn.key),
+                    value: packed(a.self_attn.value),
+                    attention_output: packed(a.output.dense),
+                    attention_norm: Norm::new(a.output.layer_norm, eps),
+                    intermediate: packed(l.intermediate.dense),
+                    output: packed(l.output.dense),
+                    output_norm: Norm::new(l.output.layer_norm, eps),
                 }
             })
             .collect();
-        let classifier = packed(&model.classifier);
+        let classifier = packed(classifier);
         CpuRoberta {
             hidden,
             heads: config.num_attention_heads,
-            pad: e.padding_idx,
-            word_embeddings: host(e.word_embeddings.weight.val()),
-            position_embeddings: host(e.position_embeddings.weight.val()),
-            token_type: host(e.token_type_embeddings.weight.val())[..hidden].to_vec(),
-            embeddings_norm: Norm::new(&e.layer_norm, eps),
+            pad,
+            word_embeddings,
+            position_embeddings,
+            token_type,
+            embeddings_norm,
             layers,
             num_labels: classifier.d_out(),
             classifier,
