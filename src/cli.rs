@@ -8,7 +8,7 @@ use burn::tensor::backend::AutodiffBackend;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::config::{DetectArgs, EvalArgs, ScoreArgs, TrainArgs};
-use crate::data::RobertaTokenizer;
+use crate::data::Tokenizer;
 use crate::data::dataset::{Dataset, DatasetOptions};
 use crate::infer::engine::Engine;
 use crate::infer::{DetectOptions, Detector, DetectorOptions, Input};
@@ -253,7 +253,7 @@ fn eval_on<B: burn::tensor::backend::Backend>(
     let (model, config, _) =
         load_token_classifier::<B>(&args.model, None, HeadInit::FromCheckpoint, device)?;
     let labels = config.labels().context("model config has no id2label")?;
-    let tokenizer = RobertaTokenizer::from_dir(&args.model)?;
+    let tokenizer = Tokenizer::from_dir(&args.model)?;
     let opts = DatasetOptions {
         splits: ["train".into(), "validation".into(), args.split.clone()],
         labels: Some(labels.clone()),

@@ -6,7 +6,7 @@ use burn::tensor::backend::AutodiffBackend;
 use serde_json::{Value, json};
 
 use crate::config::LogitsBench;
-use crate::data::RobertaTokenizer;
+use crate::data::Tokenizer;
 use crate::infer::engine::Engine;
 use crate::model::backend::{BackendTask, Resolved, dispatch};
 use crate::model::{HeadInit, load_token_classifier};
@@ -23,7 +23,7 @@ pub fn logits_bench(l: LogitsBench) -> anyhow::Result<()> {
                 HeadInit::FromCheckpoint,
                 &device,
             )?;
-            let tok = RobertaTokenizer::from_dir(&self.0.model)?;
+            let tok = Tokenizer::from_dir(&self.0.model)?;
             let engine = Engine::new(model, &config, resolved, &device);
             let mut out = Vec::new();
             for line in std::fs::read_to_string(&self.0.sentences)?

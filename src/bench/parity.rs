@@ -9,7 +9,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use serde_json::{Value, json};
 
 use crate::config::ParityBench;
-use crate::data::RobertaTokenizer;
+use crate::data::Tokenizer;
 use crate::infer::engine::Engine;
 use crate::model::backend::{BackendTask, Resolved, dispatch};
 use crate::model::{HeadInit, load_token_classifier};
@@ -115,7 +115,7 @@ fn parity_on<B: Backend>(
     let dir = fx.join("tiny-roberta-finetuned");
     let (ft, config, _) = load_token_classifier::<B>(&dir, None, HeadInit::FromCheckpoint, device)?;
     let labels = config.labels().context("labels")?;
-    let tok = RobertaTokenizer::from_dir(&dir)?;
+    let tok = Tokenizer::from_dir(&dir)?;
     let opts = crate::data::dataset::DatasetOptions {
         labels: Some(labels.clone()),
         ..Default::default()

@@ -6,13 +6,14 @@ pub mod align;
 pub mod batch;
 pub mod dataset;
 pub mod tokenizer;
+pub mod spm;
 pub mod upload;
 
 use std::path::PathBuf;
 
 pub use align::{Example, IGNORE};
 pub use dataset::{Dataset, Split};
-pub use tokenizer::{Encoded, RobertaTokenizer};
+pub use tokenizer::{Encoded, Tokenizer};
 
 /// Why data could not be read or prepared.
 #[derive(Debug, thiserror::Error)]

@@ -1,18 +1,23 @@
-//! The RoBERTa byte-level BPE tokenizer, from `tokenizer.json` or from `vocab.json` +
-//! `merges.txt` (the only files projecte-aina/roberta-*-ca-v2 ship).
+//! A model directory's tokenizer, from the files checkpoints ship, in this order:
+//! `tokenizer.json`; a SentencePiece `spm.model` (DeBERTa-v2/v3: mDeBERTa ships no
+//! tokenizer.json) or `sentencepiece.bpe.model` (XLM-R, fairseq ids), read by [`super::spm`];
+//! `vocab.json` + `merges.txt` (RoBERTa's byte-level BPE: the only files
+//! projecte-aina/roberta-*-ca-v2 ship).
 //!
-//! Both paths end in the same `tokenizers` pipeline that transformers builds
-//! (`convert_slow_tokenizer.RobertaConverter`): ByteLevel pre-tokenizer and decoder,
-//! `RobertaProcessing` post-processor, BPE without continuing-subword prefix. `add_prefix_space`
-//! is forced on, as the notebook passes `add_prefix_space=True`, so every pre-split word gets
-//! a `Ġ`. Offsets are returned in Unicode code points (the `tokenizers` crate counts bytes).
+//! Every path ends in a `tokenizers` pipeline. For byte-level BPE it is the one transformers
+//! builds (`convert_slow_tokenizer.RobertaConverter`): ByteLevel pre-tokenizer and decoder,
+//! `RobertaProcessing` post-processor, BPE without continuing-subword prefix, with
+//! `add_prefix_space` forced on, as the notebook passes `add_prefix_space=True`, so every
+//! pre-split word gets a `Ġ`. Offsets are returned in Unicode code points (the `tokenizers`
+//! crate counts bytes).
 
 use std::path::Path;
 
 use serde_json::{Value, json};
-use tokenizers::Tokenizer;
+use tokenizers::Tokenizer as HfTokenizer;
 
 use super::DataError;
+use super::spm;
 
 /// One encoded sequence with special tokens (`<s> … </s>`).
 #[derive(Debug, Clone, PartialEq)]
@@ -41,8 +46,8 @@ impl Encoded {
 
 /// A loaded tokenizer plus the special-token ids the model code needs.
 #[derive(Clone)]
-pub struct RobertaTokenizer {
-    inner: Tokenizer,
+pub struct Tokenizer {
+    inner: HfTokenizer,
     pub pad_id: u32,
     pub cls_id: u32,
     pub sep_id: u32,
@@ -52,9 +57,9 @@ pub struct RobertaTokenizer {
     pub json: String,
 }
 
-impl std::fmt::Debug for RobertaTokenizer {
+impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RobertaTokenizer")
+        f.debug_struct("Tokenizer")
             .field("vocab", &self.inner.get_vocab_size(true))
             .finish()
     }
@@ -77,29 +82,51 @@ fn token_content(v: &Value) -> Option<String> {
     }
 }
 
-impl RobertaTokenizer {
-    /// Loads from a model directory: `tokenizer.json` when present, else vocab.json + merges.txt.
+/// SentencePiece model files and the id layout each implies.
+const SPM_FILES: [(&str, spm::Layout); 2] = [
+    ("spm.model", spm::Layout::Deberta),
+    ("sentencepiece.bpe.model", spm::Layout::Fairseq),
+];
+
+impl Tokenizer {
+    /// Loads from a model directory (see the module docs for the files, in order).
     pub fn from_dir(dir: &Path) -> Result<Self, DataError> {
         let config = if dir.join("tokenizer_config.json").is_file() {
             read_json(&dir.join("tokenizer_config.json"))?
         } else {
             json!({})
         };
+        let spm_file = SPM_FILES.iter().find(|(f, _)| dir.join(f).is_file());
         let mut doc = if dir.join("tokenizer.json").is_file() {
             read_json(&dir.join("tokenizer.json"))?
+        } else if let Some((file, layout)) = spm_file {
+            let path = dir.join(file);
+            let bytes = std::fs::read(&path).map_err(|e| DataError::Io {
+                path: path.clone(),
+                source: e,
+            })?;
+            spm::tokenizer_json(&spm::read_model(&bytes, &path.display().to_string())?, *layout)?
         } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
             Self::assemble(dir, &config)?
         } else {
             return Err(DataError::Tokenizer(format!(
-                "{}: no tokenizer.json and no vocab.json + merges.txt",
+                "{}: no tokenizer.json, spm.model, sentencepiece.bpe.model or vocab.json + merges.txt",
                 dir.display()
             )));
         };
         force_prefix_space(&mut doc);
         let text = serde_json::to_string(&doc).expect("serialising JSON: this is a bug");
-        let inner = Tokenizer::from_bytes(text.as_bytes())
+        let inner = HfTokenizer::from_bytes(text.as_bytes())
             .map_err(|e| DataError::Tokenizer(format!("{}: {e}", dir.display())))?;
+        // DeBERTa's special tokens are `[CLS]`-style; RoBERTa's and XLM-R's `<s>`-style.
+        let bert_style = inner.token_to_id("<s>").is_none() && inner.token_to_id("[CLS]").is_some();
         let id = |name: &str, default: &str| -> Result<u32, DataError> {
+            let default = match (bert_style, default) {
+                (true, "<pad>") => "[PAD]",
+                (true, "<s>") => "[CLS]",
+                (true, "</s>") => "[SEP]",
+                _ => default,
+            };
             let tok = config
                 .get(name)
                 .and_then(token_content)
@@ -113,7 +140,7 @@ impl RobertaTokenizer {
             .and_then(|v| v.as_u64())
             .filter(|n| *n < 1_000_000)
             .map(|n| n as usize);
-        Ok(RobertaTokenizer {
+        Ok(Tokenizer {
             pad_id: id("pad_token", "<pad>")?,
             cls_id: id("cls_token", "<s>")?,
             sep_id: id("sep_token", "</s>")?,

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::sync::{Semaphore, oneshot};
 
-use crate::data::{Encoded, RobertaTokenizer};
+use crate::data::{Encoded, Tokenizer};
 use crate::model::LoadError;
 use crate::model::backend::Resolved;
 
@@ -249,7 +249,7 @@ pub struct ModelHealth {
 /// A loaded model behind its executor thread.
 pub struct Detector {
     pub info: ModelInfo,
-    tokenizer: RobertaTokenizer,
+    tokenizer: Tokenizer,
     tx: mpsc::Sender<Cmd>,
     permits: Arc<Semaphore>,
     opts: DetectorOptions,
@@ -319,7 +319,7 @@ impl Detector {
         device: Resolved,
         opts: DetectorOptions,
     ) -> Result<Self, DetectError> {
-        let tokenizer = RobertaTokenizer::from_dir(dir)?;
+        let tokenizer = Tokenizer::from_dir(dir)?;
         let health = Arc::new(Mutex::new(Health::default()));
         let batching = Batching {
             budget: opts.batch_tokens,

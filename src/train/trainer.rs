@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 
 use crate::data::align::{Example, example};
 use crate::data::batch::HostBatch;
-use crate::data::{Dataset, RobertaTokenizer, Split};
+use crate::data::{Dataset, Tokenizer, Split};
 use crate::infer::engine::Engine;
 use crate::metrics::LabelScheme;
 use crate::model::backend::{BackendTask, Resolved, dispatch};
@@ -85,7 +85,7 @@ pub struct Prepared {
 /// Tokenizes and aligns one split; returns the examples and the words truncated away.
 pub fn encode_split(
     split: &Split,
-    tokenizer: &RobertaTokenizer,
+    tokenizer: &Tokenizer,
     max_len: usize,
 ) -> Result<(Vec<Example>, usize), TrainError> {
     let examples = split
@@ -106,7 +106,7 @@ pub fn encode_split(
 /// Tokenizes and aligns every split (`tokenize_and_align_labels`).
 pub fn prepare(
     dataset: &Dataset,
-    tokenizer: &RobertaTokenizer,
+    tokenizer: &Tokenizer,
     max_len: usize,
 ) -> Result<Prepared, TrainError> {
     let (train, a) = encode_split(&dataset.train, tokenizer, max_len)?;
@@ -121,7 +121,7 @@ pub fn prepare(
 }
 
 /// Longest token sequence for a model and tokenizer under the spec's `max_length`.
-pub fn max_len(config: &RobertaConfig, tokenizer: &RobertaTokenizer, requested: usize) -> usize {
+pub fn max_len(config: &RobertaConfig, tokenizer: &Tokenizer, requested: usize) -> usize {
     requested
         .min(config.max_tokens())
         .min(tokenizer.model_max_length.unwrap_or(usize::MAX))
@@ -196,7 +196,7 @@ struct Trainer<'a, B: AutodiffBackend> {
     args: &'a TrainingArgs,
     device: B::Device,
     resolved: Resolved,
-    tokenizer: RobertaTokenizer,
+    tokenizer: Tokenizer,
     /// The base checkpoint's configuration, and the same with this run's labels.
     base_config: RobertaConfig,
     config: RobertaConfig,
@@ -229,7 +229,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let num_labels = labels.len();
         args.validate(Some(num_labels))?;
         let scheme = LabelScheme::new(labels)?;
-        let tokenizer = RobertaTokenizer::from_dir(&cfg.model_dir)?;
+        let tokenizer = Tokenizer::from_dir(&cfg.model_dir)?;
         let base_config = RobertaConfig::from_dir(&cfg.model_dir)?;
         let config = base_config.clone().with_labels(labels);
         let max_len = max_len(&base_config, &tokenizer, args.max_length);

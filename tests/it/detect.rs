@@ -4,7 +4,7 @@
 use burn::backend::Flex;
 use burn::tensor::activation::softmax;
 use burn::tensor::{Int, Tensor, TensorData};
-use metafora::data::RobertaTokenizer;
+use metafora::data::Tokenizer;
 use metafora::infer::aggregate::{Entity, Strategy};
 use metafora::infer::{DetectOptions, Detector, DetectorOptions, Input, LongText};
 use metafora::model::backend::Resolved;
@@ -114,7 +114,7 @@ fn simple_matches_the_pipeline_on_the_finetuned_model() {
 
 /// Token probabilities straight from the model, for an independent word aggregation.
 fn token_probs(dir: &str, text: &str) -> (Vec<Vec<f32>>, metafora::data::Encoded) {
-    let tok = RobertaTokenizer::from_dir(&fixture(dir)).unwrap();
+    let tok = Tokenizer::from_dir(&fixture(dir)).unwrap();
     let enc = tok.encode_text(text).unwrap();
     let (model, _, _) = load_token_classifier::<Flex>(
         &fixture(dir),
@@ -336,7 +336,7 @@ fn overlapping_windows_score_each_token_in_its_most_central_window() {
         )
         .unwrap();
     let (got, windows) = (&out.results[0].entities, out.results[0].windows);
-    let tok = RobertaTokenizer::from_dir(&fixture(dir)).unwrap();
+    let tok = Tokenizer::from_dir(&fixture(dir)).unwrap();
     let enc = tok.encode_text(&text).unwrap();
     let n = enc.len() - 2;
     let (plan, owner) = metafora::infer::window::plan(n, 62, 24);
@@ -412,7 +412,7 @@ fn overlapping_windows_score_each_token_in_its_most_central_window() {
 fn raw_text_encoding_matches_transformers() {
     // scripts/make_text_encoding_fixture.py: emoji, clitics, punt volat, €, —, accents.
     let fx = json("parity/text_encoding.json");
-    let tok = RobertaTokenizer::from_dir(&fixture("tiny-roberta")).unwrap();
+    let tok = Tokenizer::from_dir(&fixture("tiny-roberta")).unwrap();
     for item in fx["items"].as_array().unwrap() {
         let enc = tok.encode_text(item["text"].as_str().unwrap()).unwrap();
         let ids: Vec<u32> = item["input_ids"]

@@ -6,6 +6,7 @@ mod common;
 mod crash;
 mod detect;
 mod failing;
+mod families;
 mod hardening;
 mod hub;
 mod parity;

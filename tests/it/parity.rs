@@ -4,7 +4,7 @@
 
 use burn::backend::Flex;
 use burn::tensor::{Int, Tensor, TensorData};
-use metafora::data::RobertaTokenizer;
+use metafora::data::Tokenizer;
 use metafora::infer::engine::Engine;
 use metafora::model::backend::Resolved;
 use metafora::model::{HeadInit, load_token_classifier};
@@ -67,7 +67,7 @@ fn tokenization_matches_reference_from_both_tokenizer_sources() {
     let fx = json("parity/tokenization_and_logits.json");
     for dir in ["tiny-roberta", "tokenizer"] {
         // tests/fixtures/tokenizer has no tokenizer.json: vocab.json + merges.txt only.
-        let tok = RobertaTokenizer::from_dir(&fixture(dir)).unwrap();
+        let tok = Tokenizer::from_dir(&fixture(dir)).unwrap();
         for s in fx["sentences"].as_array().unwrap() {
             let enc = tok.encode_words(&words(s)).unwrap();
             assert_eq!(
