@@ -9,19 +9,27 @@ use serde_json::{Value, json};
 
 use crate::config::ModelBench;
 use crate::infer::engine::Engine;
-use crate::model::RobertaConfig;
 use crate::model::backend::{BackendTask, Resolved, dispatch};
+use crate::model::{DebertaV2Config, ModelConfig, RobertaConfig};
 use crate::train::loss::{LossKind, position_weights, token_loss};
 use crate::train::optim::{AdamW, AdamWConfig, grad_norm};
 
 use super::{run_python, time_it};
 
-fn size_config(size: &str) -> anyhow::Result<RobertaConfig> {
+/// Model shapes by name: RoBERTa `tiny`, `base`, `large` (roberta-base/-large), DeBERTa
+/// `deberta-tiny` and `mdeberta-base` (mDeBERTa-v3-base: 12 × 768, vocab 251 000).
+fn size_config(size: &str) -> anyhow::Result<ModelConfig> {
     Ok(match size {
-        "tiny" => RobertaConfig::synthetic(128, 2, 4, 512, 3000),
-        "base" => RobertaConfig::synthetic(768, 12, 12, 3072, 50262),
-        "large" => RobertaConfig::synthetic(1024, 24, 16, 4096, 50262),
-        other => anyhow::bail!("unknown size {other:?} (tiny, base, large)"),
+        "tiny" => ModelConfig::Roberta(RobertaConfig::synthetic(128, 2, 4, 512, 3000)),
+        "base" => ModelConfig::Roberta(RobertaConfig::synthetic(768, 12, 12, 3072, 50262)),
+        "large" => ModelConfig::Roberta(RobertaConfig::synthetic(1024, 24, 16, 4096, 50262)),
+        "deberta-tiny" => ModelConfig::DebertaV2(DebertaV2Config::synthetic(128, 2, 4, 256, 3000)),
+        "mdeberta-base" => {
+            ModelConfig::DebertaV2(DebertaV2Config::synthetic(768, 12, 12, 3072, 251_000))
+        }
+        other => {
+            anyhow::bail!("unknown size {other:?} (tiny, base, large, deberta-tiny, mdeberta-base)")
+        }
     })
 }
 
@@ -48,14 +56,14 @@ fn random_batch(batch: usize, seq: usize, vocab: usize) -> (Vec<Vec<u32>>, Vec<i
 
 /// (forward ms, train step ms, parameters) on backend `B`.
 fn time_model<B: AutodiffBackend>(
-    cfg: &RobertaConfig,
+    cfg: &ModelConfig,
     m: &ModelBench,
     device: &B::Device,
     resolved: Resolved,
 ) -> (f64, f64, usize) {
     let model = cfg.init_token_classifier::<B>(2, device);
     let params = model.num_params();
-    let (seqs, labels) = random_batch(m.batch, m.seq, cfg.vocab_size);
+    let (seqs, labels) = random_batch(m.batch, m.seq, cfg.vocab_size());
     // Inference as /v1/detect and evaluation run it (on the CPU: the host engine, weights
     // packed once, at load).
     let engine = Engine::new(model.valid(), cfg, resolved, device);
@@ -88,8 +96,11 @@ fn time_model<B: AutodiffBackend>(
         let scale = (1.0 / (norm + 1e-6)).min(1.0);
         model = optim.step(2e-5, model.clone(), grads, scale);
         // Wait for the device: read one value of the updated classifier.
-        let _ = model
-            .classifier
+        let classifier = match &model {
+            crate::model::TokenClassifier::Roberta(m) => &m.classifier,
+            crate::model::TokenClassifier::DebertaV2(m) => &m.classifier,
+        };
+        let _ = classifier
             .weight
             .val()
             .slice([0..1, 0..1])

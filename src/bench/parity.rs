@@ -101,8 +101,7 @@ fn parity_on<B: Backend>(
         let t = Tensor::<B, 2, Int>::from_data(TensorData::new(i, [1, n]), device);
         let m = Tensor::<B, 2, Int>::from_data(TensorData::new(vec![1i32; n], [1, n]), device);
         let got: Vec<f32> = base
-            .roberta
-            .forward(t, m)
+            .encode(t, m)
             .into_data()
             .convert::<f32>()
             .to_vec()

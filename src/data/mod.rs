@@ -5,8 +5,8 @@
 pub mod align;
 pub mod batch;
 pub mod dataset;
-pub mod tokenizer;
 pub mod spm;
+pub mod tokenizer;
 pub mod upload;
 
 use std::path::PathBuf;

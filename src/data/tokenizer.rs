@@ -105,7 +105,10 @@ impl Tokenizer {
                 path: path.clone(),
                 source: e,
             })?;
-            spm::tokenizer_json(&spm::read_model(&bytes, &path.display().to_string())?, *layout)?
+            spm::tokenizer_json(
+                &spm::read_model(&bytes, &path.display().to_string())?,
+                *layout,
+            )?
         } else if dir.join("vocab.json").is_file() && dir.join("merges.txt").is_file() {
             Self::assemble(dir, &config)?
         } else {

@@ -6,19 +6,19 @@ use burn::tensor::backend::Backend;
 
 use crate::data::batch::HostBatch;
 use crate::model::backend::Resolved;
-use crate::model::{RobertaConfig, RobertaForTokenClassification};
+use crate::model::{ModelConfig, TokenClassifier};
 
-use super::cpu::{self, CpuRoberta};
+use super::cpu::{self, CpuModel};
 
 /// A model ready for inference.
 // One engine per deployed model or evaluation pass, never moved in a loop: no boxing.
 #[allow(clippy::large_enum_variant)]
 pub enum Engine<B: Backend> {
     /// Host kernels; the burn model has been dropped.
-    Cpu(CpuRoberta),
+    Cpu(CpuModel),
     /// burn's ops on padded batches.
     Burn {
-        model: RobertaForTokenClassification<B>,
+        model: TokenClassifier<B>,
         pad_id: u32,
         device: B::Device,
     },
@@ -27,19 +27,28 @@ pub enum Engine<B: Backend> {
 impl<B: Backend> Engine<B> {
     /// The engine for `model` on `resolved`.
     pub fn new(
-        model: RobertaForTokenClassification<B>,
-        config: &RobertaConfig,
+        model: TokenClassifier<B>,
+        config: &ModelConfig,
         resolved: Resolved,
         device: &B::Device,
     ) -> Self {
+        let pad_id = config.pad_token_id() as u32;
         if resolved == Resolved::Cpu && cpu::available() {
-            Engine::Cpu(CpuRoberta::new(model, config))
-        } else {
-            Engine::Burn {
-                model,
-                pad_id: config.pad_token_id as u32,
-                device: device.clone(),
+            match CpuModel::new(model, config) {
+                Ok(m) => return Engine::Cpu(m),
+                Err(model) => {
+                    return Engine::Burn {
+                        model,
+                        pad_id,
+                        device: device.clone(),
+                    };
+                }
             }
+        }
+        Engine::Burn {
+            model,
+            pad_id,
+            device: device.clone(),
         }
     }
 

@@ -162,7 +162,7 @@ fn load<B: Backend>(
     let loaded = Loaded {
         labels: config.labels().unwrap_or_default(),
         max_tokens: config.max_tokens(),
-        vocab_size: config.vocab_size,
+        vocab_size: config.vocab_size(),
     };
     Ok((Engine::new(model, &config, resolved, device), loaded))
 }

@@ -1,8 +1,9 @@
 //! Export a token classifier as a complete Hugging Face model directory.
 //!
-//! `config.json` (architecture `RobertaForTokenClassification`, id2label/label2id),
-//! `model.safetensors` with HF key names (`roberta.*` + `classifier.*`) and the tokenizer files,
-//! so `AutoModelForTokenClassification.from_pretrained(dir)` loads it with no missing or
+//! `config.json` (the family's token-classification architecture, id2label/label2id),
+//! `model.safetensors` with HF key names (`roberta.*`/`deberta.*` + `classifier.*`) and the
+//! tokenizer files (SentencePiece models included), so
+//! `AutoModelForTokenClassification.from_pretrained(dir)` loads it with no missing or
 //! unexpected keys.
 
 use std::path::Path;
@@ -11,16 +12,16 @@ use burn::tensor::TensorData;
 use burn::tensor::backend::Backend;
 use safetensors::Dtype;
 
-use super::LoadError;
-use super::config::RobertaConfig;
 use super::loader::hf_tensors;
-use super::roberta::RobertaForTokenClassification;
+use super::{LoadError, ModelConfig, TokenClassifier};
 
 /// Tokenizer files copied next to an exported model when the source has them.
-pub const TOKENIZER_FILES: [&str; 5] = [
+pub const TOKENIZER_FILES: [&str; 7] = [
     "tokenizer.json",
     "vocab.json",
     "merges.txt",
+    "spm.model",
+    "sentencepiece.bpe.model",
     "tokenizer_config.json",
     "special_tokens_map.json",
 ];
@@ -72,8 +73,8 @@ pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<(), Load
 /// found in `tokenizer_dir`, and writes `tokenizer.json` from `tokenizer_json` when the source
 /// had only vocab.json + merges.txt.
 pub fn save_hf_dir<B: Backend>(
-    model: &RobertaForTokenClassification<B>,
-    config: &RobertaConfig,
+    model: &TokenClassifier<B>,
+    config: &ModelConfig,
     tokenizer_dir: &Path,
     tokenizer_json: Option<&str>,
     out: &Path,
@@ -85,11 +86,8 @@ pub fn save_hf_dir<B: Backend>(
     let tensors = hf_tensors(model);
     write_safetensors(&out.join("model.safetensors"), &tensors)?;
     let mut config = config.clone();
-    config.architectures = vec!["RobertaForTokenClassification".into()];
-    config
-        .extra
-        .insert("transformers_version".into(), "4.57.0".into());
-    config.extra.insert("torch_dtype".into(), "float32".into());
+    config.set_extra("transformers_version", "4.57.0".into());
+    config.set_extra("torch_dtype", "float32".into());
     write_json(&out.join("config.json"), &config)?;
     copy_tokenizer_files(tokenizer_dir, out)?;
     if let Some(json) = tokenizer_json

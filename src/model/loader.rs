@@ -1,4 +1,5 @@
-//! Checkpoint import and export naming: the one table between burn module paths and HF keys.
+//! Checkpoint import and export naming: the one table between burn module paths and HF keys,
+//! for every family (the [`TokenClassifier`] variant is not part of the key).
 //!
 //! | burn path segment            | HF key segment | why                                   |
 //! |------------------------------|----------------|---------------------------------------|
@@ -7,9 +8,10 @@
 //! | `gamma` / `beta`             | `weight`/`bias`| burn's LayerNorm parameter names      |
 //! | `Linear.weight` `[in, out]`  | `[out, in]`    | burn stores Linear transposed (PyTorch) |
 //!
-//! Checkpoints may or may not prefix encoder keys with `roberta.`; older ones name LayerNorm
-//! parameters `gamma`/`beta`. `pooler.*`, `lm_head.*` and the `position_ids` buffer are ignored
-//! (listed in [`IGNORED`]). Every other missing, unexpected or mis-shaped tensor is an error
+//! Checkpoints may or may not prefix encoder keys with the family's attribute (`roberta.`,
+//! `deberta.`); older ones name LayerNorm parameters `gamma`/`beta`. Heads and buffers a token
+//! classifier does not use are ignored (listed in [`ignored_prefixes`]: pooler, MLM and RTD
+//! heads, `position_ids`). Every other missing, unexpected or mis-shaped tensor is an error
 //! naming the key and both shapes.
 
 use std::collections::BTreeSet;
@@ -21,10 +23,8 @@ use burn::tensor::{Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use super::LoadError;
-use super::config::RobertaConfig;
-use super::roberta::RobertaForTokenClassification;
 use super::weights::{WeightFormat, Weights};
+use super::{LoadError, ModelConfig, TokenClassifier};
 
 /// Renames from burn path segments to HF key segments (see the module docs).
 const SEGMENT_RENAMES: [(&str, &str); 4] = [
@@ -34,13 +34,28 @@ const SEGMENT_RENAMES: [(&str, &str); 4] = [
     ("beta", "bias"),
 ];
 
-/// Checkpoint key prefixes/suffixes that carry nothing a token classifier uses.
-pub const IGNORED: [&str; 4] = [
-    "pooler.",
-    "lm_head.",
-    "embeddings.position_ids",
-    "embeddings.token_type_ids",
-];
+/// Checkpoint keys (after the family prefix) that carry nothing a token classifier uses.
+pub fn ignored_prefixes(config: &ModelConfig) -> &'static [&'static str] {
+    match config {
+        ModelConfig::Roberta(_) => &[
+            "pooler.",
+            "lm_head.",
+            "embeddings.position_ids",
+            "embeddings.token_type_ids",
+        ],
+        // Hub v3 checkpoints carry the MLM (`lm_predictions`, legacy `cls`) and RTD
+        // (`mask_predictions`) heads; HF also ignores absolute position embeddings the config
+        // does not use.
+        ModelConfig::DebertaV2(_) => &[
+            "pooler.",
+            "lm_predictions.",
+            "mask_predictions.",
+            "cls.",
+            "embeddings.position_ids",
+            "embeddings.position_embeddings",
+        ],
+    }
+}
 
 /// How the classifier head is obtained.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,13 +71,27 @@ pub enum HeadInit {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct LoadReport {
     pub format: WeightFormat,
-    /// Whether the checkpoint keys carried the `roberta.` prefix.
+    /// The model family (`roberta`, `deberta-v2`).
+    pub family: &'static str,
+    /// Whether the checkpoint keys carried the family's prefix (`roberta.`, `deberta.`).
     pub prefixed: bool,
     /// `loaded` or `fresh`.
     pub head: &'static str,
     /// Checkpoint keys skipped on purpose (pooler, lm_head, buffers, replaced head).
     pub ignored: Vec<String>,
     pub num_parameters: usize,
+}
+
+/// The path and parent container of a module-visitor stack, without the
+/// [`TokenClassifier`] variant (an `Enum:` container, not a checkpoint key segment).
+pub fn stack_path(stack: &[(String, String)]) -> (Vec<String>, String) {
+    let kept: Vec<&(String, String)> = stack
+        .iter()
+        .filter(|(_, container)| !container.starts_with("Enum:"))
+        .collect();
+    let path = kept.iter().map(|(s, _)| s.clone()).collect();
+    let parent = kept.last().map(|(_, c)| c.clone()).unwrap_or_default();
+    (path, parent)
 }
 
 /// The HF key of a burn parameter path, and whether the tensor is stored transposed.
@@ -91,8 +120,8 @@ pub fn load_token_classifier<B: Backend>(
     labels: Option<&[String]>,
     head: HeadInit,
     device: &B::Device,
-) -> Result<(RobertaForTokenClassification<B>, RobertaConfig, LoadReport), LoadError> {
-    let config = RobertaConfig::from_dir(dir)?;
+) -> Result<(TokenClassifier<B>, ModelConfig, LoadReport), LoadError> {
+    let config = ModelConfig::from_dir(dir)?;
     let labels: Vec<String> = match labels {
         Some(l) => l.to_vec(),
         None => config.labels().ok_or_else(|| LoadError::Config {
@@ -107,19 +136,21 @@ pub fn load_token_classifier<B: Backend>(
 
 /// Fills a freshly built model from opened weights.
 pub fn load_with_weights<B: Backend>(
-    config: &RobertaConfig,
+    config: &ModelConfig,
     weights: &Weights,
     num_labels: usize,
     head: HeadInit,
     device: &B::Device,
-) -> Result<(RobertaForTokenClassification<B>, LoadReport), LoadError> {
-    let prefixed = weights.entries.keys().any(|k| k.starts_with("roberta."));
+) -> Result<(TokenClassifier<B>, LoadReport), LoadError> {
+    let prefix = format!("{}.", config.base_prefix());
+    let prefixed = weights.entries.keys().any(|k| k.starts_with(&prefix));
     let model = config.init_token_classifier::<B>(num_labels, device);
     let mut mapper = LoadMapper::<B> {
         weights,
+        prefix: prefix.clone(),
         prefixed,
         head,
-        std: config.initializer_range,
+        std: config.initializer_range(),
         device: device.clone(),
         stack: Vec::new(),
         used: BTreeSet::new(),
@@ -132,10 +163,10 @@ pub fn load_with_weights<B: Backend>(
         if mapper.used.contains(key) {
             continue;
         }
-        let bare = key.strip_prefix("roberta.").unwrap_or(key);
+        let bare = key.strip_prefix(&prefix).unwrap_or(key);
         let replaced_head =
             matches!(head, HeadInit::Fresh { .. }) && key.starts_with("classifier.");
-        if replaced_head || IGNORED.iter().any(|p| bare.starts_with(p)) {
+        if replaced_head || ignored_prefixes(config).iter().any(|p| bare.starts_with(p)) {
             ignored.push(key.clone());
         } else {
             mapper.problems.push(format!(
@@ -151,6 +182,7 @@ pub fn load_with_weights<B: Backend>(
     }
     let report = LoadReport {
         format: weights.format,
+        family: config.family(),
         prefixed,
         head: if matches!(head, HeadInit::Fresh { .. }) {
             "fresh"
@@ -165,6 +197,8 @@ pub fn load_with_weights<B: Backend>(
 
 struct LoadMapper<'a, B: Backend> {
     weights: &'a Weights,
+    /// The family's key prefix (`roberta.`).
+    prefix: String,
     prefixed: bool,
     head: HeadInit,
     std: f64,
@@ -180,7 +214,7 @@ impl<B: Backend> LoadMapper<'_, B> {
     /// Checkpoint key candidates for an HF key, most likely first.
     fn candidates(&self, hf: &str) -> Vec<String> {
         let mut keys = Vec::with_capacity(4);
-        let base = match hf.strip_prefix("roberta.") {
+        let base = match hf.strip_prefix(self.prefix.as_str()) {
             Some(rest) if !self.prefixed => rest.to_string(),
             _ => hf.to_string(),
         };
@@ -237,9 +271,8 @@ impl<B: Backend> ModuleMapper<B> for LoadMapper<'_, B> {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
-        let path: Vec<String> = self.stack.iter().map(|(s, _)| s.clone()).collect();
-        let parent = self.stack.last().map(|(_, c)| c.as_str()).unwrap_or("");
-        let (hf, transposed) = hf_key(&path, parent);
+        let (path, parent) = stack_path(&self.stack);
+        let (hf, transposed) = hf_key(&path, &parent);
         let expected: Vec<usize> = param.lazy_shape().to_vec();
         let expected_hf: Vec<usize> = if transposed {
             expected.iter().rev().copied().collect()
@@ -315,9 +348,8 @@ pub fn hf_tensors<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, TensorDa
             self.stack.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            let path: Vec<String> = self.stack.iter().map(|(s, _)| s.clone()).collect();
-            let parent = self.stack.last().map(|(_, c)| c.as_str()).unwrap_or("");
-            let (key, transposed) = hf_key(&path, parent);
+            let (path, parent) = stack_path(&self.stack);
+            let (key, transposed) = hf_key(&path, &parent);
             let t = param.val();
             let t = if transposed { t.transpose() } else { t };
             self.out.push((key, t.into_data().convert::<f32>()));

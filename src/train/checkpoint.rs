@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::model::export::{write_json, write_safetensors};
 use crate::model::loader::hf_tensors;
 use crate::model::weights::Weights;
-use crate::model::{RobertaConfig, RobertaForTokenClassification};
+use crate::model::{ModelConfig, TokenClassifier};
 
 use super::evaluate::EvalOutput;
 use super::optim::AdamW;
@@ -99,8 +99,8 @@ pub fn dir_name(step: usize) -> String {
 /// Writes a checkpoint; `trainer_state.json` last.
 pub fn save<B: AutodiffBackend>(
     output: &Path,
-    model: &RobertaForTokenClassification<B>,
-    config: &RobertaConfig,
+    model: &TokenClassifier<B>,
+    config: &ModelConfig,
     optim: &AdamW<B>,
     state: &TrainerState,
 ) -> Result<PathBuf, TrainError> {
@@ -108,9 +108,7 @@ pub fn save<B: AutodiffBackend>(
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
     let inner = model.valid();
     write_safetensors(&dir.join("model.safetensors"), &hf_tensors(&inner))?;
-    let mut config = config.clone();
-    config.architectures = vec!["RobertaForTokenClassification".into()];
-    write_json(&dir.join("config.json"), &config)?;
+    write_json(&dir.join("config.json"), config)?;
     write_safetensors(&dir.join("optimizer.safetensors"), &optim.state_tensors())?;
     write_json(&dir.join("trainer_state.json"), state)?;
     Ok(dir)

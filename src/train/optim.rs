@@ -14,7 +14,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
-use crate::model::loader::hf_key;
+use crate::model::loader::{hf_key, stack_path};
 
 /// Hyper-parameters of one AdamW.
 #[derive(Debug, Clone, Copy)]
@@ -59,8 +59,7 @@ struct PathStack(Vec<(String, String)>);
 
 impl PathStack {
     fn key(&self) -> (String, Vec<String>, String) {
-        let path: Vec<String> = self.0.iter().map(|(s, _)| s.clone()).collect();
-        let parent = self.0.last().map(|(_, c)| c.clone()).unwrap_or_default();
+        let (path, parent) = stack_path(&self.0);
         (hf_key(&path, &parent).0, path, parent)
     }
 }

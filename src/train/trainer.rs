@@ -22,7 +22,7 @@ use rand::seq::SliceRandom;
 
 use crate::data::align::{Example, example};
 use crate::data::batch::HostBatch;
-use crate::data::{Dataset, Tokenizer, Split};
+use crate::data::{Dataset, Split, Tokenizer};
 use crate::infer::engine::Engine;
 use crate::metrics::LabelScheme;
 use crate::model::backend::{BackendTask, Resolved, dispatch};
@@ -30,7 +30,7 @@ use crate::model::export::save_hf_dir;
 use crate::model::loader::{HeadInit, load_with_weights};
 use crate::model::ops::dropout_rng;
 use crate::model::weights::Weights;
-use crate::model::{RobertaConfig, RobertaForTokenClassification};
+use crate::model::{ModelConfig, TokenClassifier};
 
 use super::args::{BestMetric, ClassWeights, TrainingArgs};
 use super::checkpoint::{self, Best, EvalSummary, TrainerState};
@@ -58,9 +58,7 @@ const CPU_SHARDS: usize = 2;
 
 /// A copy of the model whose parameters are new autodiff leaves with the same ids and values:
 /// its graph is its own, and its gradients accumulate into the original's by id.
-fn fresh_leaves<B: AutodiffBackend>(
-    model: &RobertaForTokenClassification<B>,
-) -> RobertaForTokenClassification<B> {
+fn fresh_leaves<B: AutodiffBackend>(model: &TokenClassifier<B>) -> TokenClassifier<B> {
     struct Fresh;
     impl<B: AutodiffBackend> ModuleMapper<B> for Fresh {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
@@ -121,7 +119,7 @@ pub fn prepare(
 }
 
 /// Longest token sequence for a model and tokenizer under the spec's `max_length`.
-pub fn max_len(config: &RobertaConfig, tokenizer: &Tokenizer, requested: usize) -> usize {
+pub fn max_len(config: &ModelConfig, tokenizer: &Tokenizer, requested: usize) -> usize {
     requested
         .min(config.max_tokens())
         .min(tokenizer.model_max_length.unwrap_or(usize::MAX))
@@ -198,14 +196,14 @@ struct Trainer<'a, B: AutodiffBackend> {
     resolved: Resolved,
     tokenizer: Tokenizer,
     /// The base checkpoint's configuration, and the same with this run's labels.
-    base_config: RobertaConfig,
-    config: RobertaConfig,
+    base_config: ModelConfig,
+    config: ModelConfig,
     scheme: LabelScheme,
     data: Prepared,
     gold_val: Vec<Vec<i64>>,
     gold_test: Vec<Vec<i64>>,
     class_weights: Option<Vec<f64>>,
-    model: RobertaForTokenClassification<B>,
+    model: TokenClassifier<B>,
     optim: AdamW<B>,
     state: TrainerState,
     resumed_from: Option<String>,
@@ -230,7 +228,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         args.validate(Some(num_labels))?;
         let scheme = LabelScheme::new(labels)?;
         let tokenizer = Tokenizer::from_dir(&cfg.model_dir)?;
-        let base_config = RobertaConfig::from_dir(&cfg.model_dir)?;
+        let base_config = ModelConfig::from_dir(&cfg.model_dir)?;
         let config = base_config.clone().with_labels(labels);
         let max_len = max_len(&base_config, &tokenizer, args.max_length);
         let data = prepare(&cfg.dataset, &tokenizer, max_len)?;
@@ -368,10 +366,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     }
 
     /// An inference engine over the current weights.
-    fn engine(
-        &self,
-        model: RobertaForTokenClassification<B::InnerBackend>,
-    ) -> Engine<B::InnerBackend> {
+    fn engine(&self, model: TokenClassifier<B::InnerBackend>) -> Engine<B::InnerBackend> {
         Engine::new(model, &self.config, self.resolved, &self.device)
     }
 
@@ -473,7 +468,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let denom: f64 = weights.iter().flatten().map(|w| *w as f64).sum();
         let step_seed = mix(self.cfg.seed ^ 0xD50F, self.state.global_step as u64);
         let (device, loss_kind) = (&self.device, self.args.loss);
-        let micro_step = |m: &RobertaForTokenClassification<B>, micro: usize| {
+        let micro_step = |m: &TokenClassifier<B>, micro: usize| {
             let seed = mix(step_seed, micro as u64);
             if parallel {
                 dropout_rng::seed_thread(seed);
@@ -487,7 +482,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             let value = loss.clone().into_scalar().elem::<f64>();
             (value, GradientsParams::from_grads(loss.backward(), m))
         };
-        let mut acc = GradientsAccumulator::<RobertaForTokenClassification<B>>::new();
+        let mut acc = GradientsAccumulator::<TokenClassifier<B>>::new();
         let mut window_loss = 0.0;
         let mut micro = 0;
         while micro < hosts.len() {

@@ -36,7 +36,12 @@ fn offsets(v: &Value) -> Vec<(usize, usize)> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|o| (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize))
+        .map(|o| {
+            (
+                o[0].as_u64().unwrap() as usize,
+                o[1].as_u64().unwrap() as usize,
+            )
+        })
         .collect()
 }
 
@@ -51,7 +56,9 @@ fn deberta_pre_split_words_match_transformers_from_spm_model_and_tokenizer_json(
         for s in fx["sentences"].as_array().unwrap() {
             let enc = tok.encode_words(&words(s)).unwrap();
             let (mut ids, mut wids) = (u32s(&s["input_ids"]), word_ids(&s["word_ids"]));
-            if dir == "tiny-deberta-v2" && let Some(w) = words(s).iter().position(|w| w == "…") {
+            if dir == "tiny-deberta-v2"
+                && let Some(w) = words(s).iter().position(|w| w == "…")
+            {
                 // SentencePiece's NFKC makes `…` three full stops where transformers' NFC
                 // conversion has `[UNK]`: the one place these sentences differ.
                 let at = wids.iter().rposition(|x| *x == Some(w)).unwrap();
@@ -91,12 +98,18 @@ fn deberta_raw_text_follows_sentencepiece_normalization() {
             let chars: Vec<char> = text.chars().collect();
             for (i, (s, e)) in enc.offsets.iter().enumerate().skip(1) {
                 if i + 1 < enc.offsets.len() {
-                    assert!(s <= e && *e <= chars.len(), "{text:?}: token {i} at {s}..{e}");
+                    assert!(
+                        s <= e && *e <= chars.len(),
+                        "{text:?}: token {i} at {s}..{e}"
+                    );
                 }
             }
         }
     }
-    assert_eq!(differing, 2, "the ligature and the U+0140 sentences differ from transformers");
+    assert_eq!(
+        differing, 2,
+        "the ligature and the U+0140 sentences differ from transformers"
+    );
 }
 
 #[test]
@@ -106,7 +119,11 @@ fn xlm_roberta_from_tokenizer_json_and_from_the_fairseq_sentencepiece_file() {
     let from_json = Tokenizer::from_dir(&dir).unwrap();
     // The same directory without tokenizer.json: sentencepiece.bpe.model with fairseq ids.
     let bare = tempfile::tempdir().unwrap();
-    for f in ["config.json", "sentencepiece.bpe.model", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "sentencepiece.bpe.model",
+        "tokenizer_config.json",
+    ] {
         std::fs::copy(dir.join(f), bare.path().join(f)).unwrap();
     }
     let from_spm = Tokenizer::from_dir(bare.path()).unwrap();
@@ -116,6 +133,170 @@ fn xlm_roberta_from_tokenizer_json_and_from_the_fairseq_sentencepiece_file() {
             let enc = tok.encode_words(&words(s)).unwrap();
             assert_eq!(enc.ids, u32s(&s["input_ids"]), "{:?}", words(s));
             assert_eq!(enc.word_ids, word_ids(&s["word_ids"]));
+        }
+    }
+}
+
+use burn::backend::Flex;
+use burn::tensor::{Int, Tensor, TensorData};
+use metafora::infer::engine::Engine;
+use metafora::model::backend::Resolved;
+use metafora::model::{HeadInit, load_token_classifier};
+
+/// Logit tolerance: the reference rounds to 6 decimals and f32 matmul order differs from
+/// PyTorch's; the budget is the 1e-4.
+const TOL: f32 = 1e-4;
+
+fn floats(v: &Value) -> Vec<f32> {
+    let mut out = Vec::new();
+    fn walk(v: &Value, out: &mut Vec<f32>) {
+        match v {
+            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            Value::Number(n) => out.push(n.as_f64().unwrap() as f32),
+            _ => {}
+        }
+    }
+    walk(v, &mut out);
+    out
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn batch(rows: &[Vec<u32>], masks: &[Vec<u32>]) -> (Tensor<Flex, 2, Int>, Tensor<Flex, 2, Int>) {
+    let (b, s) = (rows.len(), rows[0].len());
+    let flat = |v: &[Vec<u32>]| v.iter().flatten().map(|x| *x as i32).collect::<Vec<_>>();
+    let d = Default::default();
+    (
+        Tensor::from_data(TensorData::new(flat(rows), [b, s]), &d),
+        Tensor::from_data(TensorData::new(flat(masks), [b, s]), &d),
+    )
+}
+
+/// Logits of the fixture's single sentences and padded batch, through burn's ops and the
+/// inference engine; returns the worst difference of each path.
+fn logits_parity(dir: &str, fx: &Value) -> (f32, f32) {
+    let (model, config, report) = load_token_classifier::<Flex>(
+        &fixture(dir),
+        None,
+        HeadInit::FromCheckpoint,
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(report.head, "loaded", "{dir}");
+    let mut burn_worst = 0f32;
+    let sentences = fx["sentences"].as_array().unwrap();
+    for s in sentences {
+        let ids = u32s(&s["input_ids"]);
+        let (i, m) = batch(&[ids.clone()], &[vec![1; ids.len()]]);
+        let got: Vec<f32> = model.forward(i, m).into_data().to_vec().unwrap();
+        burn_worst = burn_worst.max(max_abs_diff(&got, &floats(&s["logits"])));
+    }
+    if let Some(b) = fx.get("batch") {
+        let rows: Vec<Vec<u32>> = b["input_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(u32s)
+            .collect();
+        let masks: Vec<Vec<u32>> = b["attention_mask"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(u32s)
+            .collect();
+        let want = floats(&b["logits"]);
+        let (i, m) = batch(&rows, &masks);
+        let got: Vec<f32> = model.forward(i, m).into_data().to_vec().unwrap();
+        let mask_flat: Vec<u32> = masks.iter().flatten().copied().collect();
+        let labels = want.len() / mask_flat.len();
+        let (g, w): (Vec<f32>, Vec<f32>) = got
+            .iter()
+            .zip(&want)
+            .enumerate()
+            .filter(|(k, _)| mask_flat[k / labels] == 1)
+            .map(|(_, (a, b))| (*a, *b))
+            .unzip();
+        burn_worst = burn_worst.max(max_abs_diff(&g, &w));
+    }
+    let engine = Engine::new(model, &config, Resolved::Cpu, &Default::default());
+    let mut engine_worst = 0f32;
+    let seqs: Vec<Vec<u32>> = sentences.iter().map(|s| u32s(&s["input_ids"])).collect();
+    let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
+    for (s, got) in sentences.iter().zip(engine.logits(&refs)) {
+        engine_worst = engine_worst.max(max_abs_diff(&got, &floats(&s["logits"])));
+    }
+    (burn_worst, engine_worst)
+}
+
+#[test]
+fn deberta_logits_match_transformers_single_padded_and_through_the_engine() {
+    let fx = json("parity/deberta.json");
+    let (burn, engine) = logits_parity("tiny-deberta-v2", &fx);
+    eprintln!("tiny-deberta-v2 logits max |Δ|: burn ops {burn:e}, engine {engine:e}");
+    assert!(burn <= TOL, "burn ops: {burn}");
+    assert!(engine <= TOL, "engine: {engine}");
+}
+
+#[test]
+fn xlm_roberta_logits_match_transformers() {
+    let fx = json("parity/xlm_roberta.json");
+    let (burn, engine) = logits_parity("tiny-xlm-roberta", &fx);
+    eprintln!("tiny-xlm-roberta logits max |Δ|: burn ops {burn:e}, engine {engine:e}");
+    assert!(burn <= TOL && engine <= TOL, "{burn} {engine}");
+}
+
+#[test]
+fn deberta_base_checkpoint_with_mlm_and_rtd_heads_gives_the_encoder_outputs() {
+    let fx = json("parity/deberta.json");
+    let labels = vec!["O".to_string(), "B-METAPHOR".to_string()];
+    let (model, _, report) = load_token_classifier::<Flex>(
+        &fixture("tiny-deberta-v2-mlm"),
+        Some(&labels),
+        HeadInit::Fresh { seed: 1 },
+        &Default::default(),
+    )
+    .unwrap();
+    assert_eq!(
+        (report.family, report.prefixed, report.head),
+        ("deberta-v2", true, "fresh")
+    );
+    for head in ["lm_predictions.", "mask_predictions.", "cls."] {
+        assert!(
+            report.ignored.iter().any(|k| k.contains(head)),
+            "{head} ignored: {:?}",
+            report.ignored
+        );
+    }
+    let mut worst = 0f32;
+    for s in fx["sentences"].as_array().unwrap() {
+        let ids = u32s(&s["input_ids"]);
+        let (i, m) = batch(&[ids.clone()], &[vec![1; ids.len()]]);
+        let got: Vec<f32> = model.encode(i, m).into_data().to_vec().unwrap();
+        worst = worst.max(max_abs_diff(&got, &floats(&s["base_hidden"])));
+    }
+    eprintln!("tiny-deberta-v2-mlm hidden states max |Δ| = {worst:e}");
+    assert!(worst <= TOL, "{worst}");
+}
+
+#[test]
+fn deberta_log_buckets_match_transformers() {
+    let fx = json("parity/deberta_log_buckets.json");
+    for (key, want) in fx["buckets"].as_object().unwrap() {
+        let (bs, mp) = key.split_once('_').unwrap();
+        let (bs, mp): (i64, i64) = (bs.parse().unwrap(), mp.parse().unwrap());
+        for (i, w) in want.as_array().unwrap().iter().enumerate() {
+            let r = i as i64 - 1500;
+            assert_eq!(
+                metafora::model::config::log_bucket(r, bs, mp),
+                w.as_i64().unwrap(),
+                "bucket({r}, {bs}, {mp})"
+            );
         }
     }
 }

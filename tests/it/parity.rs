@@ -224,7 +224,7 @@ fn encoder_outputs(dir: &str) -> f32 {
         let ids_ = ids(&s["input_ids"]);
         let mask = vec![1u32; ids_.len()];
         let (i, m) = batch(&[ids_], &[mask]);
-        let got: Vec<f32> = model.roberta.forward(i, m).into_data().to_vec().unwrap();
+        let got: Vec<f32> = model.encode(i, m).into_data().to_vec().unwrap();
         worst = worst.max(max_abs_diff(&got, &floats(&s["last_hidden_state"])));
     }
     worst

@@ -12,7 +12,7 @@ use burn::nn::{LayerNorm, Linear};
 use burn::tensor::Tensor;
 use burn::tensor::backend::Backend;
 
-use crate::model::{RobertaConfig, RobertaForTokenClassification};
+use crate::model::{ModelConfig, RobertaConfig, RobertaForTokenClassification, TokenClassifier};
 
 use kernels::PackedLinear;
 
@@ -21,6 +21,40 @@ use kernels::PackedLinear;
 pub fn available() -> bool {
     kernels::packed_kernels_available()
         && std::env::var("METAFORA_CPU_KERNELS").map_or(true, |v| v != "off")
+}
+
+/// A model on the CPU engine, by family.
+pub enum CpuModel {
+    Roberta(CpuRoberta),
+}
+
+impl CpuModel {
+    /// Takes over `model` when the engine implements its family; gives it back otherwise.
+    #[allow(clippy::result_large_err)]
+    pub fn new<B: Backend>(
+        model: TokenClassifier<B>,
+        config: &ModelConfig,
+    ) -> Result<Self, TokenClassifier<B>> {
+        match (model, config) {
+            (TokenClassifier::Roberta(m), ModelConfig::Roberta(c)) => {
+                Ok(CpuModel::Roberta(CpuRoberta::new(m, c)))
+            }
+            (model, _) => Err(model),
+        }
+    }
+
+    pub fn num_labels(&self) -> usize {
+        match self {
+            CpuModel::Roberta(m) => m.num_labels(),
+        }
+    }
+
+    /// Logits of each sequence, `[len, num_labels]` row-major.
+    pub fn logits(&self, sequences: &[&[u32]]) -> Vec<Vec<f32>> {
+        match self {
+            CpuModel::Roberta(m) => m.logits(sequences),
+        }
+    }
 }
 
 fn host<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
@@ -109,11 +143,16 @@ impl CpuRoberta {
     /// Takes over the weights of `model` (its configuration: `config`), packing the dense
     /// layers; each burn tensor is freed as its host copy is made, so building the engine
     /// does not hold two copies of the model.
-    pub fn new<B: Backend>(model: RobertaForTokenClassification<B>, config: &RobertaConfig) -> Self {
+    pub fn new<B: Backend>(
+        model: RobertaForTokenClassification<B>,
+        config: &RobertaConfig,
+    ) -> Self {
         let eps = config.layer_norm_eps;
         let hidden = config.hidden_size;
         let RobertaForTokenClassification {
-            roberta, classifier, ..
+            roberta,
+            classifier,
+            ..
         } = model;
         let e = roberta.embeddings;
         let pad = e.padding_idx;
