@@ -100,6 +100,9 @@ pub fn read_model(bytes: &[u8], file: &str) -> Result<ModelProto, DataError> {
     Ok(proto)
 }
 
+/// A piece: text, score, type.
+type Piece = (String, f64, i32);
+
 fn added(id: usize, content: &str) -> Value {
     json!({"id": id, "content": content, "single_word": false, "lstrip": false, "rstrip": false,
         "normalized": false, "special": true})
@@ -112,7 +115,7 @@ fn special(name: &str, id: usize) -> Value {
 /// The `tokenizer.json` document of a SentencePiece model in `layout`; also returns the names
 /// of the CLS, SEP and PAD tokens.
 pub fn tokenizer_json(proto: &ModelProto, layout: Layout) -> Result<Value, DataError> {
-    let pieces: Vec<(String, f64, i32)> = proto
+    let pieces: Vec<Piece> = proto
         .pieces
         .iter()
         .map(|p| {
@@ -125,34 +128,29 @@ pub fn tokenizer_json(proto: &ModelProto, layout: Layout) -> Result<Value, DataE
         .collect();
     let trainer = proto.trainer_spec.clone().unwrap_or_default();
     let norm = proto.normalizer_spec.clone().unwrap_or_default();
-    let (vocab, unk_id, specials, cls, sep): (
-        Vec<(String, f64, i32)>,
-        usize,
-        Vec<usize>,
-        &str,
-        &str,
-    ) = match layout {
-        Layout::Deberta => {
-            let unk = trainer.unk_id.unwrap_or(0).max(0) as usize;
-            let specials = pieces
-                .iter()
-                .enumerate()
-                .filter(|(_, p)| !matches!(p.2, NORMAL | USER_DEFINED))
-                .map(|(i, _)| i)
-                .collect();
-            (pieces, unk, specials, "[CLS]", "[SEP]")
-        }
-        Layout::Fairseq => {
-            let mut v: Vec<(String, f64, i32)> = ["<s>", "<pad>", "</s>", "<unk>"]
-                .iter()
-                .map(|s| (s.to_string(), 0.0, 3))
-                .collect();
-            v.extend(pieces.into_iter().skip(3));
-            v.push(("<mask>".into(), 0.0, 3));
-            let specials = vec![0, 1, 2, 3, v.len() - 1];
-            (v, 3, specials, "<s>", "</s>")
-        }
-    };
+    let (vocab, unk_id, specials, cls, sep): (Vec<Piece>, usize, Vec<usize>, &str, &str) =
+        match layout {
+            Layout::Deberta => {
+                let unk = trainer.unk_id.unwrap_or(0).max(0) as usize;
+                let specials = pieces
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, p)| !matches!(p.2, NORMAL | USER_DEFINED))
+                    .map(|(i, _)| i)
+                    .collect();
+                (pieces, unk, specials, "[CLS]", "[SEP]")
+            }
+            Layout::Fairseq => {
+                let mut v: Vec<(String, f64, i32)> = ["<s>", "<pad>", "</s>", "<unk>"]
+                    .iter()
+                    .map(|s| (s.to_string(), 0.0, 3))
+                    .collect();
+                v.extend(pieces.into_iter().skip(3));
+                v.push(("<mask>".into(), 0.0, 3));
+                let specials = vec![0, 1, 2, 3, v.len() - 1];
+                (v, 3, specials, "<s>", "</s>")
+            }
+        };
     let id_of = |name: &str| vocab.iter().position(|p| p.0 == name);
     let (cls_id, sep_id) = match (id_of(cls), id_of(sep)) {
         (Some(c), Some(s)) => (c, s),

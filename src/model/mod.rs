@@ -26,6 +26,9 @@ pub use loader::{HeadInit, LoadReport, load_token_classifier};
 pub use roberta::RobertaForTokenClassification;
 
 /// A token classifier of any supported family.
+// One per model loaded, never moved in a loop: the variants are not boxed (burn's derive
+// visits the variant's module directly).
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum TokenClassifier<B: Backend> {
     /// RoBERTa, XLM-RoBERTa, CamemBERT.

@@ -193,7 +193,7 @@ fn logits_parity(dir: &str, fx: &Value) -> (f32, f32) {
     let sentences = fx["sentences"].as_array().unwrap();
     for s in sentences {
         let ids = u32s(&s["input_ids"]);
-        let (i, m) = batch(&[ids.clone()], &[vec![1; ids.len()]]);
+        let (i, m) = batch(std::slice::from_ref(&ids), &[vec![1; ids.len()]]);
         let got: Vec<f32> = model.forward(i, m).into_data().to_vec().unwrap();
         burn_worst = burn_worst.max(max_abs_diff(&got, &floats(&s["logits"])));
     }
@@ -276,7 +276,7 @@ fn deberta_base_checkpoint_with_mlm_and_rtd_heads_gives_the_encoder_outputs() {
     let mut worst = 0f32;
     for s in fx["sentences"].as_array().unwrap() {
         let ids = u32s(&s["input_ids"]);
-        let (i, m) = batch(&[ids.clone()], &[vec![1; ids.len()]]);
+        let (i, m) = batch(std::slice::from_ref(&ids), &[vec![1; ids.len()]]);
         let got: Vec<f32> = model.encode(i, m).into_data().to_vec().unwrap();
         worst = worst.max(max_abs_diff(&got, &floats(&s["base_hidden"])));
     }
