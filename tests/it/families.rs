@@ -225,6 +225,11 @@ fn logits_parity(dir: &str, fx: &Value) -> (f32, f32) {
         burn_worst = burn_worst.max(max_abs_diff(&g, &w));
     }
     let engine = Engine::new(model, &config, Resolved::Cpu, &Default::default());
+    assert_eq!(
+        engine.unpadded(),
+        metafora::infer::cpu::kernels::packed_kernels_available(),
+        "{dir}: the CPU engine runs this family"
+    );
     let mut engine_worst = 0f32;
     let seqs: Vec<Vec<u32>> = sentences.iter().map(|s| u32s(&s["input_ids"])).collect();
     let refs: Vec<&[u32]> = seqs.iter().map(Vec::as_slice).collect();
@@ -299,4 +304,39 @@ fn deberta_log_buckets_match_transformers() {
             );
         }
     }
+}
+
+#[test]
+fn deberta_engine_equals_burn_ops_on_long_sequences_with_log_buckets() {
+    // 300 and 170 tokens: distances beyond the 128 kept as they are, into the log buckets.
+    let (model, config, _) = load_token_classifier::<Flex>(
+        &fixture("tiny-deberta-v2"),
+        None,
+        HeadInit::FromCheckpoint,
+        &Default::default(),
+    )
+    .unwrap();
+    let mut state = 9u64;
+    let mut seq = |n: usize| -> Vec<u32> {
+        let mut v = vec![1u32];
+        for _ in 0..n - 2 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            v.push(5 + ((state >> 33) % 2990) as u32);
+        }
+        v.push(2);
+        v
+    };
+    let (a, b) = (seq(300), seq(170));
+    let mut want = Vec::new();
+    for s in [&a, &b] {
+        let (i, m) = batch(std::slice::from_ref(s), &[vec![1; s.len()]]);
+        want.push(model.forward(i, m).into_data().to_vec::<f32>().unwrap());
+    }
+    let engine = Engine::new(model, &config, Resolved::Cpu, &Default::default());
+    let got = engine.logits(&[&a, &b]);
+    let worst = max_abs_diff(&got[0], &want[0]).max(max_abs_diff(&got[1], &want[1]));
+    eprintln!("tiny-deberta-v2, 300 + 170 tokens: engine vs burn ops max |Δ| = {worst:e}");
+    assert!(worst <= TOL, "{worst}");
 }

@@ -379,8 +379,67 @@ impl OutPtr {
     }
 }
 
-/// Scaled-dot-product attention as HF RoBERTa computes it in eval mode:
-/// `softmax(Q·Kᵀ / sqrt(head_dim) + key_bias) · V` per (sequence, head).
+/// `dst[i][j] = alpha · Σ_p a[i][p] · b[j][p]` for `m` rows of `a` and `n` rows of `b`, each of
+/// `k` values at column stride 1 and the given row strides (heads read in place).
+pub fn matmul_transposed(
+    (m, n, k): (usize, usize, usize),
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    dst: &mut [f32],
+    alpha: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (m - 1) * a_rs + k && b.len() >= (n - 1) * b_rs + k);
+    assert!(dst.len() >= m * n);
+    // SAFETY: the asserts bound every element the strides address.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            a.as_ptr(),
+            1,
+            a_rs as isize,
+            b.as_ptr(),
+            b_rs as isize,
+            1,
+            0.0,
+            alpha,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
+/// Where a [`ScoreBias`] is called: one (sequence, head) of an attention call.
+pub struct BiasAt<'a> {
+    pub head: usize,
+    /// First token of the sequence, and its length.
+    pub start: usize,
+    pub seq: usize,
+    /// The attention's query and key projections `[tokens, heads · head_dim]`.
+    pub query: &'a [f32],
+    pub key: &'a [f32],
+    pub head_dim: usize,
+}
+
+/// A term added to the `[seq, seq]` scores of one (sequence, head) before the softmax
+/// (DeBERTa's relative-position terms).
+pub type ScoreBias<'a> = dyn Fn(&BiasAt<'_>, &mut [f32]) + Sync + 'a;
+
+/// Scaled-dot-product attention in eval mode:
+/// `softmax(scale · Q·Kᵀ + score_bias + key_bias) · V` per (sequence, head) (HF RoBERTa:
+/// `scale = 1/sqrt(head_dim)`, no score bias).
 ///
 /// `query`, `key`, `value`: the projections `[tokens, heads * head_dim]` of sequences of
 /// `lengths` stored back to back (a padded batch is `batch` sequences of `seq`); heads are
@@ -388,6 +447,7 @@ impl OutPtr {
 /// every query's score for that key (0, or a large negative value for padding); `None` is all
 /// zeros. Returns the context `[tokens, heads * head_dim]`, i.e. already in the layout the
 /// output dense layer takes.
+#[allow(clippy::too_many_arguments)]
 pub fn attention(
     query: &[f32],
     key: &[f32],
@@ -395,6 +455,8 @@ pub fn attention(
     key_bias: Option<&[f32]>,
     lengths: &[usize],
     heads: usize,
+    scale: f32,
+    score_bias: Option<&ScoreBias<'_>>,
 ) -> Vec<f32> {
     let tokens: usize = lengths.iter().sum();
     let len = query.len();
@@ -415,7 +477,6 @@ pub fn attention(
         .collect();
     let mut out = vec![0.0f32; len];
     let out_ptr = OutPtr(out.as_mut_ptr());
-    let scale = 1.0 / (head_dim as f32).sqrt();
     let zeros = vec![0.0f32; lengths.iter().copied().max().unwrap_or(0)];
     let run = |task: usize, scores: &mut Vec<f32>| {
         let (b, h) = (task / heads, task % heads);
@@ -426,34 +487,31 @@ pub fn attention(
             None => &zeros[..seq],
         };
         scores.resize(seq * seq, 0.0);
+        // scores = scale · Q_bh · K_bhᵀ   ([seq, head_dim] · [head_dim, seq])
+        matmul_transposed(
+            (seq, seq, head_dim),
+            &query[base..],
+            width,
+            &key[base..],
+            width,
+            &mut scores[..seq * seq],
+            scale,
+        );
+        if let Some(extra) = score_bias {
+            let at = BiasAt {
+                head: h,
+                start,
+                seq,
+                query,
+                key,
+                head_dim,
+            };
+            extra(&at, &mut scores[..seq * seq]);
+        }
+        softmax_rows(&mut scores[..seq * seq], bias);
         // SAFETY: the pointers and strides address the rows of sequence `b` and the columns of
         // head `h` inside buffers of `len` elements; `scores` holds `seq * seq`. The output
         // block of (b, h) is written by this task only.
-        unsafe {
-            // scores = scale · Q_bh · K_bhᵀ   ([seq, head_dim] · [head_dim, seq])
-            gemm::gemm(
-                seq,
-                seq,
-                head_dim,
-                scores.as_mut_ptr(),
-                1,
-                seq as isize,
-                false,
-                query.as_ptr().add(base),
-                1,
-                width as isize,
-                key.as_ptr().add(base),
-                width as isize,
-                1,
-                0.0,
-                scale,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-        softmax_rows(&mut scores[..seq * seq], bias);
         unsafe {
             // context_bh = P · V_bh   ([seq, seq] · [seq, head_dim])
             gemm::gemm(
@@ -700,7 +758,9 @@ mod tests {
                 .num_threads(threads)
                 .build()
                 .unwrap();
-            let got = pool.install(|| attention(&q, &k, &v, Some(&bias), &[s.seq; 3], s.heads));
+            let scale = 1.0 / (s.head_dim as f32).sqrt();
+            let got = pool
+                .install(|| attention(&q, &k, &v, Some(&bias), &[s.seq; 3], s.heads, scale, None));
             let diff = got
                 .iter()
                 .zip(&want)
@@ -712,7 +772,17 @@ mod tests {
         // back, no bias: the real tokens' outputs equal the padded batch's.
         let width = s.heads * s.head_dim;
         let take = |t: &[f32]| [&t[..7 * width], &t[7 * width..11 * width]].concat();
-        let got = attention(&take(&q), &take(&k), &take(&v), None, &[7, 4], s.heads);
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let got = attention(
+            &take(&q),
+            &take(&k),
+            &take(&v),
+            None,
+            &[7, 4],
+            s.heads,
+            scale,
+            None,
+        );
         let diff = got
             .iter()
             .zip(&take(&want))
