@@ -340,3 +340,74 @@ fn deberta_engine_equals_burn_ops_on_long_sequences_with_log_buckets() {
     eprintln!("tiny-deberta-v2, 300 + 170 tokens: engine vs burn ops max |Δ| = {worst:e}");
     assert!(worst <= TOL, "{worst}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_trains_a_deberta_job_and_serves_it_on_detect() {
+    use crate::app::{Options, spawn_app_with};
+    use serde_json::json;
+    let app = spawn_app_with(Options::default()).await;
+    let spec = json!({
+        "model": {"checkpoint": fixture("tiny-deberta-v2-mlm")},
+        "dataset": {"path": fixture("data/synthetic-small")},
+        "training": {"learning_rate": 5e-4, "num_train_epochs": 2},
+        "seed": 42,
+        "deploy_as": "deberta"
+    });
+    let id = app.create_job(&spec).await;
+    let outcome = app.run_next().await;
+    let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(
+        outcome,
+        metafora::jobs::worker::Outcome::Ran {
+            id: id.clone(),
+            status: metafora::jobs::JobStatus::Succeeded
+        },
+        "{job}"
+    );
+    // The exported model is a DeBERTa directory with its SentencePiece model.
+    let dir = app
+        .dir
+        .path()
+        .join("data")
+        .join(job["best_checkpoint"]["model_dir"].as_str().unwrap());
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(
+        config["architectures"],
+        json!(["DebertaV2ForTokenClassification"])
+    );
+    assert!(dir.join("spm.model").is_file() && dir.join("tokenizer.json").is_file());
+    // Deployed by deploy_as: detection through the DeBERTa engine, word-level aggregation.
+    let (code, models) = app.get("/v1/models").await;
+    assert_eq!(code, 200);
+    assert!(
+        models["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "deberta"),
+        "{models}"
+    );
+    let (code, out) = app
+        .post(
+            "/v1/detect",
+            &json!({"text": "La coŀlecció del museu dorm un son profund.", "model": "deberta", "aggregation_strategy": "first"}),
+        )
+        .await;
+    assert_eq!(code, 200, "{out}");
+    assert_eq!(out["model"], "deberta");
+    for e in out["entities"].as_array().unwrap() {
+        let (s, t) = (e["start"].as_u64().unwrap(), e["end"].as_u64().unwrap());
+        let word: String = "La coŀlecció del museu dorm un son profund."
+            .chars()
+            .skip(s as usize)
+            .take((t - s) as usize)
+            .collect();
+        assert_eq!(
+            e["word"],
+            word.as_str(),
+            "offsets into the original text: {out}"
+        );
+    }
+    app.shutdown().await;
+}
