@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""PyTorch reference timings for `metafora bench model`: RobertaForTokenClassification forward
-(eval, inference_mode) and training step (forward + loss + backward + clip + AdamW), batch x seq
-random tokens, random init, same sizes as the Rust side. Prints one JSON object.
+"""PyTorch reference timings for `metafora bench model`: RobertaForTokenClassification or
+DebertaV2ForTokenClassification forward (eval, inference_mode) and training step (forward + loss
++ backward + clip + AdamW), batch x seq random tokens, random init, same sizes as the Rust side.
+Prints one JSON object.
 
 Run with the reference venv (`../shared/ref/setup.sh` prints its python).
 """
@@ -11,13 +12,26 @@ import statistics
 import time
 
 import torch
-from transformers import RobertaConfig, RobertaForTokenClassification
+from transformers import DebertaV2Config, DebertaV2ForTokenClassification, RobertaConfig, RobertaForTokenClassification
 
 SIZES = {
     "tiny": dict(vocab_size=3000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512),
     "base": dict(vocab_size=50262, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
     "large": dict(vocab_size=50262, hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
+    # mDeBERTa-v3-base's shape (microsoft/mdeberta-v3-base config.json).
+    "deberta-tiny": dict(vocab_size=3000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256),
+    "mdeberta-base": dict(vocab_size=251000, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
 }
+DEBERTA = dict(max_position_embeddings=512, relative_attention=True, position_buckets=256, norm_rel_ebd="layer_norm",
+               share_att_key=True, pos_att_type=["p2c", "c2p"], position_biased_input=False, type_vocab_size=0,
+               layer_norm_eps=1e-7, max_relative_positions=-1)
+
+
+def build(size):
+    if "deberta" in size:
+        return DebertaV2ForTokenClassification(DebertaV2Config(num_labels=2, **DEBERTA, **SIZES[size]))
+    return RobertaForTokenClassification(
+        RobertaConfig(max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, num_labels=2, **SIZES[size]))
 
 
 def median_time(fn, warmup, iters, sync):
@@ -49,12 +63,12 @@ def main():
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "device": args.device, "sizes": {}}
     for size in args.sizes.split(","):
-        cfg = RobertaConfig(max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, num_labels=2, **SIZES[size])
         torch.manual_seed(0)
-        model = RobertaForTokenClassification(cfg).to(dev)
+        model = build(size).to(dev)
+        cfg = model.config
         g = torch.Generator().manual_seed(0)
         ids = torch.randint(5, cfg.vocab_size, (args.batch, args.seq), generator=g)
-        ids[:, 0], ids[:, -1] = 0, 2
+        ids[:, 0], ids[:, -1] = (1, 2) if "deberta" in size else (0, 2)
         ids = ids.to(dev)
         mask = torch.ones_like(ids)
         labels = torch.randint(0, 2, (args.batch, args.seq), generator=g).to(dev)

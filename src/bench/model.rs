@@ -33,8 +33,8 @@ fn size_config(size: &str) -> anyhow::Result<ModelConfig> {
     })
 }
 
-/// `batch` sequences of `seq` random ids with `<s>`/`</s>` at the ends, and random labels.
-fn random_batch(batch: usize, seq: usize, vocab: usize) -> (Vec<Vec<u32>>, Vec<i64>) {
+/// `batch` sequences of `seq` random ids with `cls`/`</s>` (id 2) at the ends, and random labels.
+fn random_batch(batch: usize, seq: usize, vocab: usize, cls: u32) -> (Vec<Vec<u32>>, Vec<i64>) {
     use rand::{Rng, SeedableRng};
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
     let mut labels: Vec<i64> = (0..batch * seq).map(|_| rng.random_range(0..2)).collect();
@@ -44,7 +44,7 @@ fn random_batch(batch: usize, seq: usize, vocab: usize) -> (Vec<Vec<u32>>, Vec<i
             labels[b * seq + seq - 1] = -100;
             (0..seq)
                 .map(|i| match i {
-                    0 => 0,
+                    0 => cls,
                     i if i == seq - 1 => 2,
                     _ => rng.random_range(5..vocab as u32),
                 })
@@ -63,7 +63,11 @@ fn time_model<B: AutodiffBackend>(
 ) -> (f64, f64, usize) {
     let model = cfg.init_token_classifier::<B>(2, device);
     let params = model.num_params();
-    let (seqs, labels) = random_batch(m.batch, m.seq, cfg.vocab_size());
+    let cls = match cfg {
+        ModelConfig::Roberta(_) => 0,
+        ModelConfig::DebertaV2(_) => 1,
+    };
+    let (seqs, labels) = random_batch(m.batch, m.seq, cfg.vocab_size(), cls);
     // Inference as /v1/detect and evaluation run it (on the CPU: the host engine, weights
     // packed once, at load).
     let engine = Engine::new(model.valid(), cfg, resolved, device);

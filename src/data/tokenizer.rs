@@ -237,12 +237,34 @@ impl Tokenizer {
     }
 
     /// Encodes raw text; offsets are code points into `text`, word ids are the pre-tokenizer's
-    /// words (letters, digits and punctuation runs), no truncation.
+    /// words (byte-level BPE: letters, digits and punctuation runs; SentencePiece:
+    /// whitespace-separated chunks), no truncation.
+    ///
+    /// A SentencePiece piece such as `▁dubte` carries the space before it, and `tokenizers`
+    /// (like transformers' pipeline) reports its offsets with that space included. Offsets here
+    /// start at the first non-whitespace character instead, as byte-level BPE's `trim_offsets`
+    /// does, so a span's text is the word and nothing else; a piece that is only whitespace
+    /// keeps its span.
     pub fn encode_text(&self, text: &str) -> Result<Encoded, DataError> {
         let enc = self
             .inner
             .encode_char_offsets(text, true)
             .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+        let chars: Vec<char> = text.chars().collect();
+        let offsets = enc
+            .get_offsets()
+            .iter()
+            .map(|&(start, end)| {
+                let lead = chars
+                    .get(start..end)
+                    .map_or(0, |s| s.iter().take_while(|c| c.is_whitespace()).count());
+                if start + lead < end {
+                    (start + lead, end)
+                } else {
+                    (start, end)
+                }
+            })
+            .collect();
         Ok(Encoded {
             ids: enc.get_ids().to_vec(),
             word_ids: enc
@@ -250,7 +272,7 @@ impl Tokenizer {
                 .iter()
                 .map(|w| w.map(|w| w as usize))
                 .collect(),
-            offsets: enc.get_offsets().to_vec(),
+            offsets,
             tokens: enc.get_tokens().to_vec(),
         })
     }
