@@ -139,12 +139,16 @@ impl ProgressAdapter<'_> {
     }
 }
 
-/// Tokenizer and config files a model run uses, when the repo has them.
-const MODEL_SIDE_FILES: [&str; 6] = [
+/// Tokenizer and config files a model run uses, when the repo has them: byte-level BPE
+/// (`vocab.json` + `merges.txt`), SentencePiece (`spm.model` for DeBERTa-v2/v3,
+/// `sentencepiece.bpe.model` for XLM-R) or `tokenizer.json`.
+const MODEL_SIDE_FILES: [&str; 8] = [
     "config.json",
     "tokenizer.json",
     "vocab.json",
     "merges.txt",
+    "spm.model",
+    "sentencepiece.bpe.model",
     "tokenizer_config.json",
     "special_tokens_map.json",
 ];
@@ -296,7 +300,12 @@ impl HubClient {
                 &repo,
                 &[
                     &["config.json"],
-                    &["tokenizer.json", "vocab.json"],
+                    &[
+                        "tokenizer.json",
+                        "vocab.json",
+                        "spm.model",
+                        "sentencepiece.bpe.model",
+                    ],
                     &["model.safetensors", "pytorch_model.bin"],
                 ],
                 "model files",

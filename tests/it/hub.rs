@@ -321,6 +321,13 @@ async fn spawn_hub() -> (Arc<StandIn>, String) {
         "main",
         &fixture("hub/model"),
     );
+    // A DeBERTa-v3 base checkpoint as the Hub has mdeberta-v3-base: spm.model, no tokenizer.json.
+    hub.add(
+        "models",
+        "microsoft/tiny-mdeberta",
+        "main",
+        &fixture("tiny-deberta-v2-mlm"),
+    );
     hub.add(
         "datasets",
         "someone/metaphor-small",
@@ -529,6 +536,50 @@ async fn job_by_hub_ids_downloads_trains_pushes_then_runs_offline() {
         "{err}"
     );
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deberta_by_hub_id_fetches_its_sentencepiece_model_and_runs_offline_after() {
+    let (hub, endpoint) = spawn_hub().await;
+    let cache = tempfile::tempdir().unwrap();
+    let config = |offline: bool| metafora::hub::HubConfig {
+        endpoint: endpoint.clone(),
+        token: None,
+        cache_dir: cache.path().join("hub"),
+        offline,
+    };
+    let spec = json!({
+        "model": {"checkpoint": "microsoft/tiny-mdeberta"},
+        "dataset": {"path": fixture("data/synthetic").to_str().unwrap()},
+        "training": {"learning_rate": 5e-4, "num_train_epochs": 1},
+        "seed": 42
+    });
+    for offline in [false, true] {
+        let app = spawn_app_with(Options {
+            hub: Some(config(offline)),
+            ..Default::default()
+        })
+        .await;
+        let (id, _) = run_to_success(&app, &spec).await;
+        let (_, results) = app.get(&format!("/v1/jobs/{id}/results")).await;
+        assert!(
+            results["finetuned"]["f1"].as_f64().unwrap() > 0.0,
+            "{results}"
+        );
+        app.shutdown().await;
+    }
+    let mut downloads = hub.downloads.lock().unwrap().clone();
+    downloads.sort();
+    assert_eq!(
+        downloads,
+        vec![
+            "models:microsoft/tiny-mdeberta@main:config.json",
+            "models:microsoft/tiny-mdeberta@main:model.safetensors",
+            "models:microsoft/tiny-mdeberta@main:spm.model",
+            "models:microsoft/tiny-mdeberta@main:tokenizer_config.json",
+        ],
+        "once, online; nothing offline"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
