@@ -21,7 +21,7 @@ echo "== parity on cuda"
 timeout 150 "$B" bench parity --device cuda --fixtures tests/fixtures 2>&1 | tee "$OUT/parity.txt"
 
 echo "== model timings (cuda vs PyTorch cuda)"
-timeout 200 "$B" bench model --sizes tiny,base --device cuda --iters 20 --warmup 3 \
+timeout 200 "$B" bench model --sizes tiny,base,mdeberta-base --device cuda --iters 20 --warmup 3 \
   --python python3 --torch-device cuda --torch-threads 16 2>&1 | tee "$OUT/model.txt"
 
 echo "== demo job through the service on cuda, then /detect"

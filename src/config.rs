@@ -426,7 +426,8 @@ pub struct LogitsBench {
 
 #[derive(Debug, Args)]
 pub struct ModelBench {
-    /// Comma-separated: tiny, base, large.
+    /// Comma-separated: tiny, base, large (RoBERTa), deberta-tiny, mdeberta-base (mDeBERTa-v3-base
+    /// shapes, vocab 251 000).
     #[arg(long, default_value = "tiny,base")]
     pub sizes: String,
     #[arg(long, default_value_t = 8)]
