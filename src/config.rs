@@ -37,6 +37,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Run one training job from a JSON spec (the notebook's pipeline) and print its report.
     Train(TrainArgs),
+    /// Run a study (models × configurations × seeds) from a JSON spec, as POST /v1/studies,
+    /// and print its summary.
+    Study(StudyArgs),
     /// Evaluate a model directory on a dataset split; print metrics JSON.
     Eval(EvalArgs),
     /// Re-score a predictions file (JSON lines with `gold` and `pred` label lists).
@@ -130,7 +133,13 @@ pub struct ServeArgs {
     /// Largest dataset upload in bytes.
     #[arg(long, env = "METAFORA_MAX_UPLOAD_BYTES", default_value_t = 64 << 20)]
     pub max_upload_bytes: usize,
-    /// Most queued jobs accepted (at least 1); further POST /v1/jobs get 429.
+    /// Most trials one study may have (models × configurations × seeds); a bigger study is
+    /// refused with 422.
+    #[arg(long, env = "METAFORA_MAX_STUDY_TRIALS", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_study_trials: u32,
+    /// Most queue entries waiting (at least 1): queued jobs, plus studies not yet ended (one
+    /// entry each, whatever their trials); further POST /v1/jobs or /v1/studies get 429.
     #[arg(long, env = "METAFORA_MAX_QUEUED_JOBS", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_queued_jobs: u32,
@@ -200,6 +209,7 @@ pub struct Limits {
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
     pub max_queued_jobs: usize,
+    pub max_study_trials: usize,
     pub header_read_timeout: Duration,
     pub request_timeout: Duration,
     pub upload_timeout: Duration,
@@ -298,6 +308,7 @@ impl Settings {
                 max_body_bytes: args.max_body_bytes,
                 max_upload_bytes: args.max_upload_bytes,
                 max_queued_jobs: args.max_queued_jobs as usize,
+                max_study_trials: args.max_study_trials as usize,
                 header_read_timeout: Duration::from_secs(args.header_read_timeout),
                 request_timeout: Duration::from_secs(args.request_timeout),
                 upload_timeout: Duration::from_secs(args.upload_timeout),
@@ -334,6 +345,22 @@ pub struct TrainArgs {
     /// Override `output.dir`.
     #[arg(long)]
     pub output_dir: Option<PathBuf>,
+}
+
+/// `metafora study`
+#[derive(Debug, Args)]
+pub struct StudyArgs {
+    /// Study spec (JSON), as for POST /v1/studies.
+    pub spec: PathBuf,
+    #[arg(long, env = "METAFORA_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// Where trials, the study's database and its CSVs go. Running again with the same
+    /// directory continues an unfinished study.
+    #[arg(long, default_value = "runs/study")]
+    pub output_dir: PathBuf,
+    /// Most trials the study may have.
+    #[arg(long, env = "METAFORA_MAX_STUDY_TRIALS", default_value_t = 200)]
+    pub max_trials: usize,
 }
 
 /// `metafora eval`

@@ -18,6 +18,7 @@ fn main() -> std::process::ExitCode {
             metafora::config::Settings::from_args(args, &assets).and_then(metafora::serve)
         }
         Command::Train(args) => metafora::cli::train(args, &assets),
+        Command::Study(args) => metafora::cli::study::run(args),
         Command::Eval(args) => metafora::cli::eval(args),
         Command::Score(args) => metafora::cli::score(args),
         Command::Detect(args) => metafora::cli::detect(args, &assets),

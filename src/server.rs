@@ -3,11 +3,11 @@
 //! SSE streams, checkpoint the running job and leave it queued for the next start).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::watch;
 
 use crate::api::{self, ApiSettings, AppState};
 use crate::config::Settings;
@@ -65,24 +65,22 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         None => None,
     };
-    let (events, _) = broadcast::channel(1024);
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(Shared::new(
         pool,
-        ctx: ResolveContext {
+        ResolveContext {
             allowed_roots: Some(settings.allowed_roots.clone()),
             base_dir: Some(settings.data_dir.clone()),
             uploads: Some(settings.data_dir.join("datasets")),
             hub: Some(HubClient::new(settings.hub.clone())),
         },
-        device: settings.device,
-        data_dir: settings.data_dir.clone(),
+        settings.device,
+        settings.data_dir.clone(),
         registry,
-        events,
-        wake: Notify::new(),
-        running: Mutex::new(Default::default()),
-        telemetry: Default::default(),
-    });
+    ));
     redeploy_jobs(&shared).await;
+    crate::jobs::study::lifecycle::recover(&shared)
+        .await
+        .context("settling studies")?;
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limits = &settings.limits;
@@ -95,6 +93,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             max_body_bytes: limits.max_body_bytes,
             max_upload_bytes: limits.max_upload_bytes,
             max_queued_jobs: limits.max_queued_jobs,
+            max_study_trials: limits.max_study_trials,
             request_timeout: limits.request_timeout,
             upload_timeout: limits.upload_timeout,
             assets_dir: settings.assets_dir.clone(),

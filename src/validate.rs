@@ -63,6 +63,26 @@ pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
     })
 }
 
+/// Deserialises an already parsed JSON document into `T`; errors name the field as
+/// [`from_json`] does (the whole document is known to be well-formed, so every error is one
+/// of shape, named by its path).
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, FieldError> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.into_inner().to_string();
+        let field = match msg
+            .strip_prefix("missing field `")
+            .and_then(|r| r.split('`').next())
+        {
+            Some(missing) if path == "." => missing.to_string(),
+            Some(missing) => format!("{path}.{missing}"),
+            None if path == "." => "body".to_string(),
+            None => path,
+        };
+        FieldError::new(field, msg)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

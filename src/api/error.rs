@@ -138,7 +138,7 @@ impl From<StoreError> for ApiError {
                 message: format!("job queue is full ({n} waiting)"),
                 retry_after: 60,
             },
-            StoreError::Conflict(s) => ApiError::Conflict(format!("job is {s}")),
+            StoreError::Conflict(s) => ApiError::Conflict(s),
             other => ApiError::Internal(other.to_string()),
         }
     }

@@ -113,7 +113,22 @@ pub async fn list_jobs(
             })?),
             None => None,
         };
-    let rows = store::jobs::list(&state.shared.pool, status, limit + 1, cursor).await?;
+    let study_id = match &q.study_id {
+        Some(s) => Some(
+            uuid::Uuid::parse_str(s)
+                .map(|u| u.to_string())
+                .map_err(|_| ApiError::invalid("study_id", "is not a study id"))?,
+        ),
+        None => None,
+    };
+    let rows = store::jobs::list(
+        &state.shared.pool,
+        status,
+        study_id.as_deref(),
+        limit + 1,
+        cursor,
+    )
+    .await?;
     let more = rows.len() as i64 > limit;
     let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
     let next_cursor = if more {
@@ -264,6 +279,7 @@ pub async fn cancel_job(
             let code = match outcome {
                 Cancel::Cancelled => {
                     state.shared.emit(&id, "finished", serde_json::json!({"status": "cancelled", "error": "cancelled before start"})).await?;
+                    crate::jobs::study::lifecycle::trial_ended(&state.shared, &id).await?;
                     StatusCode::OK
                 }
                 Cancel::Requested => {
@@ -342,7 +358,7 @@ pub async fn push_job(
     let shared = state.shared.clone();
     let jid = job.id.clone();
     tokio::spawn(async move {
-        if let Err(e) = crate::jobs::worker::push_job(
+        if let Err(e) = crate::jobs::publish::push_job(
             &shared,
             &jid,
             &spec,

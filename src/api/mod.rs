@@ -12,6 +12,7 @@ pub mod guard;
 pub mod jobs;
 pub mod labelstudio;
 pub mod serve;
+pub mod studies;
 pub mod system;
 pub mod types;
 
@@ -44,6 +45,7 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     pub max_upload_bytes: usize,
     pub max_queued_jobs: usize,
+    pub max_study_trials: usize,
     pub request_timeout: Duration,
     pub upload_timeout: Duration,
     /// Where presets find the bundled model and data.
@@ -88,6 +90,18 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/push", post(jobs::push_job))
         .route("/v1/jobs/{id}/events", get(events::job_events))
         .route("/v1/results.csv", get(jobs::all_results_csv))
+        .route(
+            "/v1/studies",
+            post(studies::create_study).get(studies::list_studies),
+        )
+        .route(
+            "/v1/studies/{id}",
+            get(studies::get_study).delete(studies::delete_study),
+        )
+        .route("/v1/studies/{id}/cancel", post(studies::cancel_study))
+        .route("/v1/studies/{id}/results.csv", get(studies::results_csv))
+        .route("/v1/studies/{id}/summary.csv", get(studies::summary_csv))
+        .route("/v1/studies/{id}/events", get(events::study_events))
         .route("/v1/detect", post(detect::detect))
         .route(
             "/v1/models",

@@ -95,6 +95,19 @@ pub struct JobResponse {
     pub best_checkpoint: Option<BestCheckpointResponse>,
     pub improvement_f1: Option<f64>,
     pub push: PushResponse,
+    /// Set for a study's trial.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub study: Option<TrialOf>,
+}
+
+/// The study a job is a trial of.
+#[derive(Debug, Serialize)]
+pub struct TrialOf {
+    pub id: String,
+    pub trial: Option<i64>,
+    pub params: Value,
+    /// Stopped early by the study's pruner.
+    pub pruned: bool,
 }
 
 impl JobResponse {
@@ -133,6 +146,16 @@ impl JobResponse {
                 error: r.push_error,
                 url: r.push_url,
             },
+            study: r.study_id.map(|id| TrialOf {
+                id,
+                trial: r.trial,
+                params: r
+                    .params
+                    .as_deref()
+                    .and_then(|p| serde_json::from_str(p).ok())
+                    .unwrap_or(Value::Null),
+                pruned: r.pruned != 0,
+            }),
         })
     }
 }
@@ -150,6 +173,8 @@ pub struct JobListResponse {
 #[serde(deny_unknown_fields)]
 pub struct ListJobsQuery {
     pub status: Option<String>,
+    /// Only the trials of this study.
+    pub study_id: Option<String>,
     pub limit: Option<i64>,
     pub cursor: Option<String>,
 }
@@ -177,6 +202,9 @@ pub struct EpochResponse {
     pub eval_seconds: f64,
     pub train_samples_per_second: f64,
     pub checkpoint: String,
+    /// `training.eval_train_subset` scores (loss, metrics, seconds), when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub train_eval: Option<Value>,
 }
 
 impl TryFrom<EpochRow> for EpochResponse {
@@ -200,6 +228,12 @@ impl TryFrom<EpochRow> for EpochResponse {
             eval_seconds: r.eval_seconds,
             train_samples_per_second: r.samples_per_second,
             checkpoint: r.checkpoint,
+            train_eval: r
+                .train_eval
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(|e| ApiError::Internal(e.to_string()))?,
         })
     }
 }

@@ -2,8 +2,10 @@
 //!
 //! Must not import the API or the CLI: both call into it.
 
+pub mod publish;
 pub mod resolve;
 pub mod spec;
+pub mod study;
 pub mod worker;
 
 use std::collections::HashMap;
@@ -31,6 +33,15 @@ use spec::JobSpec;
 pub struct JobEvent {
     pub id: i64,
     pub job_id: String,
+    pub kind: String,
+    pub data: Value,
+}
+
+/// A stored study event, as broadcast to SSE listeners.
+#[derive(Debug, Clone)]
+pub struct StudyEvent {
+    pub id: i64,
+    pub study_id: String,
     pub kind: String,
     pub data: Value,
 }
@@ -73,6 +84,7 @@ pub struct Shared {
     pub data_dir: PathBuf,
     pub registry: Arc<Registry>,
     pub events: broadcast::Sender<JobEvent>,
+    pub study_events: broadcast::Sender<StudyEvent>,
     /// Wakes the worker when a job is queued.
     pub wake: Notify,
     /// Cancel tokens of running jobs.
@@ -81,6 +93,46 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// State over an open store, for the server and for local runs (`metafora study`).
+    pub fn new(
+        pool: sqlx::SqlitePool,
+        ctx: ResolveContext,
+        device: Resolved,
+        data_dir: PathBuf,
+        registry: Arc<Registry>,
+    ) -> Self {
+        Shared {
+            pool,
+            ctx,
+            device,
+            data_dir,
+            registry,
+            events: broadcast::channel(1024).0,
+            study_events: broadcast::channel(256).0,
+            wake: Notify::new(),
+            running: Mutex::new(Default::default()),
+            telemetry: Default::default(),
+        }
+    }
+
+    /// Stores a study event and broadcasts it.
+    pub async fn emit_study(
+        &self,
+        study_id: &str,
+        kind: &str,
+        data: Value,
+    ) -> Result<(), StoreError> {
+        let row =
+            store::studies::insert_event(&self.pool, study_id, kind, &data.to_string()).await?;
+        let _ = self.study_events.send(StudyEvent {
+            id: row.id,
+            study_id: study_id.into(),
+            kind: kind.into(),
+            data,
+        });
+        Ok(())
+    }
+
     /// Stores an event and broadcasts it.
     pub async fn emit(&self, job_id: &str, kind: &str, data: Value) -> Result<(), StoreError> {
         let row = store::events::insert(&self.pool, job_id, kind, &data.to_string()).await?;

@@ -294,5 +294,6 @@ pub fn run_config(
         seed: spec.seed,
         output_dir: output_dir.to_path_buf(),
         device,
+        gate: None,
     })
 }

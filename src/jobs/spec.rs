@@ -173,7 +173,7 @@ fn check_name(field: &str, v: &str) -> Result<(), FieldError> {
 impl JobSpec {
     /// Parses and validates a spec; errors name the field.
     pub fn parse(json: &[u8]) -> Result<JobSpec, FieldError> {
-        let spec: JobSpec = from_json(json).map_err(|e| match e {
+        let mut spec: JobSpec = from_json(json).map_err(|e| match e {
             JsonError::Field(f) => f,
             JsonError::Syntax(m) => FieldError::new("body", format!("is not valid JSON: {m}")),
         })?;
@@ -196,8 +196,48 @@ impl JobSpec {
                 ));
             }
         }
+        spec.absorb_trainer_names(value.get("hub").is_some())?;
         spec.validate()?;
         Ok(spec)
+    }
+
+    /// Moves what `training` carried under Hugging Face `TrainingArguments` names into the
+    /// spec (`push_to_hub`, `hub_model_id`, `hub_private_repo` -> `hub`, `output_dir` ->
+    /// `output.dir`), so the stored spec has one name for each setting.
+    fn absorb_trainer_names(&mut self, hub_given: bool) -> Result<(), FieldError> {
+        let hf = self.training.normalize()?;
+        let hub_names = [
+            ("training.push_to_hub", hf.push_to_hub.is_some()),
+            ("training.hub_model_id", hf.hub_model_id.is_some()),
+            ("training.hub_private_repo", hf.hub_private_repo.is_some()),
+        ];
+        if let Some((name, _)) = hub_names.iter().find(|(_, given)| *given)
+            && hub_given
+        {
+            return Err(FieldError::new(
+                *name,
+                "give the hub object or the Trainer's names, not both",
+            ));
+        }
+        if let Some(push) = hf.push_to_hub {
+            self.hub.push = push;
+        }
+        if let Some(repo) = hf.hub_model_id {
+            self.hub.repo_id = Some(repo);
+        }
+        if let Some(private) = hf.hub_private_repo {
+            self.hub.private = private;
+        }
+        if let Some(dir) = hf.output_dir {
+            if self.output.dir.is_some() {
+                return Err(FieldError::new(
+                    "training.output_dir",
+                    "give output.dir or training.output_dir, not both",
+                ));
+            }
+            self.output.dir = Some(dir);
+        }
+        Ok(())
     }
 
     /// Checks values that serde cannot.
@@ -357,5 +397,64 @@ mod tests {
         assert_eq!(e.field, "dataset");
         let e = parse(r#"{"model": {}, "dataset": {"path": "d"}}"#).unwrap_err();
         assert_eq!(e.field, "model.checkpoint");
+    }
+
+    #[test]
+    fn trainer_names_pasted_from_a_notebook_are_understood() {
+        let s = parse(
+            r#"{"model": {"checkpoint": "x/y"}, "dataset": {"path": "d"}, "training": {
+                "lr_scheduler_type": "cosine", "warmup_ratio": 0.1, "fp16": false, "bf16": false,
+                "push_to_hub": true, "hub_model_id": "me/m", "hub_private_repo": false,
+                "output_dir": "runs/x", "metric_for_best_model": "eval_f1"}}"#,
+        )
+        .unwrap();
+        let t = &s.training;
+        assert_eq!(t.lr_scheduler, crate::train::schedule::LrScheduler::Cosine);
+        assert_eq!(t.warmup_steps, 0.1);
+        assert_eq!(t.metric_for_best_model, crate::train::args::BestMetric::F1);
+        assert_eq!(
+            (s.hub.push, s.hub.repo_id.as_deref(), s.hub.private),
+            (true, Some("me/m"), false)
+        );
+        assert_eq!(s.output.dir.as_deref(), Some("runs/x"));
+        // Stored under one name each.
+        let stored = serde_json::to_value(&s).unwrap();
+        for k in [
+            "warmup_ratio",
+            "fp16",
+            "push_to_hub",
+            "output_dir",
+            "lr_scheduler_type",
+        ] {
+            assert!(stored["training"].get(k).is_none(), "{k} in {stored}");
+        }
+        assert_eq!(JobSpec::parse(stored.to_string().as_bytes()).unwrap(), s);
+        let bad = |training: &str| {
+            parse(&format!(
+                r#"{{"model": {{"checkpoint": "x/y"}}, "dataset": {{"path": "d"}}, "training": {training}}}"#
+            ))
+            .unwrap_err()
+            .field
+        };
+        assert_eq!(bad(r#"{"fp16": true}"#), "training.fp16");
+        assert_eq!(bad(r#"{"bf16": true}"#), "training.bf16");
+        assert_eq!(
+            bad(r#"{"warmup_ratio": 0.1, "warmup_steps": 5}"#),
+            "training.warmup_ratio"
+        );
+        assert_eq!(bad(r#"{"warmup_ratio": 1.5}"#), "training.warmup_ratio");
+        assert_eq!(
+            bad(r#"{"metric_for_best_model": "eval_bleu"}"#),
+            "training.metric_for_best_model"
+        );
+        assert_eq!(
+            bad(r#"{"eval_train_subset": 0}"#),
+            "training.eval_train_subset"
+        );
+        let e = parse(
+            r#"{"model": {"checkpoint": "x/y"}, "dataset": {"path": "d"}, "hub": {"push": false}, "training": {"push_to_hub": true}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "training.push_to_hub");
     }
 }

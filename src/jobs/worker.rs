@@ -13,14 +13,16 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use crate::hub::Download;
-use crate::store::jobs::{Finish, JobRow, JobStatus, PushStatus};
+use crate::store::jobs::{Finish, JobRow, JobStatus};
 use crate::store::{self, StoreError};
 use crate::train::report::{Report, append_csv};
-use crate::train::{CancelToken, EpochRecord, Eta, EvalSummary, Progress, RunOutcome, TrainError};
+use crate::train::{
+    CancelToken, EpochGate, EpochRecord, Eta, EvalSummary, Progress, RunOutcome, TrainError,
+};
 
 use super::resolve::run_config;
 use super::spec::JobSpec;
@@ -44,6 +46,13 @@ pub enum Msg {
     Download(Download),
     Progress(Progress),
     Done(Result<RunOutcome, TrainError>),
+}
+
+/// How a training thread is steered: resume or start over, stop requests, the study's gate.
+struct Control {
+    resume: bool,
+    cancel: CancelToken,
+    gate: Option<Arc<dyn EpochGate>>,
 }
 
 /// The queue consumer.
@@ -166,8 +175,27 @@ impl Shared {
                     .await?;
                 run.history.push(record);
             }
-            Progress::FinalEvaluated { summary } => {
+            Progress::StoppedEarly {
+                after_epoch,
+                ref why,
+            } => {
+                if matches!(why, crate::train::EarlyStop::Pruned { .. }) {
+                    store::jobs::set_pruned(&self.pool, &id).await?;
+                }
+                self.emit(
+                    &id,
+                    "stopped_early",
+                    json!({"after_epoch": after_epoch, "why": why}),
+                )
+                .await?;
+            }
+            Progress::FinalEvaluated {
+                summary,
+                sentence_counts,
+            } => {
                 store::results::upsert_evaluation(&self.pool, &id, "finetuned", &summary).await?;
+                store::results::set_sentence_counts(&self.pool, &id, "finetuned", &sentence_counts)
+                    .await?;
                 let done = run.progress("done", run.epochs, run.steps_total, Some(0.0));
                 self.set_progress(&id, &done).await?;
                 self.emit(&id, "final_evaluated", serde_json::to_value(&summary)?)
@@ -249,9 +277,15 @@ impl Worker {
         if store::jobs::cancel_requested(&sh.pool, &id).await? {
             cancel.cancel();
         }
+        let gate = super::study::lifecycle::trial_started(sh, &row).await?;
         let started = Instant::now();
         let (tx, rx) = mpsc::unbounded_channel::<Msg>();
-        self.spawn_training(&id, &spec, &output_dir, resume, &cancel, tx)?;
+        let control = Control {
+            resume,
+            cancel: cancel.clone(),
+            gate,
+        };
+        self.spawn_training(&id, &spec, &output_dir, control, tx)?;
         let mut run = JobRun::new(&id, &spec, seen);
         let result = self.consume(&mut run, rx, &cancel).await;
         sh.running
@@ -271,16 +305,14 @@ impl Worker {
         id: &str,
         spec: &JobSpec,
         output_dir: &Path,
-        resume: bool,
-        cancel: &CancelToken,
+        control: Control,
         tx: mpsc::UnboundedSender<Msg>,
     ) -> Result<(), StoreError> {
-        let (ctx, spec, out, device, cancel) = (
+        let (ctx, spec, out, device) = (
             self.shared.ctx.clone(),
             spec.clone(),
             output_dir.to_path_buf(),
             self.shared.device,
-            cancel.clone(),
         );
         std::thread::Builder::new()
             .name(format!("train-{}", &id[..8.min(id.len())]))
@@ -290,8 +322,9 @@ impl Worker {
                     let mut download = |d: Download| {
                         let _ = progress_tx.send(Msg::Download(d));
                     };
-                    let cfg = run_config(&spec, &ctx, &out, device, &mut download)?;
-                    crate::train::run(&cfg, resume, &cancel, &mut |p| {
+                    let mut cfg = run_config(&spec, &ctx, &out, device, &mut download)?;
+                    cfg.gate = control.gate;
+                    crate::train::run(&cfg, control.resume, &control.cancel, &mut |p| {
                         let _ = progress_tx.send(Msg::Progress(p));
                     })
                 })();
@@ -427,108 +460,23 @@ impl Worker {
         store::jobs::finish(&sh.pool, id, &finish).await?;
         if let Ok(o) = &result {
             if let Some(name) = &spec.deploy_as {
-                self.deploy(id, name, &o.best_model_dir).await?;
+                super::publish::deploy(sh, id, name, &o.best_model_dir).await?;
             }
             if spec.hub.push {
-                push_job(sh, id, spec, &o.best_model_dir, &serde_json::to_value(o)?).await?;
+                super::publish::push_job(
+                    sh,
+                    id,
+                    spec,
+                    &o.best_model_dir,
+                    &serde_json::to_value(o)?,
+                )
+                .await?;
             }
         }
         let final_data = json!({"status": finish.status, "error": finish.error,
             "improvement_f1": finish.improvement_f1, "best_epoch": finish.best_epoch});
         sh.emit(id, "finished", final_data).await?;
+        super::study::lifecycle::trial_ended(sh, id).await?;
         Ok(finish.status)
     }
-
-    /// `deploy_as`: serves the best model under `name`; the outcome is an event.
-    async fn deploy(&self, id: &str, name: &str, dir: &Path) -> Result<(), StoreError> {
-        let sh = &self.shared;
-        let (registry, dir, job, name2) = (
-            sh.registry.clone(),
-            dir.to_path_buf(),
-            id.to_string(),
-            name.to_string(),
-        );
-        match tokio::task::spawn_blocking(move || registry.deploy(&name2, &dir, Some(job))).await {
-            Ok(Ok(info)) => {
-                sh.emit(
-                    id,
-                    "deployed",
-                    json!({"model": info.name, "version": info.version}),
-                )
-                .await
-            }
-            Ok(Err(e)) => {
-                sh.emit(
-                    id,
-                    "deploy_failed",
-                    json!({"model": name, "error": e.to_string()}),
-                )
-                .await
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "deploy task panicked");
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Pushes a succeeded job's best model; records the outcome on the job, never fails it.
-/// `outcome` is the run's outcome as JSON (as in report.json).
-pub async fn push_job(
-    sh: &Shared,
-    id: &str,
-    spec: &JobSpec,
-    best_model_dir: &Path,
-    outcome: &Value,
-) -> Result<(), StoreError> {
-    let repo = spec.hub.repo_id.clone().unwrap_or_default();
-    store::jobs::set_push(&sh.pool, id, PushStatus::Pending, None, None).await?;
-    let card = crate::hub::card::model_card(&super::card_input(spec), outcome);
-    let (cfg, dir, private, repo2) = (
-        sh.ctx.hub.as_ref().map(|h| h.config.clone()),
-        best_model_dir.to_path_buf(),
-        spec.hub.private,
-        repo.clone(),
-    );
-    let result = tokio::task::spawn_blocking(move || match cfg {
-        Some(cfg) => crate::hub::push_model(
-            &cfg,
-            &repo2,
-            private,
-            &dir,
-            &card,
-            "Upload model fine-tuned with metafora",
-        ),
-        None => Err(crate::hub::HubError::Http {
-            repo: repo2,
-            message: "Hub is not configured".into(),
-        }),
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(crate::hub::HubError::Http {
-            repo: repo.clone(),
-            message: format!("push task panicked: {e}"),
-        })
-    });
-    match result {
-        Ok(url) => {
-            store::jobs::set_push(&sh.pool, id, PushStatus::Pushed, None, Some(&url)).await?;
-            sh.emit(id, "pushed", json!({"repo_id": repo, "url": url}))
-                .await?;
-        }
-        Err(e) => {
-            tracing::warn!(job = %id, error = %e, "push failed");
-            let message = e.to_string();
-            store::jobs::set_push(&sh.pool, id, PushStatus::Failed, Some(&message), None).await?;
-            sh.emit(
-                id,
-                "push_failed",
-                json!({"repo_id": repo, "error": message}),
-            )
-            .await?;
-        }
-    }
-    Ok(())
 }

@@ -2,13 +2,14 @@
 //!
 //! Must not import tokio, axum or sqlx.
 
+pub mod compare;
 pub mod seqeval;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use seqeval::Prf;
+pub use seqeval::{Counts, Prf};
 
 /// Why a label set cannot be scored faithfully.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -159,6 +160,20 @@ impl Metrics {
                 .collect()
         };
         Self::compute(scheme, &names(gold), &names(pred))
+    }
+
+    /// Per-sentence entity counts of label-id sequences (see [`seqeval::sentence_counts`]).
+    pub fn sentence_counts_from_ids(
+        scheme: &LabelScheme,
+        gold: &[Vec<usize>],
+        pred: &[Vec<usize>],
+    ) -> Vec<Counts> {
+        let names = |v: &[Vec<usize>]| -> Vec<Vec<&str>> {
+            v.iter()
+                .map(|s| s.iter().map(|i| scheme.labels[*i].as_str()).collect())
+                .collect()
+        };
+        seqeval::sentence_counts(&names(gold), &names(pred))
     }
 }
 

@@ -115,6 +115,50 @@ pub struct Report {
     pub per_type: BTreeMap<String, Prf>,
 }
 
+/// Entity counts of the micro average: true positives, predicted and gold entities.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Counts {
+    pub tp: usize,
+    pub pred: usize,
+    pub truth: usize,
+}
+
+impl Counts {
+    /// seqeval's micro F1 of these counts.
+    pub fn f1(self) -> f64 {
+        Prf::from_counts(self.tp, self.pred, self.truth).f1
+    }
+}
+
+impl std::ops::AddAssign for Counts {
+    fn add_assign(&mut self, o: Counts) {
+        self.tp += o.tp;
+        self.pred += o.pred;
+        self.truth += o.truth;
+    }
+}
+
+/// Micro-average entity counts of each sentence. seqeval puts an `O` after every sentence, so
+/// no entity spans two and the sentences' counts add up to the corpus's: what a bootstrap
+/// over sentences resamples.
+pub fn sentence_counts<S: AsRef<str>>(y_true: &[Vec<S>], y_pred: &[Vec<S>]) -> Vec<Counts> {
+    y_true
+        .iter()
+        .zip(y_pred)
+        .map(|(t, p)| {
+            let truth: BTreeSet<Entity> =
+                get_entities(std::slice::from_ref(t)).into_iter().collect();
+            let pred: BTreeSet<Entity> =
+                get_entities(std::slice::from_ref(p)).into_iter().collect();
+            Counts {
+                tp: truth.intersection(&pred).count(),
+                pred: pred.len(),
+                truth: truth.len(),
+            }
+        })
+        .collect()
+}
+
 /// Computes seqeval's report. `y_true` and `y_pred` must have the same shape.
 pub fn report<S: AsRef<str>>(y_true: &[Vec<S>], y_pred: &[Vec<S>]) -> Report {
     let mut truth: BTreeMap<String, BTreeSet<(usize, usize)>> = BTreeMap::new();
@@ -162,6 +206,25 @@ mod tests {
 
     fn s(v: &[&str]) -> Vec<String> {
         v.iter().map(|x| x.to_string()).collect()
+    }
+
+    proptest::proptest! {
+        /// The sentences' counts add up to the corpus's: the same micro F1 as the report.
+        #[test]
+        fn sentence_counts_add_up_to_the_report(
+            pairs in proptest::collection::vec(
+                proptest::collection::vec((0usize..5, 0usize..5), 0..8), 1..8)
+        ) {
+            let tags = ["O", "B-MET", "I-MET", "B-SIM", "I-SIM"];
+            let gold: Vec<Vec<&str>> = pairs.iter().map(|s| s.iter().map(|p| tags[p.0]).collect()).collect();
+            let pred: Vec<Vec<&str>> = pairs.iter().map(|s| s.iter().map(|p| tags[p.1]).collect()).collect();
+            let mut total = Counts::default();
+            for c in sentence_counts(&gold, &pred) {
+                total += c;
+            }
+            proptest::prop_assert_eq!(total.f1(), report(&gold, &pred).micro.f1);
+            proptest::prop_assert_eq!(total.truth, report(&gold, &pred).micro.support);
+        }
     }
 
     #[test]

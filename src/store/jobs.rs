@@ -105,9 +105,27 @@ pub struct JobRow {
     pub push_url: Option<String>,
     /// Times a process died while running it (graceful restarts not counted).
     pub crashes: i64,
+    /// The study this job is a trial of, its index there and its searched parameters (JSON).
+    pub study_id: Option<String>,
+    pub trial: Option<i64>,
+    pub params: Option<String>,
+    /// Stopped early by the study's pruner.
+    pub pruned: i64,
 }
 
-/// Inserts a queued job unless `max_queued` jobs are already waiting.
+/// Entries waiting in the queue: queued jobs outside studies, plus studies not yet ended (a
+/// study counts once, whatever its number of trials).
+pub async fn queue_entries(conn: &mut sqlx::SqliteConnection) -> Result<i64, StoreError> {
+    let (n,): (i64,) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND study_id IS NULL)
+              + (SELECT COUNT(*) FROM studies WHERE status IN ('queued', 'running'))",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(n)
+}
+
+/// Inserts a queued job unless `max_queued` entries are already waiting.
 pub async fn insert(
     pool: &SqlitePool,
     id: &str,
@@ -117,9 +135,7 @@ pub async fn insert(
     max_queued: usize,
 ) -> Result<JobRow, StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    let (queued,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM jobs WHERE status = 'queued'")
-        .fetch_one(&mut *conn)
-        .await?;
+    let queued = queue_entries(&mut conn).await?;
     if queued as usize >= max_queued {
         rollback(conn).await?;
         return Err(StoreError::QueueFull(queued as usize));
@@ -153,17 +169,30 @@ pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, StoreErr
 pub async fn list(
     pool: &SqlitePool,
     status: Option<JobStatus>,
+    study_id: Option<&str>,
     limit: i64,
     cursor: Option<i64>,
 ) -> Result<Vec<JobRow>, StoreError> {
     Ok(sqlx::query_as::<_, JobRow>(
-        "SELECT * FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR seq < ?2) ORDER BY seq DESC LIMIT ?3",
+        "SELECT * FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR seq < ?2) AND (?3 IS NULL OR study_id = ?3)
+         ORDER BY seq DESC LIMIT ?4",
     )
     .bind(status)
     .bind(cursor)
+    .bind(study_id)
     .bind(limit)
     .fetch_all(pool)
     .await?)
+}
+
+/// Marks a trial as stopped by its study's pruner.
+pub async fn set_pruned(pool: &SqlitePool, id: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET pruned = 1, updated_at = ? WHERE id = ?")
+        .bind(now())
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
 }
 
 /// Finished jobs, oldest first (the comparison CSV).
@@ -326,7 +355,7 @@ pub async fn request_cancel(pool: &SqlitePool, id: &str) -> Result<Option<Cancel
         }
         Some(other) => {
             rollback(conn).await?;
-            return Err(StoreError::Conflict(other.to_string()));
+            return Err(StoreError::Conflict(format!("job is {other}")));
         }
     };
     commit(conn).await?;
@@ -341,8 +370,16 @@ pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, Store
         .fetch_optional(&mut *conn)
         .await?;
     match &row {
+        Some(r) if r.study_id.is_some() => {
+            let s = format!(
+                "job is a trial of study {}: delete the study",
+                r.study_id.as_deref().unwrap_or_default()
+            );
+            rollback(conn).await?;
+            return Err(StoreError::Conflict(s));
+        }
         Some(r) if !r.status.is_finished() => {
-            let s = r.status.to_string();
+            let s = format!("job is {}", r.status);
             rollback(conn).await?;
             return Err(StoreError::Conflict(s));
         }

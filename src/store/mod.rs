@@ -5,6 +5,7 @@ pub mod datasets;
 pub mod events;
 pub mod jobs;
 pub mod results;
+pub mod studies;
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -21,7 +22,8 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("queue is full ({0} jobs waiting)")]
     QueueFull(usize),
-    #[error("job is {0}")]
+    /// The row's state forbids the change; the message says which and why.
+    #[error("{0}")]
     Conflict(String),
     #[error("stored JSON is invalid: {0}")]
     Json(#[from] serde_json::Error),

@@ -29,6 +29,8 @@ pub struct EpochRow {
     pub eval_seconds: f64,
     pub samples_per_second: f64,
     pub checkpoint: String,
+    /// `training.eval_train_subset` scores (JSON [`EvalSummary`]).
+    pub train_eval: Option<String>,
 }
 
 /// Inserts or replaces an epoch (a resumed job may report an epoch again: no duplicates).
@@ -39,7 +41,8 @@ pub async fn upsert_epoch(
 ) -> Result<(), StoreError> {
     sqlx::query(
         "INSERT OR REPLACE INTO epochs (job_id, epoch, step, train_loss, eval_loss, precision, recall, f1, accuracy, per_label,
-         learning_rate, train_seconds, eval_seconds, samples_per_second, checkpoint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         learning_rate, train_seconds, eval_seconds, samples_per_second, checkpoint, train_eval)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )
     .bind(job_id)
     .bind(r.epoch as i64)
@@ -56,6 +59,7 @@ pub async fn upsert_epoch(
     .bind(r.eval_seconds)
     .bind(r.train_samples_per_second)
     .bind(&r.checkpoint)
+    .bind(r.train_eval.as_ref().map(serde_json::to_string).transpose()?)
     .execute(pool)
     .await?;
     Ok(())
@@ -82,6 +86,8 @@ pub struct EvaluationRow {
     pub accuracy: f64,
     pub per_label: String,
     pub seconds: f64,
+    /// Fine-tuned test only: per-sentence entity counts (JSON `[[tp, pred, truth], ...]`).
+    pub sentence_counts: Option<String>,
 }
 
 impl EvaluationRow {
@@ -112,6 +118,32 @@ pub async fn upsert_evaluation(
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Stores the per-sentence entity counts of a stored evaluation, as `[tp, pred, truth]` rows.
+pub async fn set_sentence_counts(
+    pool: &SqlitePool,
+    job_id: &str,
+    kind: &str,
+    counts: &[crate::metrics::Counts],
+) -> Result<(), StoreError> {
+    let rows: Vec<[usize; 3]> = counts.iter().map(|c| [c.tp, c.pred, c.truth]).collect();
+    sqlx::query("UPDATE evaluations SET sentence_counts = ? WHERE job_id = ? AND kind = ?")
+        .bind(serde_json::to_string(&rows)?)
+        .bind(job_id)
+        .bind(kind)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Parses stored sentence counts.
+pub fn parse_sentence_counts(json: &str) -> Result<Vec<crate::metrics::Counts>, StoreError> {
+    let rows: Vec<[usize; 3]> = serde_json::from_str(json)?;
+    Ok(rows
+        .into_iter()
+        .map(|[tp, pred, truth]| crate::metrics::Counts { tp, pred, truth })
+        .collect())
 }
 
 pub async fn evaluations(

@@ -29,17 +29,39 @@ pub enum Precision {
     F16,
 }
 
-/// Metric that picks the best checkpoint.
+/// Metric that picks the best checkpoint (also read with the Trainer's `eval_` prefix).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
 pub enum BestMetric {
     #[default]
+    #[serde(alias = "eval_f1")]
     F1,
+    #[serde(alias = "eval_precision")]
     Precision,
+    #[serde(alias = "eval_recall")]
     Recall,
+    #[serde(alias = "eval_accuracy")]
     Accuracy,
     /// Validation loss (lower is better).
+    #[serde(alias = "eval_loss")]
     Loss,
+}
+
+impl BestMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BestMetric::F1 => "f1",
+            BestMetric::Precision => "precision",
+            BestMetric::Recall => "recall",
+            BestMetric::Accuracy => "accuracy",
+            BestMetric::Loss => "loss",
+        }
+    }
+
+    /// Whether larger values are better (all but the loss).
+    pub fn higher_is_better(self) -> bool {
+        self != BestMetric::Loss
+    }
 }
 
 fn d_lr() -> f64 {
@@ -91,7 +113,8 @@ pub struct TrainingArgs {
     /// Global gradient-norm clipping; 0 disables it.
     #[serde(default = "d_grad_norm")]
     pub max_grad_norm: f64,
-    #[serde(default)]
+    /// Also read as the Trainer's `lr_scheduler_type`.
+    #[serde(default, alias = "lr_scheduler_type")]
     pub lr_scheduler: LrScheduler,
     /// Epoch checkpoints kept on disk (the best and the latest are always kept).
     #[serde(default = "d_save_limit")]
@@ -113,6 +136,35 @@ pub struct TrainingArgs {
     pub max_length: usize,
     #[serde(default)]
     pub precision: Precision,
+    /// Training sentences scored after every epoch next to validation (a fixed seeded sample),
+    /// to watch for overfitting (train F1 much higher than validation F1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_train_subset: Option<usize>,
+    /// Hugging Face `TrainingArguments` names, accepted as users paste them from notebooks and
+    /// folded into the spec's own fields by [`TrainingArgs::normalize`] and the job spec.
+    #[serde(default, skip_serializing)]
+    pub warmup_ratio: Option<f64>,
+    #[serde(default, skip_serializing)]
+    pub fp16: Option<bool>,
+    #[serde(default, skip_serializing)]
+    pub bf16: Option<bool>,
+    #[serde(default, skip_serializing)]
+    pub push_to_hub: Option<bool>,
+    #[serde(default, skip_serializing)]
+    pub hub_model_id: Option<String>,
+    #[serde(default, skip_serializing)]
+    pub hub_private_repo: Option<bool>,
+    #[serde(default, skip_serializing)]
+    pub output_dir: Option<String>,
+}
+
+/// The Hub and output settings a `training` object carried under Trainer names.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HfSpecNames {
+    pub push_to_hub: Option<bool>,
+    pub hub_model_id: Option<String>,
+    pub hub_private_repo: Option<bool>,
+    pub output_dir: Option<String>,
 }
 
 impl Default for TrainingArgs {
@@ -122,6 +174,39 @@ impl Default for TrainingArgs {
 }
 
 impl TrainingArgs {
+    /// Folds the Trainer's names into this struct's fields (`warmup_ratio` -> `warmup_steps`,
+    /// `fp16`/`bf16` -> `precision`) and hands back the ones that belong to the job spec
+    /// (`push_to_hub`, `hub_model_id`, `hub_private_repo`, `output_dir`). Giving a value under
+    /// both names is an error naming the Trainer's one.
+    pub fn normalize(&mut self) -> Result<HfSpecNames, FieldError> {
+        if let Some(r) = self.warmup_ratio.take() {
+            if self.warmup_steps != 0.0 {
+                return field(
+                    "warmup_ratio",
+                    "give warmup_steps or warmup_ratio, not both".into(),
+                );
+            }
+            if !(r.is_finite() && (0.0..1.0).contains(&r)) {
+                return field("warmup_ratio", format!("must be in [0, 1), got {r}"));
+            }
+            self.warmup_steps = r;
+        }
+        for (name, flag) in [("fp16", self.fp16.take()), ("bf16", self.bf16.take())] {
+            if flag == Some(true) {
+                return field(
+                    name,
+                    "mixed-precision training is not implemented yet; leave it false".into(),
+                );
+            }
+        }
+        Ok(HfSpecNames {
+            push_to_hub: self.push_to_hub.take(),
+            hub_model_id: self.hub_model_id.take(),
+            hub_private_repo: self.hub_private_repo.take(),
+            output_dir: self.output_dir.take(),
+        })
+    }
+
     /// Checks values; `labels` is the number of labels when known (for explicit weights).
     pub fn validate(&self, num_labels: Option<usize>) -> Result<(), FieldError> {
         let f = |name: &str, msg: String| Err(FieldError::new(format!("training.{name}"), msg));
@@ -130,6 +215,12 @@ impl TrainingArgs {
             return f(
                 "learning_rate",
                 format!("must be > 0, got {}", self.learning_rate),
+            );
+        }
+        if self.learning_rate > 10.0 {
+            return f(
+                "learning_rate",
+                format!("must be <= 10, got {}", self.learning_rate),
             );
         }
         self.validate_sizes()?;
@@ -186,6 +277,14 @@ impl TrainingArgs {
             );
         }
         self.validate_class_weights(num_labels)?;
+        if let Some(n) = self.eval_train_subset
+            && !(1..=1_000_000).contains(&n)
+        {
+            return f(
+                "eval_train_subset",
+                format!("must be in [1, 1000000] or null, got {n}"),
+            );
+        }
         if matches!(self.precision, Precision::Bf16 | Precision::F16) {
             return f(
                 "precision",
@@ -196,7 +295,7 @@ impl TrainingArgs {
     }
 }
 
-fn field(name: &str, msg: String) -> Result<(), FieldError> {
+fn field<T>(name: &str, msg: String) -> Result<T, FieldError> {
     Err(FieldError::new(format!("training.{name}"), msg))
 }
 

@@ -20,6 +20,8 @@ pub struct EvalOutput {
     pub metrics: Metrics,
     /// Per sentence, the predicted label id of every word kept after truncation.
     pub word_preds: Vec<Vec<Option<usize>>>,
+    /// Per sentence, its entity counts (they add up to `metrics`' micro average).
+    pub sentence_counts: Vec<crate::metrics::Counts>,
 }
 
 /// Cross-entropy of one token's logits at `label` (log-sum-exp in f64).
@@ -102,5 +104,6 @@ pub fn evaluate<B: Backend>(
         loss,
         metrics,
         word_preds,
+        sentence_counts: Metrics::sentence_counts_from_ids(scheme, &g_all, &p_all),
     })
 }

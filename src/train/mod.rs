@@ -11,6 +11,7 @@ pub mod loss;
 pub mod optim;
 pub mod report;
 pub mod schedule;
+pub mod tensorboard;
 pub mod trainer;
 
 use std::path::{Path, PathBuf};
@@ -156,6 +157,33 @@ pub struct EpochRecord {
     pub eval_seconds: f64,
     pub train_samples_per_second: f64,
     pub checkpoint: String,
+    /// `training.eval_train_subset` training sentences scored like validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_eval: Option<EvalSummary>,
+}
+
+/// Why a run stopped before its last epoch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EarlyStop {
+    /// `early_stopping_patience` epochs without improvement.
+    Patience { epochs_without_improvement: usize },
+    /// A study's pruner judged the run not worth finishing.
+    Pruned { reason: String },
+}
+
+/// Asked after each epoch whether the run should stop there (a study's pruner). Asked again
+/// with the same history when a run resumes at an epoch boundary, so the answer must depend
+/// only on the history and on what the gate reads elsewhere.
+pub trait EpochGate: Send + Sync {
+    /// `history` holds every epoch so far; `Some(reason)` stops the run.
+    fn stop_after(&self, history: &[EpochRecord]) -> Option<String>;
+}
+
+impl std::fmt::Debug for dyn EpochGate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EpochGate")
+    }
 }
 
 /// Progress reported while a run goes.
@@ -188,8 +216,14 @@ pub enum Progress {
     },
     /// After an epoch's validation and checkpoint.
     Epoch { record: EpochRecord },
-    /// The best model on test.
-    FinalEvaluated { summary: EvalSummary },
+    /// The run stops before its last epoch (after `after_epoch`).
+    StoppedEarly { after_epoch: usize, why: EarlyStop },
+    /// The best model on test, with each test sentence's entity counts (for bootstraps).
+    FinalEvaluated {
+        summary: EvalSummary,
+        #[serde(skip)]
+        sentence_counts: Vec<crate::metrics::Counts>,
+    },
 }
 
 /// A fully specified run.
@@ -206,6 +240,8 @@ pub struct RunConfig {
     pub seed: u64,
     pub output_dir: PathBuf,
     pub device: Resolved,
+    /// Consulted after every epoch but the last (study pruning).
+    pub gate: Option<Arc<dyn EpochGate>>,
 }
 
 /// What a successful run produced.
@@ -220,6 +256,8 @@ pub struct RunOutcome {
     pub best_model_dir: PathBuf,
     pub epochs: Vec<EpochRecord>,
     pub stopped_early: bool,
+    /// Why it stopped early, when it did.
+    pub early_stop: Option<EarlyStop>,
     pub label_distribution: Vec<SplitStats>,
     pub dropped_words: usize,
     pub train_seconds: f64,

@@ -173,6 +173,24 @@ pub fn csv_text(header: bool, rows: &[Vec<String>]) -> String {
         .expect("CSV of UTF-8 cells is UTF-8: this is a bug")
 }
 
+/// CSV text with its own header row (same dialect as [`csv_text`]).
+pub fn csv_table<S: AsRef<str>>(header: &[S], rows: &[Vec<String>]) -> String {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    let write = |w: &mut csv::Writer<Vec<u8>>| -> csv::Result<()> {
+        w.write_record(header.iter().map(|h| h.as_ref()))?;
+        for r in rows {
+            w.write_record(r)?;
+        }
+        w.flush()?;
+        Ok(())
+    };
+    write(&mut w).expect("CSV into memory: this is a bug");
+    String::from_utf8(w.into_inner().expect("CSV into memory: this is a bug"))
+        .expect("CSV of UTF-8 cells is UTF-8: this is a bug")
+}
+
 /// Appends a row to `path`, writing the header first when the file is new or empty.
 pub fn append_csv(path: &Path, row: &CsvRow) -> Result<(), TrainError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {

@@ -13,15 +13,19 @@ pub enum LrScheduler {
     Linear,
     /// Half-cosine decay to 0.
     Cosine,
-    /// Constant after warm-up.
+    /// Constant from the first step: warm-up is ignored, as transformers'
+    /// `get_constant_schedule` does.
     Constant,
-    /// Alias of `constant` kept for HF spelling.
+    /// Linear warm-up, then constant.
     ConstantWithWarmup,
 }
 
 /// Multiplier of the base learning rate for optimizer step `step` (0-based: the first update
 /// uses `step = 0`), with `warmup` warm-up steps out of `total`.
 pub fn lr_factor(kind: LrScheduler, step: usize, warmup: usize, total: usize) -> f64 {
+    if kind == LrScheduler::Constant {
+        return 1.0;
+    }
     if step < warmup {
         return step as f64 / warmup.max(1) as f64;
     }
@@ -72,6 +76,14 @@ mod tests {
     fn cosine_halfway_is_half() {
         assert!((lr_factor(LrScheduler::Cosine, 5, 0, 10) - 0.5).abs() < 1e-12);
         assert_eq!(lr_factor(LrScheduler::Constant, 7, 2, 10), 1.0);
+    }
+
+    #[test]
+    fn constant_ignores_warmup_as_transformers_and_with_warmup_does_not() {
+        assert_eq!(lr_factor(LrScheduler::Constant, 0, 4, 10), 1.0);
+        assert_eq!(lr_factor(LrScheduler::Constant, 2, 4, 10), 1.0);
+        assert_eq!(lr_factor(LrScheduler::ConstantWithWarmup, 2, 4, 10), 0.5);
+        assert_eq!(lr_factor(LrScheduler::ConstantWithWarmup, 6, 4, 10), 1.0);
     }
 
     #[test]

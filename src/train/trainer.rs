@@ -38,8 +38,9 @@ use super::evaluate::{EvalOutput, evaluate};
 use super::loss::{balanced_weights, position_weights, token_loss};
 use super::optim::{AdamW, AdamWConfig, grad_norm};
 use super::schedule::{lr_factor, warmup_steps};
+use super::tensorboard::RunLog;
 use super::{
-    CancelToken, EpochRecord, Progress, RunConfig, RunOutcome, StopReason, TrainError,
+    CancelToken, EarlyStop, EpochRecord, Progress, RunConfig, RunOutcome, StopReason, TrainError,
     train_label_counts,
 };
 
@@ -202,6 +203,9 @@ struct Trainer<'a, B: AutodiffBackend> {
     data: Prepared,
     gold_val: Vec<Vec<i64>>,
     gold_test: Vec<Vec<i64>>,
+    /// `eval_train_subset`: a fixed seeded sample of the training examples and their gold.
+    train_subset: (Vec<Example>, Vec<Vec<i64>>),
+    log: RunLog,
     class_weights: Option<Vec<f64>>,
     model: TokenClassifier<B>,
     optim: AdamW<B>,
@@ -291,7 +295,25 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             .div_ceil(bs)
             .div_ceil(args.gradient_accumulation_steps);
         let total_steps = steps_per_epoch * args.num_train_epochs;
+        let train_subset = match args.eval_train_subset {
+            Some(n) => {
+                let mut idx: Vec<usize> = (0..data.train.len()).collect();
+                idx.shuffle(&mut StdRng::seed_from_u64(mix(cfg.seed, 0x7EA1)));
+                idx.truncate(n);
+                idx.sort_unstable();
+                (
+                    idx.iter().map(|i| data.train[*i].clone()).collect(),
+                    idx.iter()
+                        .map(|i| cfg.dataset.train.sentences[*i].tags.clone())
+                        .collect(),
+                )
+            }
+            None => (Vec::new(), Vec::new()),
+        };
+        let log = RunLog::open(&cfg.output_dir, state.global_step);
         Ok(Trainer {
+            train_subset,
+            log,
             cfg,
             args,
             device,
@@ -333,25 +355,55 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             resumed_from: self.resumed_from.clone(),
         });
         let base_test = self.evaluate_base()?;
+        if self.state.epochs_done == 0 {
+            self.log.test("base", 0, &base_test);
+        }
         progress(Progress::BaseEvaluated {
             summary: base_test.clone(),
         });
-        let mut stopped_early = false;
-        for epoch in self.state.epochs_done..self.args.num_train_epochs {
-            self.train_epoch(epoch, cancel, progress)?;
-            let record = self.end_epoch(epoch)?;
-            progress(Progress::Epoch { record });
-            if self
-                .args
-                .early_stopping_patience
-                .is_some_and(|p| self.state.patience_counter >= p)
-            {
-                stopped_early = true;
-                tracing::info!(epoch = epoch + 1, "early stopping");
-                break;
+        let epochs = self.args.num_train_epochs;
+        // A run resumed at an epoch boundary asks again what it asked before the interruption.
+        let mut early_stop = match self.state.epochs_done {
+            0 => None,
+            done => self.early_stop(done == epochs),
+        };
+        if early_stop.is_none() {
+            for epoch in self.state.epochs_done..epochs {
+                self.train_epoch(epoch, cancel, progress)?;
+                let record = self.end_epoch(epoch)?;
+                self.log.epoch(&record);
+                progress(Progress::Epoch { record });
+                early_stop = self.early_stop(epoch + 1 == epochs);
+                if early_stop.is_some() {
+                    break;
+                }
             }
         }
-        self.finish(base_test, stopped_early, progress)
+        if let Some(why) = &early_stop {
+            tracing::info!(epoch = self.state.epochs_done, ?why, "stopping early");
+            progress(Progress::StoppedEarly {
+                after_epoch: self.state.epochs_done,
+                why: why.clone(),
+            });
+        }
+        self.finish(base_test, early_stop, progress)
+    }
+
+    /// Early stopping on patience (also after the last epoch, as reported before), then the
+    /// gate (a study's pruner; never after the last epoch: nothing would be saved).
+    fn early_stop(&self, last: bool) -> Option<EarlyStop> {
+        if let Some(p) = self.args.early_stopping_patience
+            && self.state.patience_counter >= p
+        {
+            return Some(EarlyStop::Patience {
+                epochs_without_improvement: self.state.patience_counter,
+            });
+        }
+        if last {
+            return None;
+        }
+        let reason = self.cfg.gate.as_ref()?.stop_after(&self.state.history)?;
+        Some(EarlyStop::Pruned { reason })
     }
 
     /// Writes `checkpoint-<step>/` of the current model, optimizer and state.
@@ -430,6 +482,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             }
             let t_step = Instant::now();
             let loss = self.train_step(window)?;
+            self.log.step(self.state.global_step, loss, self.last_lr);
             progress(Progress::Step {
                 epoch: epoch + 1,
                 epochs: self.args.num_train_epochs,
@@ -543,6 +596,13 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let t = Instant::now();
         let engine = self.engine(self.model.valid());
         let eval = self.evaluate_on(&engine, &self.data.validation, &self.gold_val)?;
+        let train_eval = if self.train_subset.0.is_empty() {
+            None
+        } else {
+            let t = Instant::now();
+            let out = self.evaluate_on(&engine, &self.train_subset.0, &self.train_subset.1)?;
+            Some(EvalSummary::new(&out, t.elapsed().as_secs_f64()))
+        };
         drop(engine);
         let metric = self.args.metric_for_best_model;
         let value = metric_value(metric, &eval);
@@ -582,6 +642,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             eval_seconds: t.elapsed().as_secs_f64(),
             train_samples_per_second: s.epoch_samples as f64 / train_seconds.max(1e-9),
             checkpoint: ckpt_name.clone(),
+            train_eval,
         });
         s.epochs_done = epoch + 1;
         s.step_in_epoch = 0;
@@ -613,7 +674,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
     fn finish(
         &mut self,
         base_test: EvalSummary,
-        stopped_early: bool,
+        early_stop: Option<EarlyStop>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<RunOutcome, TrainError> {
         let best = self.state.best.clone().ok_or_else(|| {
@@ -640,8 +701,11 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         let engine = self.engine(best_model);
         let fin = self.evaluate_on(&engine, &self.data.test, &self.gold_test)?;
         let finetuned_test = EvalSummary::new(&fin, t.elapsed().as_secs_f64());
+        self.log
+            .test("finetuned", self.state.global_step, &finetuned_test);
         progress(Progress::FinalEvaluated {
             summary: finetuned_test.clone(),
+            sentence_counts: fin.sentence_counts,
         });
         let history = &self.state.history;
         let train_seconds: f64 = history.iter().map(|e| e.train_seconds).sum();
@@ -654,7 +718,8 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             best_metric: best.metric,
             best_model_dir,
             epochs: history.clone(),
-            stopped_early,
+            stopped_early: early_stop.is_some(),
+            early_stop,
             label_distribution: self.cfg.dataset.stats(),
             dropped_words: self.data.dropped_words,
             train_seconds,

@@ -220,3 +220,146 @@ async fn kill_9_mid_epoch_then_resume_gives_the_uninterrupted_result() {
     assert_eq!(count("finished"), 1, "{events:?}");
     drop(child);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_study_then_restart_runs_every_trial_once_with_the_uninterrupted_summary() {
+    let spec = serde_json::json!({
+        "models": [{"checkpoint": fixture("tiny-roberta-base")}],
+        "dataset": {"path": fixture("data/synthetic-small")},
+        "training": {"num_train_epochs": 6},
+        "search": {"grid": {"learning_rate": [5e-4, 2e-4]}},
+        "seeds": [42]
+    });
+    // Reference: `metafora study`, uninterrupted, in its own process.
+    let ref_dir = tempfile::tempdir().unwrap();
+    std::fs::write(ref_dir.path().join("study.json"), spec.to_string()).unwrap();
+    let out = tokio::task::spawn_blocking({
+        let d = ref_dir.path().to_path_buf();
+        move || {
+            Command::new(env!("CARGO_BIN_EXE_metafora"))
+                .arg("study")
+                .arg(d.join("study.json"))
+                .args(["--device", "cpu", "--output-dir"])
+                .arg(d.join("out"))
+                .env("METAFORA_LOG", "warn")
+                .output()
+                .expect("runs metafora study")
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "reference study failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(ref_dir.path().join("out/study.json")).unwrap())
+            .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let client = reqwest::Client::new();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = serve(dir.path(), port);
+    wait_health(&client, &base).await;
+    let created: Value = client
+        .post(format!("{base}/v1/studies"))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_string();
+    let second = created["trial_jobs"][1]["job_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Kill while the second trial is in its third epoch.
+    let t = Instant::now();
+    loop {
+        let e = get(&client, format!("{base}/v1/jobs/{second}/epochs")).await;
+        if e["epochs"].as_array().is_some_and(|e| e.len() >= 2) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(180), "no progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+
+    let port2 = free_port();
+    let base2 = format!("http://127.0.0.1:{port2}");
+    let child = serve(dir.path(), port2);
+    wait_health(&client, &base2).await;
+    let t = Instant::now();
+    let study = loop {
+        let s = get(&client, format!("{base2}/v1/studies/{id}")).await;
+        if s["status"] == "succeeded" || s["status"] == "failed" {
+            break s;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(300),
+            "study did not end: {s}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(study["status"], "succeeded", "{study}");
+    let jobs = get(&client, format!("{base2}/v1/jobs?study_id={id}")).await;
+    let jobs = jobs["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2, "no duplicated trial");
+    let attempts: i64 = jobs.iter().map(|j| j["attempts"].as_i64().unwrap()).sum();
+    assert_eq!(attempts, 3, "one trial resumed once");
+    for j in jobs {
+        let e = get(
+            &client,
+            format!("{base2}/v1/jobs/{}/epochs", j["id"].as_str().unwrap()),
+        )
+        .await;
+        let numbers: Vec<u64> = e["epochs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["epoch"].as_u64().unwrap())
+            .collect();
+        assert_eq!(numbers, (1..=6).collect::<Vec<_>>(), "every epoch once");
+    }
+    // Bit-identical summary and choice.
+    for (got, want) in study["summary"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(reference["summary"].as_array().unwrap())
+    {
+        for k in [
+            "model",
+            "params",
+            "n",
+            "val_f1_mean",
+            "test_f1_mean",
+            "test_precision_mean",
+            "test_recall_mean",
+            "per_label",
+        ] {
+            assert_eq!(got[k], want[k], "{k}: {got} vs {want}");
+        }
+    }
+    assert_eq!(study["best"]["params"], reference["best"]["params"]);
+    assert_eq!(study["comparison"]["diff"], reference["comparison"]["diff"]);
+    let events = crate::app::read_sse(
+        client
+            .get(format!("{base2}/v1/studies/{id}/events"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let count = |kind: &str| events.iter().filter(|(k, _)| k == kind).count();
+    assert_eq!(count("trial_started"), 3, "{events:?}");
+    assert_eq!(count("trial_finished"), 2, "{events:?}");
+    assert_eq!(count("finished"), 1, "{events:?}");
+    drop(child);
+}

@@ -560,6 +560,7 @@ async fn a_final_evaluation_queued_behind_the_result_is_stored() {
         eval_seconds: 0.1,
         train_samples_per_second: 100.0,
         checkpoint: "checkpoint-20".into(),
+        train_eval: None,
     };
     // The ordering that lost results: everything, the result included, already queued when
     // the worker looks.
@@ -567,6 +568,7 @@ async fn a_final_evaluation_queued_behind_the_result_is_stored() {
     tx.send(Msg::Progress(Progress::Epoch { record })).unwrap();
     tx.send(Msg::Progress(Progress::FinalEvaluated {
         summary: fine.clone(),
+        sentence_counts: vec![],
     }))
     .unwrap();
     tx.send(Msg::Done(Err(TrainError::Cancelled))).unwrap();

@@ -12,4 +12,5 @@ mod hub;
 mod parity;
 mod seqeval;
 mod service;
+mod studies;
 mod sweep;

@@ -193,6 +193,54 @@ async fn hostile_inputs_get_4xx_json_and_leave_jobs_intact() {
         json_case("NUL in a path", with("/dataset/path", json!(format!("{a_str}/data\u{0}x"))), UNPROCESSABLE, Some("dataset.path")),
         json_case("output dir outside", {let mut s = good.clone(); s["output"] = json!({"dir": "/tmp/evil"}); s}, UNPROCESSABLE, Some("output.dir")),
     ];
+    // Studies: the same hostility, and sizes.
+    let study = json!({
+        "models": [{"checkpoint": a.join("model")}],
+        "dataset": {"path": a.join("data")},
+        "training": {"num_train_epochs": 1}
+    });
+    let study_case = |what: &'static str, body: Value, field: &'static str| Case {
+        what,
+        path: "/v1/studies",
+        content_type: "application/json",
+        body: body.to_string().into_bytes(),
+        status: UNPROCESSABLE,
+        field: Some(field),
+    };
+    let study_with = |pointer: &str, v: Value| {
+        let mut s = study.clone();
+        *s.pointer_mut(pointer).unwrap() = v;
+        s
+    };
+    cases.extend([
+        raw_case("study: truncated JSON", "/v1/studies", b"{\"models\": [", &[400]),
+        raw_case("study: array body", "/v1/studies", b"[]", BAD),
+        raw_case("study: deeply nested", "/v1/studies", "{\"models\":".repeat(3000).as_bytes(), &[400]),
+        Case {
+            what: "study: wrong content type",
+            path: "/v1/studies",
+            content_type: "text/plain",
+            body: study.to_string().into_bytes(),
+            status: &[415],
+            field: None,
+        },
+        Case {
+            what: "study: huge body",
+            path: "/v1/studies",
+            content_type: "application/json",
+            body: json!({"models": [{"checkpoint": "x".repeat(200_000)}]}).to_string().into_bytes(),
+            status: &[413],
+            field: None,
+        },
+        study_case("study: model outside", study_with("/models/0/checkpoint", json!(o.join("model"))), "models[0].checkpoint"),
+        study_case("study: symlinked model pointing out", study_with("/models/0/checkpoint", json!(a.join("link-model"))), "models[0].checkpoint"),
+        study_case("study: dataset through dot-dot", study_with("/dataset/path", json!(format!("{a_str}/../{}/data", o.file_name().unwrap().to_str().unwrap()))), "dataset.path"),
+        study_case("study: NUL in a path", study_with("/dataset/path", json!(format!("{a_str}/data\u{0}x"))), "dataset.path"),
+        study_case("study: a million trials", {let mut s = study.clone(); s["search"] = json!({"random": {"trials": 1_000_000, "space": {"learning_rate": {"uniform": [1e-5, 1e-4]}}}}); s}, "search"),
+        study_case("study: grid overflowing usize", {let mut s = study.clone(); s["search"] = json!({"grid": {"learning_rate": vec![1e-4; 1000], "weight_decay": vec![0.0; 1000], "warmup_steps": vec![0; 1000], "max_grad_norm": vec![1.0; 1000], "max_length": vec![64; 1000], "num_train_epochs": vec![1; 1000], "per_device_train_batch_size": vec![8; 1000]}}); s}, "search"),
+        study_case("study: output dir smuggled in", study_with("/training", json!({"output_dir": "/tmp/evil"})), "training.output_dir"),
+        study_case("study: NaN-free but infinite bound", {let mut s = study.clone(); s["search"] = json!({"random": {"trials": 2, "space": {"learning_rate": {"uniform": [1e-5, 1e308]}}}}); s}, "search.random.space.learning_rate"),
+    ]);
     // Other writing routes.
     cases.extend([
         Case {
@@ -425,6 +473,13 @@ async fn hostile_inputs_get_4xx_json_and_leave_jobs_intact() {
         "/v1/jobs?cursor=../../etc",
         "/v1/jobs/..%2F..%2Fetc%2Fpasswd",
         "/v1/jobs/%00/results",
+        "/v1/jobs?study_id=../../etc",
+        "/v1/studies?limit=0",
+        "/v1/studies?cursor=-5",
+        "/v1/studies?evil=1",
+        "/v1/studies/..%2F..%2Fetc",
+        "/v1/studies/%00/summary.csv",
+        "/v1/studies/00000000-0000-0000-0000-000000000000/results.csv",
     ] {
         let (code, body) = app.get(q).await;
         if !((400..500).contains(&code) && body["error"]["code"].is_string()) {

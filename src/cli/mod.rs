@@ -1,4 +1,6 @@
-//! The one-shot commands: `train`, `eval`, `score`, `detect`.
+//! The one-shot commands: `train`, `study`, `eval`, `score`, `detect`.
+
+pub mod study;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -122,7 +124,10 @@ impl Console {
                 ));
                 self.epochs.push(r);
             }
-            Progress::FinalEvaluated { summary } => {
+            Progress::StoppedEarly { after_epoch, why } => {
+                self.line(format!("stopped after epoch {after_epoch}: {why:?}"));
+            }
+            Progress::FinalEvaluated { summary, .. } => {
                 self.bar.finish_and_clear();
                 let m = &summary.metrics;
                 self.line(format!(
