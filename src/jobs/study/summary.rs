@@ -323,6 +323,89 @@ fn ranks_above(a: f64, b: f64, select_by: BestMetric) -> bool {
     }
 }
 
+/// Configurations with a result, best first on the selected validation mean (ties keep the
+/// earlier).
+fn rank(summary: &[ConfigSummary], select_by: BestMetric) -> Vec<usize> {
+    let mut ranked: Vec<usize> = (0..summary.len())
+        .filter(|i| summary[*i].val_selected_mean.is_some())
+        .collect();
+    ranked.sort_by(|a, b| {
+        let (x, y) = (
+            summary[*a].val_selected_mean.unwrap_or_default(),
+            summary[*b].val_selected_mean.unwrap_or_default(),
+        );
+        if ranks_above(x, y, select_by) {
+            std::cmp::Ordering::Less
+        } else if ranks_above(y, x, select_by) {
+            std::cmp::Ordering::Greater
+        } else {
+            a.cmp(b)
+        }
+    });
+    ranked
+}
+
+/// The best configuration, and among its seeds the trial with the best validation metric.
+fn best_of(c: &ConfigSummary, trials: &[&TrialView], select_by: BestMetric) -> Best {
+    let score = |t: &TrialView| t.val.as_ref().map_or(0.0, |v| v.get(select_by));
+    let best_job = trials
+        .iter()
+        .filter(|t| t.status == JobStatus::Succeeded && t.val.is_some())
+        .fold(None::<&&TrialView>, |acc, t| match acc {
+            Some(a) if !ranks_above(score(t), score(a), select_by) => Some(a),
+            _ => Some(t),
+        })
+        .map(|t| t.job_id.clone())
+        .unwrap_or_default();
+    Best {
+        model: c.model.clone(),
+        params: c.params.clone(),
+        val_f1_mean: c.val_f1_mean,
+        val_selected_mean: c.val_selected_mean,
+        test_f1_mean: c.test_f1_mean,
+        job_ids: c.job_ids.clone(),
+        best_job_id: best_job,
+    }
+}
+
+/// The best configuration against the best of another model (else the second best), by a
+/// paired bootstrap over the test sentences of their succeeded trials.
+fn compare<'a>(
+    summary: &[ConfigSummary],
+    ranked: &[usize],
+    group: &dyn Fn(usize) -> &'a [&'a TrialView],
+) -> Option<Comparison> {
+    let first = *ranked.first()?;
+    let other_model = ranked
+        .iter()
+        .skip(1)
+        .find(|i| summary[**i].model != summary[first].model);
+    let second = *other_model.or(ranked.get(1))?;
+    let runs = |i: usize| -> Vec<Vec<Counts>> {
+        group(i)
+            .iter()
+            .filter(|t| t.status == JobStatus::Succeeded)
+            .filter_map(|t| t.sentence_counts.clone())
+            .collect()
+    };
+    let bootstrap = paired_bootstrap(
+        &runs(first),
+        &runs(second),
+        BOOTSTRAP_RESAMPLES,
+        BOOTSTRAP_SEED,
+    )?;
+    let r = |i: usize| ConfigRef {
+        model: summary[i].model.clone(),
+        params: summary[i].params.clone(),
+        test_f1_mean: summary[i].test_f1_mean,
+    };
+    Some(Comparison {
+        a: r(first),
+        b: r(second),
+        bootstrap,
+    })
+}
+
 impl StudyView {
     /// Builds the view of `study` from its trials' rows.
     pub fn build(
@@ -361,83 +444,12 @@ impl StudyView {
             .iter()
             .map(|k| summarize(&groups[k], select_by))
             .collect();
-        // Ranked on the selected validation mean; configurations with no result are left out.
-        let mut ranked: Vec<usize> = (0..summary.len())
-            .filter(|i| summary[*i].val_selected_mean.is_some())
-            .collect();
-        ranked.sort_by(|a, b| {
-            let (x, y) = (
-                summary[*a].val_selected_mean.unwrap_or_default(),
-                summary[*b].val_selected_mean.unwrap_or_default(),
-            );
-            if ranks_above(x, y, select_by) {
-                std::cmp::Ordering::Less
-            } else if ranks_above(y, x, select_by) {
-                std::cmp::Ordering::Greater
-            } else {
-                a.cmp(b)
-            }
-        });
-        let best = ranked.first().map(|i| {
-            let c = &summary[*i];
-            let group = &groups[&order[*i]];
-            let best_job = group
-                .iter()
-                .filter(|t| t.status == JobStatus::Succeeded && t.val.is_some())
-                .fold(None::<&&TrialView>, |acc, t| match acc {
-                    Some(a)
-                        if !ranks_above(
-                            t.val.as_ref().map_or(0.0, |v| v.get(select_by)),
-                            a.val.as_ref().map_or(0.0, |v| v.get(select_by)),
-                            select_by,
-                        ) =>
-                    {
-                        Some(a)
-                    }
-                    _ => Some(t),
-                })
-                .map(|t| t.job_id.clone())
-                .unwrap_or_default();
-            Best {
-                model: c.model.clone(),
-                params: c.params.clone(),
-                val_f1_mean: c.val_f1_mean,
-                val_selected_mean: c.val_selected_mean,
-                test_f1_mean: c.test_f1_mean,
-                job_ids: c.job_ids.clone(),
-                best_job_id: best_job,
-            }
-        });
-        let comparison = ranked.first().and_then(|first| {
-            let other_model = ranked
-                .iter()
-                .skip(1)
-                .find(|i| summary[**i].model != summary[*first].model);
-            let second = other_model.or(ranked.get(1))?;
-            let runs = |i: usize| -> Vec<Vec<Counts>> {
-                groups[&order[i]]
-                    .iter()
-                    .filter(|t| t.status == JobStatus::Succeeded)
-                    .filter_map(|t| t.sentence_counts.clone())
-                    .collect()
-            };
-            let bootstrap = paired_bootstrap(
-                &runs(*first),
-                &runs(*second),
-                BOOTSTRAP_RESAMPLES,
-                BOOTSTRAP_SEED,
-            )?;
-            let r = |i: usize| ConfigRef {
-                model: summary[i].model.clone(),
-                params: summary[i].params.clone(),
-                test_f1_mean: summary[i].test_f1_mean,
-            };
-            Some(Comparison {
-                a: r(*first),
-                b: r(*second),
-                bootstrap,
-            })
-        });
+        let ranked = rank(&summary, select_by);
+        let group = |i: usize| groups[&order[i]].as_slice();
+        let best = ranked
+            .first()
+            .map(|i| best_of(&summary[*i], group(*i), select_by));
+        let comparison = compare(&summary, &ranked, &group);
         let epochs_saved = trials
             .iter()
             .filter(|t| t.pruned)
