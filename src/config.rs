@@ -399,9 +399,13 @@ pub struct DetectArgs {
     /// Fine-tuned HF model directory (default: the bundled demo model).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// none, simple, first, average or max.
-    #[arg(long, default_value = "simple")]
-    pub aggregation: String,
+    /// none, simple, first, average or max. Default: `first` for models fine-tuned here, the
+    /// pipeline's `simple` for other checkpoints.
+    #[arg(long)]
+    pub aggregation: Option<String>,
+    /// Also print each text's uncertainty (1 − the lowest word confidence).
+    #[arg(long)]
+    pub uncertainty: bool,
     /// Minimum score of an entity.
     #[arg(long)]
     pub threshold: Option<f64>,

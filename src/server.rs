@@ -81,6 +81,21 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     crate::jobs::study::lifecycle::recover(&shared)
         .await
         .context("settling studies")?;
+    crate::jobs::models::restore(&shared)
+        .await
+        .context("restoring deployments")?;
+    crate::jobs::projects::recover(&shared, settings.limits.max_queued_jobs)
+        .await
+        .context("settling project retrainings")?;
+    let restarted = crate::jobs::predictions::recover(&shared)
+        .await
+        .context("restarting prediction runs")?;
+    if restarted > 0 {
+        tracing::warn!(
+            runs = restarted,
+            "restarted bulk prediction runs left unfinished"
+        );
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limits = &settings.limits;
@@ -101,7 +116,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }),
         shutdown: shutdown_rx.clone(),
         metrics: Default::default(),
-        labelstudio: Default::default(),
         started: Instant::now(),
     };
     let listener = tokio::net::TcpListener::bind(settings.bind)
@@ -164,6 +178,12 @@ async fn redeploy_jobs(shared: &Arc<Shared>) {
         let (Some(name), Some(dir)) = (spec.deploy_as, row.best_model_dir) else {
             continue;
         };
+        if crate::jobs::models::recorded(shared, &name)
+            .await
+            .unwrap_or(false)
+        {
+            continue;
+        }
         let (r, id) = (shared.registry.clone(), row.id.clone());
         let result = tokio::task::spawn_blocking(move || {
             r.deploy(&name, std::path::Path::new(&dir), Some(id))

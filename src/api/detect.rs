@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use crate::infer::aggregate::Strategy;
 use crate::infer::{DetectError, DetectOptions, DetectOutput, Input, LongText};
 use crate::jobs::JobStatus;
+use crate::jobs::models::{self, ModelsError};
 use crate::store;
 
 use super::AppState;
@@ -32,12 +33,14 @@ pub fn parse_detect(req: DetectRequest) -> Result<(Input, DetectOptions, String)
         }
     };
     input.check()?;
-    let strategy = match req.aggregation_strategy.as_deref() {
-        None => Strategy::Simple,
-        Some(s) => s
-            .parse()
-            .map_err(|e: String| ApiError::invalid("aggregation_strategy", e))?,
-    };
+    let strategy = req
+        .aggregation_strategy
+        .as_deref()
+        .map(|s| {
+            s.parse::<Strategy>()
+                .map_err(|e| ApiError::invalid("aggregation_strategy", e))
+        })
+        .transpose()?;
     if let Some(t) = req.threshold
         && !(0.0..=1.0).contains(&t)
     {
@@ -56,6 +59,8 @@ pub fn parse_detect(req: DetectRequest) -> Result<(Input, DetectOptions, String)
         strategy,
         threshold: req.threshold,
         long_text,
+        uncertainty: req.uncertainty.unwrap_or(false),
+        words: req.words,
     };
     Ok((input, opts, req.model.unwrap_or_else(|| "default".into())))
 }
@@ -100,6 +105,7 @@ pub async fn detect(
             model: out.model,
             model_version: out.model_version,
             entities: r.entities,
+            uncertainty: r.uncertainty,
             windows: r.windows,
         })
         .into_response()
@@ -163,15 +169,16 @@ pub async fn deploy_model(
             ));
         }
     };
-    let registry = state.shared.registry.clone();
-    let name = req.name.clone();
     let paths = state.paths();
-    let info = tokio::task::spawn_blocking(move || registry.deploy(&name, &dir, job_id))
+    let info = models::deploy(&state.shared, &req.name, &dir, job_id, "api")
         .await
-        .map_err(|e| ApiError::Internal(format!("deploy task: {e}")))?
         .map_err(|e| match e {
-            DetectError::Load(l) => ApiError::invalid(field, paths.redact(&l.to_string())),
-            DetectError::Data(d) => ApiError::invalid(field, paths.redact(&d.to_string())),
+            ModelsError::Detect(DetectError::Load(l)) => {
+                ApiError::invalid(field, paths.redact(&l.to_string()))
+            }
+            ModelsError::Detect(DetectError::Data(d)) => {
+                ApiError::invalid(field, paths.redact(&d.to_string()))
+            }
             other => ApiError::from(other),
         })?;
     Ok((
@@ -179,4 +186,61 @@ pub async fn deploy_model(
         Json(ModelResponse::new(info, &state.paths())),
     )
         .into_response())
+}
+
+fn model_name(name: &str) -> Result<(), ApiError> {
+    if (1..=64).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(format!("model {name:?}")))
+    }
+}
+
+/// DELETE /v1/models/{name} — stops serving the model (in-flight requests finish); its
+/// deployment history stays.
+pub async fn delete_model(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    model_name(&name)?;
+    models::remove(&state.shared, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// POST /v1/models/{name}/rollback — serves the version deployed before the active one.
+pub async fn rollback_model(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    model_name(&name)?;
+    let (info, row) = models::rollback(&state.shared, &name).await?;
+    Ok(Json(serde_json::json!({
+        "model": ModelResponse::new(info, &state.paths()),
+        "deployment": deployment_json(&state, &row),
+    })))
+}
+
+fn deployment_json(state: &AppState, r: &store::deployments::DeploymentRow) -> serde_json::Value {
+    serde_json::json!({"version": r.version, "path": state.paths().public(&r.path), "job_id": r.job_id,
+        "deployed_by": r.deployed_by, "active": r.active != 0, "created_at": r.created_at})
+}
+
+/// GET /v1/models/{name}/versions — every deployment of the name, newest first.
+pub async fn model_versions(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    model_name(&name)?;
+    let rows = store::deployments::history(&state.shared.pool, &name).await?;
+    if rows.is_empty() && state.shared.registry.get(&name).is_none() {
+        return Err(ApiError::NotFound(format!("model {name:?}")));
+    }
+    Ok(Json(serde_json::json!({
+        "name": name,
+        "versions": rows.iter().map(|r| deployment_json(&state, r)).collect::<Vec<_>>(),
+    })))
 }

@@ -144,6 +144,30 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<crate::jobs::projects::ProjectError> for ApiError {
+    fn from(e: crate::jobs::projects::ProjectError) -> Self {
+        use crate::jobs::projects::ProjectError as P;
+        match e {
+            P::Store(s) => s.into(),
+            P::Invalid { field, message } => ApiError::invalid(field, message),
+            P::NotFound(p) => ApiError::NotFound(format!("project {p:?}")),
+            P::Io(m) => ApiError::Internal(m),
+        }
+    }
+}
+
+impl From<crate::jobs::models::ModelsError> for ApiError {
+    fn from(e: crate::jobs::models::ModelsError) -> Self {
+        use crate::jobs::models::ModelsError as M;
+        match e {
+            M::Detect(d) => d.into(),
+            M::Store(s) => s.into(),
+            M::NotDeployed(n) => ApiError::NotFound(format!("model {n:?}")),
+            M::NoPrevious(m) => ApiError::Conflict(m),
+        }
+    }
+}
+
 impl From<FieldError> for ApiError {
     fn from(e: FieldError) -> Self {
         ApiError::Invalid(e)

@@ -11,6 +11,8 @@ pub mod events;
 pub mod guard;
 pub mod jobs;
 pub mod labelstudio;
+pub mod predictions;
+pub mod projects;
 pub mod serve;
 pub mod studies;
 pub mod system;
@@ -61,7 +63,6 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     pub shutdown: watch::Receiver<bool>,
     pub metrics: Arc<system::Metrics>,
-    pub labelstudio: Arc<labelstudio::Projects>,
     pub started: Instant,
 }
 
@@ -114,6 +115,31 @@ pub fn router(state: AppState) -> Router {
                 .get(datasets::list_datasets),
         )
         .route("/v1/datasets/{id}", get(datasets::get_dataset))
+        .route(
+            "/v1/models/{name}",
+            axum::routing::delete(detect::delete_model),
+        )
+        .route("/v1/models/{name}/rollback", post(detect::rollback_model))
+        .route("/v1/models/{name}/versions", get(detect::model_versions))
+        .route(
+            "/v1/projects",
+            post(projects::create_project).get(projects::list_projects),
+        )
+        .route(
+            "/v1/projects/{id}",
+            get(projects::get_project).delete(projects::delete_project),
+        )
+        .route("/v1/projects/{id}/train", post(projects::train_project))
+        .route(
+            "/v1/projects/{id}/import",
+            post(projects::import).layer(DefaultBodyLimit::max(state.settings.max_upload_bytes)),
+        )
+        .route(
+            "/v1/predictions",
+            post(predictions::create).get(predictions::list),
+        )
+        .route("/v1/predictions/{id}", get(predictions::get))
+        .route("/v1/predictions/{id}/output", get(predictions::output))
         .route("/labelstudio/health", get(labelstudio::health))
         .route("/labelstudio/setup", post(labelstudio::setup))
         .route("/labelstudio/predict", post(labelstudio::predict))

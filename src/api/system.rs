@@ -73,6 +73,12 @@ struct StatusLabel {
     status: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct ModelVersionLabel {
+    model: String,
+    version: String,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabel {
     model: String,
@@ -85,12 +91,15 @@ fn http_histogram() -> Histogram {
 /// The metrics kept between scrapes (the rest is read at scrape time).
 pub struct Metrics {
     pub http: Family<HttpLabels, Histogram, fn() -> Histogram>,
+    /// Predicted labels absent from a Label Studio project's config, dropped from `/predict`.
+    pub labels_dropped: prometheus_client::metrics::counter::Counter,
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
             http: Family::new_with_constructor(http_histogram),
+            labels_dropped: Default::default(),
         }
     }
 }
@@ -259,6 +268,25 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         "metafora_uptime_seconds",
         "Seconds since the server started",
         ConstCounter::new(state.started.elapsed().as_secs()),
+    );
+    reg.register(
+        "metafora_labelstudio_labels_dropped",
+        "Predicted regions dropped from Label Studio predictions because the project's config lacks their label",
+        state.metrics.labels_dropped.clone(),
+    );
+    let deployed = Family::<ModelVersionLabel, Gauge>::default();
+    for m in state.shared.registry.list() {
+        deployed
+            .get_or_create(&ModelVersionLabel {
+                model: m.name,
+                version: m.version,
+            })
+            .set(1);
+    }
+    reg.register(
+        "metafora_model_deployed",
+        "Deployed models with their content-hash versions (1 per served version)",
+        deployed,
     );
     reg.register(
         "metafora_http_request_duration_seconds",

@@ -327,6 +327,13 @@ pub struct DetectRequest {
     /// `sentences` (default) or `windows`, for texts longer than the model's window.
     #[serde(default)]
     pub long_text: Option<String>,
+    /// Report each input's uncertainty (for active learning).
+    #[serde(default)]
+    pub uncertainty: Option<bool>,
+    /// Words that `first`/`average`/`max` group sub-tokens into: `whitespace` (chunks with
+    /// their punctuation) or `tokenizer` (the pre-tokenizer's). Default: the model's.
+    #[serde(default)]
+    pub words: Option<crate::infer::WordMode>,
 }
 
 /// A deployed model.
@@ -344,6 +351,10 @@ pub struct ModelResponse {
     /// Job that produced it, when deployed from a job.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+    /// Aggregation `/v1/detect` uses when a request names none (`first` for models trained
+    /// here, `simple` otherwise) and the words it groups sub-tokens into.
+    pub aggregation_strategy: crate::infer::aggregate::Strategy,
+    pub words: crate::infer::WordMode,
 }
 
 impl ModelResponse {
@@ -356,6 +367,8 @@ impl ModelResponse {
             device: m.device,
             max_input_tokens: m.max_tokens,
             job_id: m.job_id,
+            aggregation_strategy: m.aggregation_strategy,
+            words: m.words,
         }
     }
 }
@@ -372,6 +385,9 @@ pub struct DetectResponse {
     pub model: String,
     pub model_version: String,
     pub entities: Vec<Entity>,
+    /// With `uncertainty: true`: 1 − the lowest word confidence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncertainty: Option<f32>,
     /// Sequences the input needed (1 unless it exceeded the model's window).
     pub windows: usize,
 }

@@ -364,9 +364,16 @@ pub fn detect(args: DetectArgs, assets: &Path) -> anyhow::Result<()> {
         .clone()
         .unwrap_or_else(|| assets.join("models/metafora-demo-ca"));
     let opts = DetectOptions {
-        strategy: args.aggregation.parse().map_err(anyhow::Error::msg)?,
+        strategy: args
+            .aggregation
+            .as_deref()
+            .map(str::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)?,
         threshold: args.threshold,
         long_text: args.long_text.parse().map_err(anyhow::Error::msg)?,
+        uncertainty: args.uncertainty,
+        words: None,
     };
     let detector = Detector::load(
         "cli",

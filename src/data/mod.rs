@@ -3,6 +3,7 @@
 //! Must not import tokio, axum or sqlx.
 
 pub mod align;
+pub mod annotations;
 pub mod batch;
 pub mod dataset;
 pub mod spm;

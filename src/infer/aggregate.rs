@@ -232,19 +232,49 @@ pub fn aggregate(
             group_entities(items, span)
         }
         Strategy::First | Strategy::Average | Strategy::Max => {
-            let mut words: Vec<Vec<&TokenScores>> = Vec::new();
-            for t in tokens {
-                match words.last_mut() {
-                    Some(w) if t.word_id.is_some() && w[0].word_id == t.word_id => w.push(t),
-                    _ => words.push(vec![t]),
-                }
-            }
-            let items = words
+            let items = word_groups(tokens)
                 .iter()
                 .map(|w| aggregate_word(w, strategy, labels))
                 .collect();
             group_entities(items, span)
         }
+    }
+}
+
+/// Sub-tokens grouped into words by their word ids (a token without one is its own word).
+fn word_groups(tokens: &[TokenScores]) -> Vec<Vec<&TokenScores>> {
+    let mut words: Vec<Vec<&TokenScores>> = Vec::new();
+    for t in tokens {
+        match words.last_mut() {
+            Some(w) if t.word_id.is_some() && w[0].word_id == t.word_id => w.push(t),
+            _ => words.push(vec![t]),
+        }
+    }
+    words
+}
+
+/// The lowest confidence over the input's words (tokens for `none` and `simple`): the
+/// probability of the label each word gets under `strategy`, `O` included. 1 for no tokens.
+pub fn confidence(tokens: &[TokenScores], strategy: Strategy) -> f32 {
+    let top = |v: &[f32]| v[argmax(v)];
+    match strategy {
+        Strategy::None | Strategy::Simple => {
+            tokens.iter().map(|t| top(&t.scores)).fold(1.0, f32::min)
+        }
+        Strategy::First | Strategy::Average | Strategy::Max => word_groups(tokens)
+            .iter()
+            .map(|w| match strategy {
+                Strategy::Max => w.iter().map(|t| top(&t.scores)).fold(0.0, f32::max),
+                Strategy::Average => {
+                    let n = w[0].scores.len();
+                    let mean: Vec<f32> = (0..n)
+                        .map(|l| w.iter().map(|t| t.scores[l]).sum::<f32>() / w.len() as f32)
+                        .collect();
+                    top(&mean)
+                }
+                _ => top(&w[0].scores),
+            })
+            .fold(1.0, f32::min),
     }
 }
 
@@ -279,6 +309,39 @@ mod tests {
         assert_eq!(e.len(), 1);
         assert_eq!((e[0].start, e[0].end, e[0].word.as_str()), (2, 7, "bc de"));
         assert!((e[0].score - 0.7).abs() < 1e-6);
+    }
+
+    #[test]
+    fn confidence_counts_o_words_and_orders_tasks() {
+        // A confident "no metaphor" task and a task hesitating on one word labelled O.
+        let sure = vec![
+            tok(1, 0, 1, 0, [0.99, 0.01, 0.0]),
+            tok(2, 2, 4, 1, [0.98, 0.02, 0.0]),
+        ];
+        let unsure = vec![
+            tok(1, 0, 1, 0, [0.99, 0.01, 0.0]),
+            tok(2, 2, 4, 1, [0.55, 0.45, 0.0]),
+        ];
+        let with_entity = vec![
+            tok(1, 0, 1, 0, [0.97, 0.03, 0.0]),
+            tok(2, 2, 4, 1, [0.05, 0.95, 0.0]),
+            // A later sub-token of word 1: ignored by `first`, counted by `simple`.
+            tok(3, 4, 6, 1, [0.6, 0.4, 0.0]),
+        ];
+        let c = |t: &[TokenScores]| confidence(t, Strategy::First);
+        assert!((c(&sure) - 0.98).abs() < 1e-6);
+        assert!((c(&unsure) - 0.55).abs() < 1e-6);
+        assert!((c(&with_entity) - 0.95).abs() < 1e-6);
+        let mut order = [
+            ("sure", c(&sure)),
+            ("unsure", c(&unsure)),
+            ("entity", c(&with_entity)),
+        ];
+        order.sort_by(|a, b| a.1.total_cmp(&b.1));
+        assert_eq!(order.map(|o| o.0), ["unsure", "entity", "sure"]);
+        assert!((confidence(&with_entity, Strategy::Simple) - 0.6).abs() < 1e-6);
+        assert!((confidence(&with_entity, Strategy::Average) - 0.95).abs() < 1e-6);
+        assert_eq!(confidence(&[], Strategy::First), 1.0);
     }
 
     #[test]

@@ -98,10 +98,15 @@ impl std::str::FromStr for LongText {
 /// How entities are formed and filtered.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DetectOptions {
-    pub strategy: Strategy,
+    /// `None`: the model's default ([`ModelInfo::aggregation_strategy`]).
+    pub strategy: Option<Strategy>,
     /// Entities scored below it are dropped.
     pub threshold: Option<f64>,
     pub long_text: LongText,
+    /// Also report each input's uncertainty (see [`TextResult::uncertainty`]).
+    pub uncertainty: bool,
+    /// `None`: the model's ([`ModelInfo::words`]).
+    pub words: Option<WordMode>,
 }
 
 /// What to analyse.
@@ -219,12 +224,48 @@ pub struct ModelInfo {
     /// Job that produced it, when deployed from a job.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_id: Option<String>,
+    /// What sub-tokens are grouped into for word-level aggregation.
+    pub words: WordMode,
+    /// Aggregation when a request names none: `first` for models trained here (labels on each
+    /// word's first sub-token), the pipeline's `simple` for other checkpoints.
+    pub aggregation_strategy: Strategy,
+}
+
+/// Words that `first`/`average`/`max` aggregate over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WordMode {
+    /// The tokenizer's pre-tokenizer words (byte-level BPE splits `l'home` into `l`, `'`,
+    /// `home`), as transformers' pipeline.
+    Tokenizer,
+    /// Whitespace-separated chunks with their punctuation, the words of the training data of
+    /// models fine-tuned here (recorded in their `config.json` under `metafora`).
+    Whitespace,
+}
+
+/// The `metafora` entry of a `config.json` written by this service's training.
+fn trained_here(dir: &Path) -> bool {
+    std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| {
+            v.get("metafora")
+                .and_then(|m| m.get("labels_on"))
+                .and_then(|l| l.as_str())
+                .map(|l| l == "first_sub_token")
+        })
+        .unwrap_or(false)
 }
 
 /// Entities of one input.
 #[derive(Debug, Clone, Serialize)]
 pub struct TextResult {
     pub entities: Vec<Entity>,
+    /// 1 − the lowest word confidence of the input (the winning probability of each word
+    /// under the aggregation used, `O` words included): 0 when the model is sure of every
+    /// word, up to 1 − 1/labels when it hesitates on one. Only when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uncertainty: Option<f32>,
     /// Sequences the input needed (1 unless it exceeded the model's window).
     pub windows: usize,
 }
@@ -256,20 +297,24 @@ pub struct Detector {
     health: Arc<Mutex<Health>>,
 }
 
-fn fingerprint(dir: &Path) -> String {
+/// Content hash of `config.json` and the weight files (SHA-256, first 12 hex digits):
+/// the same bytes give the same version on any machine, whatever the files' times.
+pub fn fingerprint(dir: &Path) -> String {
     use sha2::{Digest, Sha256};
+    use std::io::Read;
     let mut h = Sha256::new();
     h.update(std::fs::read(dir.join("config.json")).unwrap_or_default());
+    let mut buf = vec![0u8; 1 << 20];
     for f in crate::model::weights::WEIGHT_FILES {
-        if let Ok(m) = std::fs::metadata(dir.join(f)) {
-            h.update(f.as_bytes());
-            h.update(m.len().to_le_bytes());
-            if let Ok(t) = m.modified().and_then(|t| {
-                t.duration_since(std::time::UNIX_EPOCH)
-                    .map_err(std::io::Error::other)
-            }) {
-                h.update(t.as_nanos().to_le_bytes());
+        let Ok(mut file) = std::fs::File::open(dir.join(f)) else {
+            continue;
+        };
+        h.update(f.as_bytes());
+        while let Ok(n) = file.read(&mut buf) {
+            if n == 0 {
+                break;
             }
+            h.update(&buf[..n]);
         }
     }
     h.finalize()
@@ -344,6 +389,7 @@ impl Detector {
                 loaded.vocab_size
             )));
         }
+        let here = trained_here(dir);
         let max_tokens = loaded
             .max_tokens
             .min(tokenizer.model_max_length.unwrap_or(usize::MAX));
@@ -355,6 +401,16 @@ impl Detector {
             device: device.to_string(),
             max_tokens,
             job_id: None,
+            words: if here {
+                WordMode::Whitespace
+            } else {
+                WordMode::Tokenizer
+            },
+            aggregation_strategy: if here {
+                Strategy::First
+            } else {
+                Strategy::Simple
+            },
         };
         Ok(Detector {
             info,
@@ -442,11 +498,21 @@ impl Detector {
         opts: DetectOptions,
     ) -> TextResult {
         let mut entities = Vec::new();
+        let mut confidence = 1.0f32;
+        let strategy = opts.strategy.unwrap_or(self.info.aggregation_strategy);
         let mut probs = probs.iter();
         // The text's code points, once (spans are code-point ranges).
         let chars: Vec<char> = match item {
             Item::Text(t) => t.chars().collect(),
             Item::Words(_) => Vec::new(),
+        };
+        // Whitespace words: token -> chunk holding its first character.
+        let chunks: Vec<usize> = match (item, opts.words.unwrap_or(self.info.words)) {
+            (Item::Text(t), WordMode::Whitespace) => crate::data::annotations::words(t)
+                .into_iter()
+                .map(|(s, _)| s)
+                .collect(),
+            _ => Vec::new(),
         };
         for p in pieces {
             let mine: Vec<&Vec<Vec<f32>>> = probs.by_ref().take(p.seqs.len()).collect();
@@ -455,15 +521,24 @@ impl Detector {
                     let w = p.owner[i];
                     let pos = i - p.windows[w].start + 1; // +1 for <s>
                     let (start, end) = p.enc.offsets[i + 1];
+                    let start = start + p.char_offset;
+                    let word_id = if chunks.is_empty() {
+                        p.enc.word_ids[i + 1]
+                    } else {
+                        Some(chunks.partition_point(|&c| c <= start).saturating_sub(1))
+                    };
                     TokenScores {
                         index: i + 1,
-                        start: start + p.char_offset,
+                        start,
                         end: end + p.char_offset,
-                        word_id: p.enc.word_ids[i + 1],
+                        word_id,
                         scores: mine[w][pos].clone(),
                     }
                 })
                 .collect();
+            if opts.uncertainty {
+                confidence = confidence.min(aggregate::confidence(&tokens, strategy));
+            }
             entities.extend(match item {
                 Item::Text(_) => {
                     let span = |s: usize, e: usize| {
@@ -471,7 +546,21 @@ impl Detector {
                             .iter()
                             .collect::<String>()
                     };
-                    aggregate(&tokens, &self.info.labels, opts.strategy, &span)
+                    let mut found = aggregate(&tokens, &self.info.labels, strategy, &span);
+                    if !chunks.is_empty() {
+                        // Whole words without the punctuation attached to them.
+                        for e in &mut found {
+                            let core = |c: &char| c.is_alphanumeric();
+                            let inner = &chars[e.start.min(chars.len())..e.end.min(chars.len())];
+                            if let (Some(a), Some(b)) =
+                                (inner.iter().position(core), inner.iter().rposition(core))
+                            {
+                                (e.start, e.end) = (e.start + a, e.start + b + 1);
+                                e.word = span(e.start, e.end);
+                            }
+                        }
+                    }
+                    found
                 }
                 Item::Words(words) => {
                     // Pre-split input: offsets become word indices [start, end).
@@ -486,7 +575,7 @@ impl Detector {
                     let span = |s: usize, e: usize| {
                         words[s.min(words.len())..e.min(words.len())].join(" ")
                     };
-                    aggregate(&by_word, &self.info.labels, opts.strategy, &span)
+                    aggregate(&by_word, &self.info.labels, strategy, &span)
                 }
             });
         }
@@ -495,6 +584,7 @@ impl Detector {
         }
         TextResult {
             entities,
+            uncertainty: opts.uncertainty.then_some(1.0 - confidence),
             windows: pieces.iter().map(|p| p.seqs.len()).sum(),
         }
     }

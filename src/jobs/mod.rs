@@ -2,6 +2,9 @@
 //!
 //! Must not import the API or the CLI: both call into it.
 
+pub mod models;
+pub mod predictions;
+pub mod projects;
 pub mod publish;
 pub mod resolve;
 pub mod spec;

@@ -10,17 +10,17 @@ use super::spec::JobSpec;
 use crate::store::jobs::PushStatus;
 use crate::store::{self, StoreError};
 
-/// Serves the model in `dir` under `name` (`deploy_as`, a study's `deploy_best_as`); the
-/// outcome is an event of job `id`.
-pub async fn deploy(sh: &Shared, id: &str, name: &str, dir: &Path) -> Result<(), StoreError> {
-    let (registry, dir, job, name2) = (
-        sh.registry.clone(),
-        dir.to_path_buf(),
-        id.to_string(),
-        name.to_string(),
-    );
-    match tokio::task::spawn_blocking(move || registry.deploy(&name2, &dir, Some(job))).await {
-        Ok(Ok(info)) => {
+/// Serves the model in `dir` under `name` (`deploy_as`, a study's `deploy_best_as`) and records
+/// the deployment (`by`); the outcome is an event of job `id`.
+pub async fn deploy(
+    sh: &Shared,
+    id: &str,
+    name: &str,
+    dir: &Path,
+    by: &str,
+) -> Result<(), StoreError> {
+    match super::models::deploy(sh, name, dir, Some(id.to_string()), by).await {
+        Ok(info) => {
             sh.emit(
                 id,
                 "deployed",
@@ -28,17 +28,13 @@ pub async fn deploy(sh: &Shared, id: &str, name: &str, dir: &Path) -> Result<(),
             )
             .await
         }
-        Ok(Err(e)) => {
+        Err(e) => {
             sh.emit(
                 id,
                 "deploy_failed",
                 json!({"model": name, "error": e.to_string()}),
             )
             .await
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "deploy task panicked");
-            Ok(())
         }
     }
 }

@@ -460,7 +460,7 @@ impl Worker {
         store::jobs::finish(&sh.pool, id, &finish).await?;
         if let Ok(o) = &result {
             if let Some(name) = &spec.deploy_as {
-                super::publish::deploy(sh, id, name, &o.best_model_dir).await?;
+                super::publish::deploy(sh, id, name, &o.best_model_dir, "job").await?;
             }
             if spec.hub.push {
                 super::publish::push_job(
@@ -477,6 +477,7 @@ impl Worker {
             "improvement_f1": finish.improvement_f1, "best_epoch": finish.best_epoch});
         sh.emit(id, "finished", final_data).await?;
         super::study::lifecycle::trial_ended(sh, id).await?;
+        super::projects::job_ended(sh, id, usize::MAX).await?;
         Ok(finish.status)
     }
 }

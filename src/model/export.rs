@@ -88,6 +88,12 @@ pub fn save_hf_dir<B: Backend>(
     let mut config = config.clone();
     config.set_extra("transformers_version", "4.57.0".into());
     config.set_extra("torch_dtype", "float32".into());
+    // How it was trained, for the service that serves it: labels on each word's first
+    // sub-token, words split on whitespace (transformers ignores the key).
+    config.set_extra(
+        "metafora",
+        serde_json::json!({"labels_on": "first_sub_token", "words": "whitespace"}),
+    );
     write_json(&out.join("config.json"), &config)?;
     copy_tokenizer_files(tokenizer_dir, out)?;
     if let Some(json) = tokenizer_json

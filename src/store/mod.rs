@@ -2,8 +2,11 @@
 //! `migrations/`, and one file per table group.
 
 pub mod datasets;
+pub mod deployments;
 pub mod events;
 pub mod jobs;
+pub mod predictions;
+pub mod projects;
 pub mod results;
 pub mod studies;
 

@@ -32,9 +32,11 @@ fn slice(text: &str, s: usize, e: usize) -> String {
 
 fn opts(strategy: Strategy, long_text: LongText) -> DetectOptions {
     DetectOptions {
-        strategy,
+        strategy: Some(strategy),
         threshold: None,
         long_text,
+        uncertainty: false,
+        words: None,
     }
 }
 

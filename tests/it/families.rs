@@ -469,9 +469,11 @@ fn deberta_detect_matches_the_pipeline_simple_none_and_first() {
                 .detect_blocking(
                     &Input::Text(text.into()),
                     DetectOptions {
-                        strategy,
+                        strategy: Some(strategy),
                         threshold: None,
                         long_text: LongText::Sentences,
+                        uncertainty: false,
+                        words: None,
                     },
                 )
                 .unwrap()

@@ -1,6 +1,7 @@
 //! The one integration-test binary: parity with the Python reference, training, the service.
 
 mod annotate;
+mod annotation_loop;
 mod app;
 mod common;
 mod crash;

@@ -182,7 +182,7 @@ pub async fn settle(sh: &Shared, study_id: &str) -> Result<(), StoreError> {
     {
         let dir = std::path::PathBuf::from(dir);
         if let Some(name) = &spec.deploy_best_as {
-            crate::jobs::publish::deploy(sh, job_id, name, &dir).await?;
+            crate::jobs::publish::deploy(sh, job_id, name, &dir, "study").await?;
             sh.emit_study(
                 study_id,
                 "deployed",
@@ -266,6 +266,9 @@ pub async fn recover(sh: &Shared) -> Result<(), StoreError> {
             else {
                 continue;
             };
+            if crate::jobs::models::recorded(sh, name).await? {
+                continue;
+            }
             if let Some(job) = store::jobs::get(&sh.pool, job_id).await?
                 && let Some(dir) = &job.best_model_dir
             {

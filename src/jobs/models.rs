@@ -1,0 +1,137 @@
+//! The model registry: every deployment is recorded (name, content-hash version, source
+//! directory and job, who deployed it), the active one per name is served and restored at
+//! start, and a name can be rolled back to the version before.
+
+use std::path::{Path, PathBuf};
+
+use crate::infer::{DetectError, ModelInfo};
+use crate::store::deployments::{self, DeploymentRow};
+use crate::store::{self, StoreError};
+
+use super::Shared;
+
+/// Why a registry operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelsError {
+    #[error(transparent)]
+    Detect(#[from] DetectError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("model {0:?} is not deployed")]
+    NotDeployed(String),
+    #[error("{0}")]
+    NoPrevious(String),
+}
+
+/// Loads `dir`, serves it as `name` and records the deployment (`by`: api, job, study,
+/// project:<id>, startup).
+pub async fn deploy(
+    sh: &Shared,
+    name: &str,
+    dir: &Path,
+    job_id: Option<String>,
+    by: &str,
+) -> Result<ModelInfo, ModelsError> {
+    let info = load(sh, name, dir, job_id).await?;
+    deployments::activate_new(
+        &sh.pool,
+        name,
+        &info.version,
+        &dir.display().to_string(),
+        info.job_id.as_deref(),
+        by,
+    )
+    .await?;
+    Ok(info)
+}
+
+async fn load(
+    sh: &Shared,
+    name: &str,
+    dir: &Path,
+    job_id: Option<String>,
+) -> Result<ModelInfo, ModelsError> {
+    let (r, name, dir) = (sh.registry.clone(), name.to_string(), dir.to_path_buf());
+    tokio::task::spawn_blocking(move || r.deploy(&name, &dir, job_id))
+        .await
+        .map_err(|e| StoreError::Conflict(format!("deploy task failed: {e}")))?
+        .map_err(ModelsError::from)
+}
+
+/// Serves the active deployment of `name` recorded as `row` again.
+async fn redeploy(sh: &Shared, row: &DeploymentRow) -> Result<ModelInfo, ModelsError> {
+    load(sh, &row.name, &PathBuf::from(&row.path), row.job_id.clone()).await
+}
+
+/// Stops serving `name`; its history stays.
+pub async fn remove(sh: &Shared, name: &str) -> Result<(), ModelsError> {
+    let served = sh.registry.remove(name);
+    let recorded = deployments::deactivate(&sh.pool, name).await? > 0;
+    if !served && !recorded {
+        return Err(ModelsError::NotDeployed(name.into()));
+    }
+    Ok(())
+}
+
+/// Serves the version of `name` deployed before the active one (by deployment order, skipping
+/// deployments of the same version and those whose files are gone). Rolling back again goes
+/// further back.
+pub async fn rollback(sh: &Shared, name: &str) -> Result<(ModelInfo, DeploymentRow), ModelsError> {
+    let history = deployments::history(&sh.pool, name).await?;
+    let Some(current) = history.iter().find(|r| r.active != 0) else {
+        return Err(ModelsError::NotDeployed(name.into()));
+    };
+    let Some(prev) = history
+        .iter()
+        .filter(|r| r.seq < current.seq && r.version != current.version)
+        .find(|r| Path::new(&r.path).is_dir())
+    else {
+        return Err(ModelsError::NoPrevious(format!(
+            "model {name:?} has no earlier version to roll back to (active: {})",
+            current.version
+        )));
+    };
+    let info = redeploy(sh, prev).await?;
+    if info.version != prev.version {
+        tracing::warn!(model = name, recorded = %prev.version, loaded = %info.version,
+            "the files of the earlier version changed since it was deployed");
+    }
+    deployments::activate(&sh.pool, name, prev.seq).await?;
+    Ok((info, prev.clone()))
+}
+
+/// At start: records the `default` model the flags chose (unless a deployment made through
+/// the API, a job or a project replaced it, which is then served), and serves the active
+/// deployment of every other name.
+pub async fn restore(sh: &Shared) -> Result<(), StoreError> {
+    for row in deployments::active(&sh.pool).await? {
+        if row.name == "default" && row.deployed_by == "startup" {
+            continue;
+        }
+        match redeploy(sh, &row).await {
+            Ok(info) => {
+                tracing::info!(model = %row.name, version = %info.version, "deployment restored")
+            }
+            Err(e) => tracing::warn!(model = %row.name, path = %row.path, error = %e,
+                "could not restore a deployment; the model is not served"),
+        }
+    }
+    if let Some(info) = sh.registry.get("default").map(|d| d.info.clone()) {
+        let active = deployments::active_of(&sh.pool, "default").await?;
+        let path = info.path.display().to_string();
+        let same = active
+            .as_ref()
+            .is_some_and(|a| a.version == info.version && a.path == path);
+        if !same && active.as_ref().is_none_or(|a| a.deployed_by == "startup") {
+            deployments::activate_new(&sh.pool, "default", &info.version, &path, None, "startup")
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` has a recorded deployment (older databases have none: their `deploy_as`
+/// jobs are redeployed the old way).
+pub async fn recorded(sh: &Shared, name: &str) -> Result<bool, StoreError> {
+    store::deployments::known(&sh.pool, name).await
+}

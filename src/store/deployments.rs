@@ -1,0 +1,108 @@
+//! `deployments`: every deployment of a model name; one active row per name is served.
+
+use serde::Serialize;
+use sqlx::{FromRow, SqlitePool};
+
+use super::{StoreError, begin_immediate, commit, now};
+
+/// One deployment.
+#[derive(Debug, Clone, FromRow, Serialize)]
+pub struct DeploymentRow {
+    pub seq: i64,
+    pub name: String,
+    pub version: String,
+    pub path: String,
+    pub job_id: Option<String>,
+    pub deployed_by: String,
+    pub active: i64,
+    pub created_at: String,
+}
+
+/// Records a deployment of `name` and makes it the active one.
+pub async fn activate_new(
+    pool: &SqlitePool,
+    name: &str,
+    version: &str,
+    path: &str,
+    job_id: Option<&str>,
+    by: &str,
+) -> Result<DeploymentRow, StoreError> {
+    let mut conn = begin_immediate(pool).await?;
+    sqlx::query("UPDATE deployments SET active = 0 WHERE name = ?")
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    let row = sqlx::query_as::<_, DeploymentRow>(
+        "INSERT INTO deployments (name, version, path, job_id, deployed_by, active, created_at) VALUES (?, ?, ?, ?, ?, 1, ?) RETURNING *",
+    )
+    .bind(name)
+    .bind(version)
+    .bind(path)
+    .bind(job_id)
+    .bind(by)
+    .bind(now())
+    .fetch_one(&mut *conn)
+    .await?;
+    commit(conn).await?;
+    Ok(row)
+}
+
+/// Makes deployment `seq` the active one of its name.
+pub async fn activate(pool: &SqlitePool, name: &str, seq: i64) -> Result<(), StoreError> {
+    let mut conn = begin_immediate(pool).await?;
+    sqlx::query("UPDATE deployments SET active = (seq = ?) WHERE name = ?")
+        .bind(seq)
+        .bind(name)
+        .execute(&mut *conn)
+        .await?;
+    commit(conn).await
+}
+
+/// No version of `name` is served any more (the history stays).
+pub async fn deactivate(pool: &SqlitePool, name: &str) -> Result<u64, StoreError> {
+    Ok(
+        sqlx::query("UPDATE deployments SET active = 0 WHERE name = ? AND active = 1")
+            .bind(name)
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// The active deployment of every name.
+pub async fn active(pool: &SqlitePool) -> Result<Vec<DeploymentRow>, StoreError> {
+    Ok(sqlx::query_as::<_, DeploymentRow>(
+        "SELECT * FROM deployments WHERE active = 1 ORDER BY seq",
+    )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The active deployment of `name`.
+pub async fn active_of(pool: &SqlitePool, name: &str) -> Result<Option<DeploymentRow>, StoreError> {
+    Ok(sqlx::query_as::<_, DeploymentRow>(
+        "SELECT * FROM deployments WHERE name = ? AND active = 1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Every deployment of `name`, newest first.
+pub async fn history(pool: &SqlitePool, name: &str) -> Result<Vec<DeploymentRow>, StoreError> {
+    Ok(sqlx::query_as::<_, DeploymentRow>(
+        "SELECT * FROM deployments WHERE name = ? ORDER BY seq DESC LIMIT 1000",
+    )
+    .bind(name)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Whether `name` was ever deployed through the registry.
+pub async fn known(pool: &SqlitePool, name: &str) -> Result<bool, StoreError> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM deployments WHERE name = ?")
+        .bind(name)
+        .fetch_one(pool)
+        .await?;
+    Ok(n > 0)
+}
