@@ -14,10 +14,14 @@ database), both on free loopback ports with their logs in --out, then:
   4. sets `start_training_on_annotation_update` and submits 20 annotations (gold tags, one
      region per metaphor word), so Label Studio sends its own webhooks to metafora;
   5. triggers training through Label Studio (`POST /api/ml/{id}/train` → START_TRAINING) and
-     follows metafora's `GET /v1/projects/{id}` and `GET /v1/jobs/{job}` until the job ends;
-     prints the retraining decision;
-  6. retrieves predictions again: a new model_version if the candidate was deployed, the same
-     one if not; regions whole words again;
+     follows metafora's `GET /v1/projects/{id}` (`training.job_id`, null when idle;
+     `training.another_run_requested`) and `GET /v1/jobs/{job}` until no job is queued or
+     running; prints the project's `last_decision` (deployed, candidate/incumbent validation F1).
+     With start_training_on_annotation_update Label Studio already sent START_TRAINING on every
+     saved annotation (before that annotation's ANNOTATION_CREATED), so a job may be running
+     before the explicit trigger; all jobs seen are reported;
+  6. retrieves predictions again: a new model_version if metafora now serves a new model (the
+     decision said deployed), none if not; regions whole words again;
   7. bulk predictions (`POST /v1/predictions`, format labelstudio) over the whole dataset,
      imported into a new Label Studio project (369 tasks with predictions);
   8. writes a JSON summary (also to --out/summary.json). Exit status 0 only if every check
@@ -43,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -598,6 +603,9 @@ def main():
         run.check("run completed", False, "interrupted")
     except SystemExit as e:
         run.check("run completed", False, f"signal/exit {e.code}")
+    except Exception as e:  # a bug here or an answer of an unexpected shape
+        traceback.print_exc()
+        run.check("run completed", False, f"{type(e).__name__}: {e}")
     finally:
         procs.stop_all()
         if not args.keep:
@@ -646,6 +654,9 @@ def steps(run, procs, binary, out, work):
             fn(run, ctx)
         except Failure as e:
             run.check(f"{name} completed", False, str(e))
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+            traceback.print_exc()
+            run.check(f"{name} completed", False, f"unexpected answer: {type(e).__name__}: {e}")
 
 
 def step_project(run, ctx):

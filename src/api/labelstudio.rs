@@ -420,8 +420,9 @@ fn webhook_annotation(body: &Value, p: &ProjectRow) -> Result<Option<RawAnnotati
     }))
 }
 
-/// (task, annotation) pairs of a deletion webhook.
-fn deleted_items(body: &Value) -> Result<Vec<(String, Option<String>)>, ApiError> {
+/// (task, annotation) pairs of a deletion webhook (Label Studio 1.23 sends only annotation
+/// ids: `{"annotations": [{"id": 1}]}`).
+fn deleted_items(body: &Value) -> Result<Vec<store::projects::Deletion>, ApiError> {
     let list: Vec<&Value> = match (body.get("annotations"), body.get("annotation")) {
         (Some(Value::Array(a)), _) => a.iter().collect(),
         (_, Some(a @ Value::Object(_))) => vec![a],
@@ -439,11 +440,15 @@ fn deleted_items(body: &Value) -> Result<Vec<(String, Option<String>)>, ApiError
                 .get("task")
                 .and_then(|t| if t.is_object() { t.get("id") } else { Some(t) });
             let task = super::projects::task_id(task)
-                .or_else(|| super::projects::task_id(body.get("task").and_then(|t| t.get("id"))))
-                .ok_or_else(|| {
-                    ApiError::invalid(format!("annotations[{i}].task"), "missing task id")
-                })?;
-            Ok((task, super::projects::task_id(a.get("id"))))
+                .or_else(|| super::projects::task_id(body.get("task").and_then(|t| t.get("id"))));
+            let ann = super::projects::task_id(a.get("id"));
+            if task.is_none() && ann.is_none() {
+                return Err(ApiError::invalid(
+                    format!("annotations[{i}].id"),
+                    "missing annotation id",
+                ));
+            }
+            Ok((task, ann))
         })
         .collect()
 }
@@ -469,7 +474,7 @@ pub async fn webhook(
                 Some(a) => projects::record(&state.shared, &p.id, vec![a], action, max).await?,
                 None => {
                     let task = super::projects::task_id(body["task"].get("id")).unwrap_or_default();
-                    projects::delete(&state.shared, &p.id, vec![(task, None)], max).await?
+                    projects::delete(&state.shared, &p.id, vec![(Some(task), None)], max).await?
                 }
             };
             Ok(
@@ -504,18 +509,31 @@ async fn start_training(state: &AppState, body: &Value) -> Result<Response, ApiE
             .await?
             .is_empty();
     if has_versions {
-        let out = projects::retrain(
+        // Not enough annotations yet is an answer, not an error: Label Studio marks a backend
+        // that fails START_TRAINING as broken, and with "train on annotation" it sends one
+        // before each annotation's own webhook.
+        let mut out = match projects::retrain(
             &state.shared,
             &key,
             "START_TRAINING",
             state.settings.max_queued_jobs,
         )
-        .await?;
+        .await
+        {
+            Err(projects::ProjectError::Invalid { message, .. }) => {
+                json!({"status": "not_queued", "reason": message})
+            }
+            other => other?,
+        };
         let code = if out["status"] == "queued" {
             StatusCode::CREATED
         } else {
             StatusCode::OK
         };
+        // Label Studio records a training job when the answer names one.
+        if let Some(j) = out.get("job_id").cloned() {
+            out["job"] = j;
+        }
         return Ok((code, Json(out)).into_response());
     }
     let Some(spec) = state.settings.labelstudio_train_spec.clone() else {

@@ -74,8 +74,9 @@ pub struct ProjectRequest {
     pub data_key: Option<String>,
 }
 
-/// Checks a template: a job spec without `dataset` (one is added to check it).
-pub fn check_template(field: &str, t: &Value) -> Result<String, ApiError> {
+/// Checks a template: a job spec without `dataset` (the data directory stands in for it to
+/// check the rest, local paths included).
+pub fn check_template(state: &AppState, field: &str, t: &Value) -> Result<String, ApiError> {
     if !t.is_object() {
         return Err(ApiError::invalid(
             field,
@@ -89,8 +90,13 @@ pub fn check_template(field: &str, t: &Value) -> Result<String, ApiError> {
         ));
     }
     let mut probe = t.clone();
-    probe["dataset"] = json!({"path": "."});
-    crate::jobs::spec::JobSpec::parse(probe.to_string().as_bytes())
+    probe["dataset"] = json!({"path": state.shared.data_dir});
+    let spec = crate::jobs::spec::JobSpec::parse(probe.to_string().as_bytes())
+        .map_err(|e| ApiError::invalid(format!("{field}.{}", e.field), e.message))?;
+    state
+        .shared
+        .ctx
+        .precheck(&spec)
         .map_err(|e| ApiError::invalid(format!("{field}.{}", e.field), e.message))?;
     Ok(t.to_string())
 }
@@ -129,7 +135,7 @@ pub async fn create_project(
     let template = req
         .template
         .as_ref()
-        .map(|t| check_template("template", t))
+        .map(|t| check_template(&state, "template", t))
         .transpose()?;
     let data_key = req.data_key.unwrap_or_else(|| "text".into());
     if data_key.is_empty() || data_key.len() > 100 {

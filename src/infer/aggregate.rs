@@ -340,7 +340,7 @@ mod tests {
         order.sort_by(|a, b| a.1.total_cmp(&b.1));
         assert_eq!(order.map(|o| o.0), ["unsure", "entity", "sure"]);
         assert!((confidence(&with_entity, Strategy::Simple) - 0.6).abs() < 1e-6);
-        assert!((confidence(&with_entity, Strategy::Average) - 0.95).abs() < 1e-6);
+        assert!((confidence(&with_entity, Strategy::Average) - 0.675).abs() < 1e-6);
         assert_eq!(confidence(&[], Strategy::First), 1.0);
     }
 

@@ -210,10 +210,12 @@ fn serve<B: Backend>(
             continue;
         }
         let out = run_batches(engine, &jobs, batching.budget);
+        // Healthy again before anyone hears back (a client that reads /health right after
+        // its answer sees the state its answer came from).
+        health.lock().expect("health lock: this is a bug").degraded = None;
         for ((_, reply), probs) in jobs.into_iter().zip(out) {
             let _ = reply.send(probs);
         }
-        health.lock().expect("health lock: this is a bug").degraded = None;
     }
 }
 

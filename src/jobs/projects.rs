@@ -142,7 +142,7 @@ pub async fn record(
 pub async fn delete(
     sh: &Shared,
     id: &str,
-    items: Vec<(String, Option<String>)>,
+    items: Vec<crate::store::projects::Deletion>,
     max_queued: usize,
 ) -> Result<Recorded, ProjectError> {
     let p = project(sh, id).await?;

@@ -215,25 +215,36 @@ async fn bump_changes(
     Ok(n)
 }
 
-/// Marks the annotations of these tasks deleted (`annotation_id` given: only if it is still
-/// the task's annotation); returns how many changed and the changes since training.
+/// An annotation to delete: its task, its annotation id, or both.
+pub type Deletion = (Option<String>, Option<String>);
+
+/// Marks annotations deleted, each named by its task, its annotation id or both (both: only
+/// if the annotation is still the task's; Label Studio's `ANNOTATIONS_DELETED` sends only
+/// annotation ids); returns how many changed and the changes since training.
 pub async fn delete_annotations(
     pool: &SqlitePool,
     project: &str,
-    items: &[(String, Option<String>)],
+    items: &[Deletion],
 ) -> Result<(u64, i64), StoreError> {
     let mut conn = begin_immediate(pool).await?;
     let mut changed = 0;
     for (task, ann) in items {
+        if task.is_none() && ann.is_none() {
+            continue;
+        }
         changed += sqlx::query(
-            "UPDATE annotations SET deleted = 1, updated_at = ? WHERE project_id = ? AND task_id = ? AND deleted = 0
-               AND (? IS NULL OR annotation_id IS NULL OR annotation_id = ?)",
+            "UPDATE annotations SET deleted = 1, updated_at = ? WHERE project_id = ? AND deleted = 0
+               AND (? IS NULL OR task_id = ?)
+               AND (? IS NULL OR annotation_id IS NULL OR annotation_id = ?)
+               AND (? IS NOT NULL OR annotation_id IS NOT NULL)",
         )
         .bind(now())
         .bind(project)
         .bind(task)
+        .bind(task)
         .bind(ann)
         .bind(ann)
+        .bind(task)
         .execute(&mut *conn)
         .await?
         .rows_affected();

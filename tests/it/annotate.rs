@@ -84,15 +84,24 @@ async fn label_studio_setup_and_predict_replay() {
         regions[1].is_empty(),
         "a task without metaphor still gets an (empty) prediction"
     );
-    assert_eq!(regions[2], vec![(8, 10, "ed".to_string())]);
+    // Whole words, as transformers' pipeline with `first` (finetuned_pipeline_first.json), where
+    // `simple` cut "ed" out of "picapedrer".
+    assert!(regions[2].is_empty(), "{:?}", regions[2]);
     // Other webhook events are acknowledged; START_TRAINING without a configured spec is ignored.
     let (code, w) = app
         .post(
             "/labelstudio/webhook",
-            &json!({"action": "ANNOTATION_CREATED", "project": {"id": 3}}),
+            &json!({"action": "PROJECT_UPDATED", "project": {"id": 3}}),
         )
         .await;
     assert_eq!((code, w["status"].as_str()), (200, Some("ignored")));
+    let (code, w) = app
+        .post(
+            "/labelstudio/webhook",
+            &json!({"action": "START_TRAINING", "project": {"id": 3}}),
+        )
+        .await;
+    assert_eq!((code, w["status"].as_str()), (200, Some("ignored")), "{w}");
     app.shutdown().await;
 }
 

@@ -390,8 +390,9 @@ async fn annotations_become_versions_and_retraining_deploys_only_if_better() {
     let (code, r) = app
         .post(
             "/labelstudio/webhook",
+            // Label Studio 1.23 sends annotation ids only (tests/fixtures/labelstudio).
             &json!({"action": "ANNOTATIONS_DELETED", "project": {"id": 7},
-            "annotations": [{"id": 1001, "task": 1}, {"id": 1002, "task": 2}]}),
+            "annotations": [{"id": 1001}, {"id": 1002}]}),
         )
         .await;
     assert_eq!(code, 200, "{r}");
@@ -812,5 +813,115 @@ async fn bad_annotation_input_is_refused_or_reported_and_loses_nothing() {
     let app = app_in(dir.path()).await;
     let p = project(&app, 9).await;
     assert_eq!(p["annotations"], 4);
+    app.shutdown().await;
+}
+
+/// Replays the request bodies a real Label Studio 1.23.2 sent (tests/fixtures/labelstudio,
+/// recorded by scripts/labelstudio_record.py): setup, predict, annotation created, updated,
+/// deleted, start training.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recorded_label_studio_payloads_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path()).await;
+    let rec = |name: &str| fixture_json(&format!("labelstudio/{name}.json"));
+    let (code, setup) = app.post("/labelstudio/setup", &rec("setup")).await;
+    assert_eq!(code, 200, "{setup}");
+    let (_, models) = app.get("/v1/models").await;
+    assert_eq!(setup["model_version"], models["models"][0]["version"]);
+    let p = project(&app, 1).await;
+    assert_eq!(
+        (p["source"].as_str(), p["labels"].clone()),
+        (Some("labelstudio"), json!(["METAPHOR"]))
+    );
+    let predict = rec("predict");
+    let (code, out) = app.post("/labelstudio/predict", &predict).await;
+    assert_eq!(code, 200, "{out}");
+    let results = out["results"].as_array().unwrap();
+    assert_eq!(results.len(), predict["tasks"].as_array().unwrap().len());
+    for (task, r) in predict["tasks"].as_array().unwrap().iter().zip(results) {
+        let text = task["data"]["text"].as_str().unwrap();
+        for x in r["result"].as_array().unwrap() {
+            let (s, e) = (
+                x["value"]["start"].as_u64().unwrap() as usize,
+                x["value"]["end"].as_u64().unwrap() as usize,
+            );
+            assert_eq!(
+                (word_at(text, s).0, word_at(text, e - 1).1),
+                (s, e),
+                "whole words: {text} {x}"
+            );
+            let slice: String = text.chars().skip(s).take(e - s).collect();
+            assert_eq!(x["value"]["text"], slice.as_str());
+            assert_eq!(x["value"]["labels"], json!(["METAPHOR"]));
+        }
+    }
+    let created = rec("webhook_annotation_created");
+    let (code, r) = app.post("/labelstudio/webhook", &created).await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(r["result"]["annotations"], 1);
+    assert!(r["result"]["issues"].as_array().unwrap().is_empty(), "{r}");
+    let task = created["task"]["id"].as_u64().unwrap();
+    let version_dir = |p: &Value| {
+        dir.path()
+            .join("data")
+            .join(p["dataset_versions"][0]["path"].as_str().unwrap())
+    };
+    let find = |p: &Value| -> Value {
+        let root = version_dir(p);
+        ["train", "validation", "test"]
+            .iter()
+            .flat_map(|s| {
+                std::fs::read_to_string(root.join(format!("{s}.jsonl")))
+                    .unwrap()
+                    .lines()
+                    .map(String::from)
+                    .collect::<Vec<_>>()
+            })
+            .map(|l| serde_json::from_str::<Value>(&l).unwrap())
+            .find(|l| l["task_id"] == task.to_string())
+            .unwrap_or(Value::Null)
+    };
+    let p = project(&app, 1).await;
+    let line = find(&p);
+    // "Aquella notícia li va trencar el cor." with "trencar" (22..29) annotated.
+    let tags: Vec<u64> = serde_json::from_value(line["tags"].clone()).unwrap();
+    assert_eq!(line["tokens"][4], "trencar");
+    assert_eq!(tags.iter().filter(|t| **t != 0).count(), 1);
+    assert_ne!(tags[4], 0);
+    let (code, r) = app
+        .post("/labelstudio/webhook", &rec("webhook_annotation_updated"))
+        .await;
+    assert_eq!(code, 200, "{r}");
+    let p = project(&app, 1).await;
+    let tags: Vec<u64> = serde_json::from_value(find(&p)["tags"].clone()).unwrap();
+    assert_eq!(
+        tags.iter().filter(|t| **t != 0).count(),
+        2,
+        "the update added \"cor\": {tags:?}"
+    );
+    assert_eq!(p["annotations"], 1);
+    // Deleted by annotation id alone.
+    let (code, r) = app
+        .post("/labelstudio/webhook", &rec("webhook_annotations_deleted"))
+        .await;
+    assert_eq!(code, 200, "{r}");
+    let p = project(&app, 1).await;
+    assert_eq!(p["annotations"], 0);
+    assert!(find(&p).is_null());
+    // START_TRAINING with too few annotations is an answer, not an error.
+    let (code, r) = app
+        .post("/labelstudio/webhook", &rec("webhook_start_training"))
+        .await;
+    assert_eq!(
+        (code, r["status"].as_str()),
+        (200, Some("not_queued")),
+        "{r}"
+    );
+    let (code, r) = app
+        .post("/labelstudio/webhook", &rec("webhook_project_updated"))
+        .await;
+    assert_eq!((code, r["status"].as_str()), (200, Some("ignored")), "{r}");
+    let (_, jobs) = app.get("/v1/jobs").await;
+    assert!(jobs["jobs"].as_array().unwrap().is_empty());
     app.shutdown().await;
 }

@@ -241,6 +241,52 @@ async fn hostile_inputs_get_4xx_json_and_leave_jobs_intact() {
         study_case("study: output dir smuggled in", study_with("/training", json!({"output_dir": "/tmp/evil"})), "training.output_dir"),
         study_case("study: NaN-free but infinite bound", {let mut s = study.clone(); s["search"] = json!({"random": {"trials": 2, "space": {"learning_rate": {"uniform": [1e-5, 1e308]}}}}); s}, "search.random.space.learning_rate"),
     ]);
+    // The annotation loop: projects, imports, webhooks, bulk predictions.
+    let post = |what: &'static str,
+                path: &'static str,
+                body: Value,
+                status: &'static [u16],
+                field: Option<&'static str>| Case {
+        what,
+        path,
+        content_type: "application/json",
+        body: body.to_string().into_bytes(),
+        status,
+        field,
+    };
+    let lbl = "<View><Labels name='label' toName='text'><Label value='M'/></Labels><Text name='text' value='$text'/></View>";
+    cases.extend([
+        post("project: id with a path", "/v1/projects", json!({"id": "../etc", "labels": ["M"]}), UNPROCESSABLE, Some("id")),
+        post("project: id too long", "/v1/projects", json!({"id": "p".repeat(65), "labels": ["M"]}), UNPROCESSABLE, Some("id")),
+        post("project: no labels", "/v1/projects", json!({"id": "p", "labels": []}), UNPROCESSABLE, Some("labels")),
+        post("project: label with a space", "/v1/projects", json!({"id": "p", "labels": ["a b"]}), UNPROCESSABLE, Some("labels[0]")),
+        post("project: unknown field", "/v1/projects", json!({"id": "p", "labels": ["M"], "evil": 1}), UNPROCESSABLE, Some("evil")),
+        post("project: retrain_every 0", "/v1/projects", json!({"id": "p", "labels": ["M"], "retrain_every": 0}), UNPROCESSABLE, Some("retrain_every")),
+        post("project: model name with a slash", "/v1/projects", json!({"id": "p", "labels": ["M"], "model": "a/b"}), UNPROCESSABLE, Some("model")),
+        post("project: template with a dataset", "/v1/projects", json!({"id": "p", "labels": ["M"], "template": {"model": {"checkpoint": a.join("model")}, "dataset": {"path": "/"}}}), UNPROCESSABLE, Some("template.dataset")),
+        post("project: template model outside", "/v1/projects", json!({"id": "p", "labels": ["M"], "template": {"model": {"checkpoint": o.join("model")}}}), UNPROCESSABLE, Some("template.model.checkpoint")),
+        post("project: template is a list", "/v1/projects", json!({"id": "p", "labels": ["M"], "template": []}), UNPROCESSABLE, Some("template")),
+        raw_case("project: truncated JSON", "/v1/projects", b"{\"id\": ", &[400]),
+        post("webhook: project id with a path", "/labelstudio/webhook", json!({"action": "ANNOTATION_CREATED", "project": {"id": "../../x", "label_config": lbl}, "task": {"id": 1, "data": {"text": "a"}}, "annotation": {"id": 1, "result": []}}), UNPROCESSABLE, Some("project.id")),
+        post("webhook: unknown project", "/labelstudio/webhook", json!({"action": "ANNOTATION_CREATED", "project": {"id": 424242}, "task": {"id": 1, "data": {"text": "a"}}, "annotation": {"id": 1, "result": []}}), &[404], None),
+        post("webhook: config without Labels", "/labelstudio/webhook", json!({"action": "ANNOTATION_CREATED", "project": {"id": 77, "label_config": "<View><Text name='t' value='$text'/></View>"}, "task": {"id": 1, "data": {"text": "a"}}, "annotation": {"id": 1, "result": []}}), UNPROCESSABLE, Some("project.label_config")),
+        post("webhook: action is a number", "/labelstudio/webhook", json!({"action": 5}), UNPROCESSABLE, Some("action")),
+        post("webhook: deletion without annotations", "/labelstudio/webhook", json!({"action": "ANNOTATIONS_DELETED", "project": {"id": 78, "label_config": lbl}}), UNPROCESSABLE, Some("annotations")),
+        post("webhook: a 200 000-character task", "/labelstudio/webhook", json!({"action": "ANNOTATION_CREATED", "project": {"id": 79, "label_config": lbl}, "task": {"id": 1, "data": {"text": "a ".repeat(40_000)}}, "annotation": {"id": 1, "result": [{"type": "labels", "value": {"start": 0, "end": 1, "labels": ["M"]}}]}}), &[413, 422], None),
+        post("predictions: two inputs", "/v1/predictions", json!({"texts": ["a"], "texts_file": "x", "format": "jsonl"}), UNPROCESSABLE, Some("dataset")),
+        post("predictions: no format", "/v1/predictions", json!({"texts": ["a"]}), UNPROCESSABLE, Some("format")),
+        post("predictions: bad format", "/v1/predictions", json!({"texts": ["a"], "format": "xml"}), UNPROCESSABLE, Some("format")),
+        post("predictions: texts file outside", "/v1/predictions", json!({"texts_file": o.join("data/train.jsonl"), "format": "jsonl"}), UNPROCESSABLE, Some("texts_file")),
+        post("predictions: texts file through a symlink", "/v1/predictions", json!({"texts_file": a.join("link-data/train.jsonl"), "format": "jsonl"}), UNPROCESSABLE, Some("texts_file")),
+        post("predictions: dataset through a symlink", "/v1/predictions", json!({"dataset": {"path": a.join("link-data")}, "format": "jsonl"}), UNPROCESSABLE, Some("dataset.path")),
+        post("predictions: NUL in a path", "/v1/predictions", json!({"texts_file": format!("{a_str}/x\u{0}y"), "format": "jsonl"}), UNPROCESSABLE, Some("texts_file")),
+        post("predictions: unknown model", "/v1/predictions", json!({"texts": ["a"], "format": "jsonl", "model": "nope"}), UNPROCESSABLE, Some("model")),
+        post("predictions: threshold 7", "/v1/predictions", json!({"texts": ["a"], "format": "jsonl", "threshold": 7}), UNPROCESSABLE, Some("threshold")),
+        post("predictions: dataset id not a uuid", "/v1/predictions", json!({"dataset": {"id": "../../etc"}, "format": "jsonl"}), UNPROCESSABLE, Some("dataset.id")),
+        post("rollback: unknown model", "/v1/models/nope/rollback", json!({}), &[404], None),
+        post("train: unknown project", "/v1/projects/nope/train", json!({}), &[404], None),
+        post("import: unknown project", "/v1/projects/nope/import?format=doccano", json!({}), &[404], None),
+    ]);
     // Other writing routes.
     cases.extend([
         Case {
@@ -480,6 +526,12 @@ async fn hostile_inputs_get_4xx_json_and_leave_jobs_intact() {
         "/v1/studies/..%2F..%2Fetc",
         "/v1/studies/%00/summary.csv",
         "/v1/studies/00000000-0000-0000-0000-000000000000/results.csv",
+        "/v1/projects/..%2F..%2Fetc",
+        "/v1/projects/%00",
+        "/v1/predictions/..%2Fx/output",
+        "/v1/predictions/00000000-0000-0000-0000-000000000000/output",
+        "/v1/models/..%2Fx/versions",
+        "/v1/models/nope/versions",
     ] {
         let (code, body) = app.get(q).await;
         if !((400..500).contains(&code) && body["error"]["code"].is_string()) {
