@@ -93,6 +93,9 @@ pub struct Shared {
     /// Cancel tokens of running jobs.
     pub running: Mutex<HashMap<String, CancelToken>>,
     pub telemetry: TrainTelemetry,
+    /// Serialises annotation changes with the dataset versions they write (one version number
+    /// and folder per change, whatever the number of concurrent webhooks).
+    pub annotation_writes: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -115,6 +118,7 @@ impl Shared {
             wake: Notify::new(),
             running: Mutex::new(Default::default()),
             telemetry: Default::default(),
+            annotation_writes: tokio::sync::Mutex::new(()),
         }
     }
 

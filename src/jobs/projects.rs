@@ -119,8 +119,11 @@ pub async fn record(
             text: a.text,
         });
     }
-    let changes = pstore::upsert_annotations(&sh.pool, id, &rows).await?;
-    let version = write_version(sh, &p, &labels, reason).await?;
+    let (changes, version) = {
+        let _one_at_a_time = sh.annotation_writes.lock().await;
+        let changes = pstore::upsert_annotations(&sh.pool, id, &rows).await?;
+        (changes, write_version(sh, &p, &labels, reason).await?)
+    };
     emit(
         sh,
         id,
@@ -146,10 +149,12 @@ pub async fn delete(
     max_queued: usize,
 ) -> Result<Recorded, ProjectError> {
     let p = project(sh, id).await?;
+    let one_at_a_time = sh.annotation_writes.lock().await;
     let (changed, changes) = pstore::delete_annotations(&sh.pool, id, &items).await?;
     let version = if changed > 0 {
         let labels = tag_labels(sh, &p);
         let v = write_version(sh, &p, &labels, "annotations deleted").await?;
+        drop(one_at_a_time);
         emit(
             sh,
             id,

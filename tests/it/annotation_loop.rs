@@ -925,3 +925,39 @@ async fn recorded_label_studio_payloads_replay() {
     assert!(jobs["jobs"].as_array().unwrap().is_empty());
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_webhooks_each_get_their_own_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path()).await;
+    let (code, _) = app
+        .post(
+            "/labelstudio/setup",
+            &json!({"project": 11, "schema": CONFIG}),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let sents = synthetic("train", 24);
+    let calls = sents.iter().enumerate().map(|(i, (tokens, tags))| {
+        let body = annotation_webhook(11, i as u64 + 1, tokens, tags, "ANNOTATION_CREATED");
+        let app = &app;
+        async move { app.post("/labelstudio/webhook", &body).await.0 }
+    });
+    let codes = futures::future::join_all(calls).await;
+    assert!(codes.iter().all(|c| *c == 200), "{codes:?}");
+    let p = project(&app, 11).await;
+    assert_eq!(p["annotations"], 24);
+    let versions: Vec<u64> = p["dataset_versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        versions,
+        (5..=24).rev().collect::<Vec<_>>(),
+        "20 newest of 24, none lost"
+    );
+    assert_eq!(p["dataset_versions"][0]["stats"]["tasks"], 24);
+    app.shutdown().await;
+}
