@@ -87,7 +87,8 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     crate::jobs::projects::recover(&shared, settings.limits.max_queued_jobs)
         .await
         .context("settling project retrainings")?;
-    let restarted = crate::jobs::predictions::recover(&shared)
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let restarted = crate::jobs::predictions::recover(&shared, shutdown_rx.clone())
         .await
         .context("restarting prediction runs")?;
     if restarted > 0 {
@@ -97,7 +98,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         );
     }
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let limits = &settings.limits;
     let state = AppState {
         shared: shared.clone(),

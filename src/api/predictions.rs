@@ -35,7 +35,7 @@ pub async fn create(
             format!("no model {:?} is deployed", req.model),
         ));
     }
-    let row = predictions::submit(&state.shared, req)
+    let row = predictions::submit(&state.shared, req, state.shutdown.clone())
         .await
         .map_err(|e| match e {
             store::StoreError::QueueFull(n) => ApiError::Busy {

@@ -230,9 +230,15 @@ impl PredictionRequest {
 }
 
 /// Stores a run and starts it.
+/// Set when the server shuts down: a run stops between chunks and stays `running`, to start
+/// again at the next start.
+pub type Stop = tokio::sync::watch::Receiver<bool>;
+
+/// Stores a run and starts it.
 pub async fn submit(
     sh: &Arc<Shared>,
     req: PredictionRequest,
+    stop: Stop,
 ) -> Result<pstore::PredictionRow, StoreError> {
     let id = uuid::Uuid::new_v4().to_string();
     let fmt = serde_json::to_value(req.format)?;
@@ -244,16 +250,16 @@ pub async fn submit(
         fmt.as_str().unwrap_or_default(),
     )
     .await?;
-    spawn(sh.clone(), row.clone());
+    spawn(sh.clone(), row.clone(), stop);
     Ok(row)
 }
 
 /// At start: runs left queued or running start again.
-pub async fn recover(sh: &Arc<Shared>) -> Result<usize, StoreError> {
+pub async fn recover(sh: &Arc<Shared>, stop: Stop) -> Result<usize, StoreError> {
     let rows = pstore::unfinished(&sh.pool).await?;
     let n = rows.len();
     for row in rows {
-        spawn(sh.clone(), row);
+        spawn(sh.clone(), row, stop.clone());
     }
     Ok(n)
 }
@@ -266,12 +272,16 @@ pub fn output_path(sh: &Shared, id: &str, format: Format) -> PathBuf {
         .join(format!("output.{}", format.extension()))
 }
 
-fn spawn(sh: Arc<Shared>, row: pstore::PredictionRow) {
+fn spawn(sh: Arc<Shared>, row: pstore::PredictionRow, stop: Stop) {
     tokio::spawn(async move {
         let id = row.id.clone();
-        let res = run(&sh, row).await;
+        let res = run(&sh, row, &stop).await;
         let (status, out, err) = match res {
-            Ok(p) => ("succeeded", Some(p.display().to_string()), None),
+            Ok(Some(p)) => ("succeeded", Some(p.display().to_string()), None),
+            Ok(None) => {
+                tracing::info!(prediction = %id, "prediction run stopped by the shutdown; it starts again at the next start");
+                return;
+            }
             Err(e) => ("failed", None, Some(e)),
         };
         if let Err(e) = pstore::finish(&sh.pool, &id, status, out.as_deref(), err.as_deref()).await
@@ -281,7 +291,11 @@ fn spawn(sh: Arc<Shared>, row: pstore::PredictionRow) {
     });
 }
 
-async fn run(sh: &Arc<Shared>, row: pstore::PredictionRow) -> Result<PathBuf, String> {
+async fn run(
+    sh: &Arc<Shared>,
+    row: pstore::PredictionRow,
+    stop: &Stop,
+) -> Result<Option<PathBuf>, String> {
     let req: PredictionRequest = serde_json::from_str(&row.request).map_err(|e| e.to_string())?;
     let (sh2, req2) = (sh.clone(), req.clone());
     let texts = tokio::task::spawn_blocking(move || req2.texts(&sh2))
@@ -298,7 +312,8 @@ async fn run(sh: &Arc<Shared>, row: pstore::PredictionRow) -> Result<PathBuf, St
     let path = output_path(sh, &row.id, req.format);
     let dir = path.parent().expect("output has a folder").to_path_buf();
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let tmp = path.with_extension("tmp");
+    // A name of this attempt's own: an attempt of an earlier process never shares it.
+    let tmp = path.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
     let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| e.to_string())?);
     // Whole words, as Label Studio and doccano want them: word-level aggregation over
     // whitespace words (the model's default when word-level, else `first`).
@@ -321,6 +336,11 @@ async fn run(sh: &Arc<Shared>, row: pstore::PredictionRow) -> Result<PathBuf, St
     }
     let mut done = 0usize;
     for chunk in texts.chunks(CHUNK) {
+        if *stop.borrow() {
+            drop(out);
+            let _ = std::fs::remove_file(&tmp);
+            return Ok(None);
+        }
         let result = loop {
             match det.clone().detect(Input::Texts(chunk.to_vec()), opts).await {
                 Err(DetectError::Busy(_)) => {
@@ -347,7 +367,7 @@ async fn run(sh: &Arc<Shared>, row: pstore::PredictionRow) -> Result<PathBuf, St
         .map_err(io)?;
     std::fs::rename(&tmp, &path).map_err(io)?;
     tracing::info!(prediction = %row.id, texts = done, "bulk predictions written");
-    Ok(path)
+    Ok(Some(path))
 }
 
 /// A Label Studio prediction for one text: whole-word regions with their scores, the task

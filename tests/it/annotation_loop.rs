@@ -861,6 +861,7 @@ async fn recorded_label_studio_payloads_replay() {
     assert_eq!(r["result"]["annotations"], 1);
     assert!(r["result"]["issues"].as_array().unwrap().is_empty(), "{r}");
     let task = created["task"]["id"].as_u64().unwrap();
+    let task_s = task.to_string();
     let version_dir = |p: &Value| {
         dir.path()
             .join("data")
@@ -878,7 +879,7 @@ async fn recorded_label_studio_payloads_replay() {
                     .collect::<Vec<_>>()
             })
             .map(|l| serde_json::from_str::<Value>(&l).unwrap())
-            .find(|l| l["task_id"] == task.to_string())
+            .find(|l| l["task_id"].as_str() == Some(task_s.as_str()))
             .unwrap_or(Value::Null)
     };
     let p = project(&app, 1).await;
@@ -960,4 +961,95 @@ async fn concurrent_webhooks_each_get_their_own_version() {
     );
     assert_eq!(p["dataset_versions"][0]["stats"]["tasks"], 24);
     app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrain_every_queues_once_per_n_changes_and_bulk_runs_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = app_in(dir.path()).await;
+    // A doccano project that retrains every 30 changes.
+    let (code, p) = app
+        .post("/v1/projects", &json!({"id": "doccano-ca", "labels": ["METAPHOR"], "retrain_every": 30,
+            "template": {"model": {"checkpoint": fixture("tiny-roberta-base")}, "training": {"num_train_epochs": 1}}}))
+        .await;
+    assert_eq!(code, 201, "{p}");
+    let lines = |from: usize, n: usize| -> String {
+        synthetic("train", from + n)[from..]
+            .iter()
+            .enumerate()
+            .map(|(i, (tokens, tags))| {
+                let mut pos = 0;
+                let mut label = vec![];
+                for (t, &tag) in tokens.iter().zip(tags) {
+                    let len = t.chars().count();
+                    if tag == 1 {
+                        label.push(json!([pos, pos + len, "METAPHOR"]));
+                    }
+                    pos += len + 1;
+                }
+                json!({"id": from + i, "text": tokens.join(" "), "label": label}).to_string() + "\n"
+            })
+            .collect()
+    };
+    let import = |body: String| {
+        let app = &app;
+        async move {
+            let r = app
+                .client
+                .post(app.url("/v1/projects/doccano-ca/import?format=doccano"))
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 201);
+            r.json::<Value>().await.unwrap()
+        }
+    };
+    let r = import(lines(0, 20)).await;
+    assert!(r.get("training").is_none(), "20 < 30: {r}");
+    let r = import(lines(20, 20)).await;
+    assert_eq!(r["training"]["status"], "queued", "{r}");
+    let p = project_named(&app, "doccano-ca").await;
+    assert_eq!(p["changes_since_training"], 0);
+    assert_eq!(p["training"]["status"], "queued");
+    // Before it ran, 30 more: one more run is asked for, no second job.
+    let r = import(lines(40, 30)).await;
+    assert_eq!(r["training"]["status"], "already_queued", "{r}");
+    let (_, jobs) = app.get("/v1/jobs").await;
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);
+
+    // A bulk run stopped by a shutdown starts again at the next start and completes.
+    let (code, run) = app
+        .post(
+            "/v1/predictions",
+            &json!({"dataset": {"path": fixture("data/synthetic")}, "format": "jsonl"}),
+        )
+        .await;
+    assert_eq!(code, 202, "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    app.shutdown().await;
+    let app = app_in(dir.path()).await;
+    let done = wait_prediction(&app, &id).await;
+    assert_eq!(
+        (done["status"].as_str(), done["done"].as_u64()),
+        (Some("succeeded"), Some(2500)),
+        "{done}"
+    );
+    let text = app
+        .client
+        .get(app.url(done["output"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text.lines().count(), 2500);
+    app.shutdown().await;
+}
+
+async fn project_named(app: &TestApp, id: &str) -> Value {
+    let (code, p) = app.get(&format!("/v1/projects/{id}")).await;
+    assert_eq!(code, 200, "{p}");
+    p
 }
