@@ -147,8 +147,10 @@ pub fn cors(origins: &[String]) -> Option<CorsLayer> {
 }
 
 /// With `--api-key`: a Bearer token (scheme case-insensitive) or Basic with the key as
-/// password (as Label Studio sends it) on every route but `GET`/`HEAD /health`, unknown routes
-/// and wrong methods included (they answer 401 before 404/405).
+/// password (as Label Studio sends it) on every route but `GET`/`HEAD /health` and the
+/// dashboard's pages (`/`, `/ui/...`: static files without data, which ask for the key and
+/// send it with every API call), unknown routes and wrong methods included (they answer 401
+/// before 404/405).
 pub async fn auth(
     State(state): State<AppState>,
     req: Request,
@@ -161,7 +163,7 @@ pub async fn auth(
         && req
             .extensions()
             .get::<MatchedPath>()
-            .is_some_and(|p| p.as_str() == "/health");
+            .is_some_and(|p| matches!(p.as_str(), "/health" | "/" | "/ui" | "/ui/{*path}"));
     if open || credentials_match(req.headers().get(header::AUTHORIZATION), key) {
         Ok(next.run(req).await)
     } else {

@@ -17,6 +17,7 @@ pub mod serve;
 pub mod studies;
 pub mod system;
 pub mod types;
+pub mod ui;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -80,6 +81,9 @@ impl AppState {
 /// Host/Origin checks (DNS rebinding, cross-site requests), CORS, auth, timeouts, body limits.
 pub fn router(state: AppState) -> Router {
     let routes = Router::new()
+        .route("/", get(ui::index))
+        .route("/ui", get(ui::index))
+        .route("/ui/{*path}", get(ui::asset))
         .route("/health", get(system::health))
         .route("/info", get(system::info))
         .route("/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
