@@ -114,11 +114,14 @@ impl PredictionRequest {
             ));
         }
         if let Some(ts) = &self.texts
-            && ts.len() > crate::infer::MAX_TEXTS * 100
+            && (ts.is_empty() || ts.len() > crate::infer::MAX_TEXTS * 100)
         {
             return Err(FieldError::new(
                 "texts",
-                "too many texts inline; use texts_file",
+                format!(
+                    "give 1-{} texts inline (more: texts_file)",
+                    crate::infer::MAX_TEXTS * 100
+                ),
             ));
         }
         if let Some(d) = &self.dataset {
