@@ -15,3 +15,4 @@ mod seqeval;
 mod service;
 mod studies;
 mod sweep;
+mod ui;
