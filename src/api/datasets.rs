@@ -380,5 +380,42 @@ pub async fn get_dataset(
     let row = store::datasets::get(&state.shared.pool, &id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("dataset {id}")))?;
-    Ok(Json(DatasetResponse::try_from(row)?))
+    let mut out = DatasetResponse::try_from(row)?;
+    let (dir, labels) = (
+        state.shared.data_dir.join("datasets").join(&id),
+        out.labels.clone(),
+    );
+    out.samples = tokio::task::spawn_blocking(move || samples(&dir, &labels, SAMPLES))
+        .await
+        .ok();
+    Ok(Json(out))
+}
+
+/// Sentences shown with a dataset.
+const SAMPLES: usize = 5;
+
+/// The first `n` sentences of the stored training split with their label names (lines that do
+/// not read back are skipped).
+fn samples(dir: &std::path::Path, labels: &[String], n: usize) -> Vec<serde_json::Value> {
+    use std::io::BufRead;
+    let Ok(f) = std::fs::File::open(dir.join("train.jsonl")) else {
+        return vec![];
+    };
+    std::io::BufReader::new(f)
+        .lines()
+        .take(n)
+        .filter_map(|l| {
+            let v: serde_json::Value = serde_json::from_str(&l.ok()?).ok()?;
+            let tags: Vec<String> = v["tags"]
+                .as_array()?
+                .iter()
+                .map(|t| {
+                    t.as_u64()
+                        .and_then(|i| labels.get(i as usize).cloned())
+                        .unwrap_or_else(|| t.as_str().unwrap_or("?").to_string())
+                })
+                .collect();
+            Some(serde_json::json!({"split": "train", "tokens": v["tokens"], "tags": tags}))
+        })
+        .collect()
 }

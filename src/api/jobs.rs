@@ -254,6 +254,30 @@ pub async fn get_results_csv(
     Ok(csv_response(vec![row], &format!("results-{}.csv", job.id)))
 }
 
+/// GET /v1/jobs/{id}/report.json — the run's report (spec, outcome, base and fine-tuned
+/// evaluations, epochs), server paths shown as the API shows them.
+pub async fn get_report(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let job = load(&state, &id).await?;
+    let path = std::path::Path::new(&job.output_dir).join("report.json");
+    let text = match tokio::fs::read_to_string(&path).await {
+        Ok(t) => t,
+        Err(_) => {
+            return Err(ApiError::Conflict(format!(
+                "job is {}: no report yet",
+                job.status
+            )));
+        }
+    };
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        state.paths().redact(&text),
+    )
+        .into_response())
+}
+
 /// GET /v1/results.csv — one row per finished job.
 pub async fn all_results_csv(State(state): State<AppState>) -> Result<Response, ApiError> {
     let rows = store::jobs::list_finished(&state.shared.pool).await?;

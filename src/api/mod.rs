@@ -91,6 +91,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/epochs", get(jobs::get_epochs))
         .route("/v1/jobs/{id}/results", get(jobs::get_results))
         .route("/v1/jobs/{id}/results.csv", get(jobs::get_results_csv))
+        .route("/v1/jobs/{id}/report.json", get(jobs::get_report))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel_job))
         .route("/v1/jobs/{id}/push", post(jobs::push_job))
         .route("/v1/jobs/{id}/events", get(events::job_events))

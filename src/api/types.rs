@@ -412,6 +412,10 @@ pub struct DatasetResponse {
     pub created_at: String,
     /// The `dataset` object to put in a job spec.
     pub use_in_job: Value,
+    /// `GET /v1/datasets/{id}` only: the first sentences of the training split, with their
+    /// label names.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples: Option<Vec<Value>>,
 }
 
 impl TryFrom<DatasetRow> for DatasetResponse {
@@ -428,6 +432,7 @@ impl TryFrom<DatasetRow> for DatasetResponse {
             format: r.format,
             size_bytes: r.size_bytes,
             created_at: r.created_at,
+            samples: None,
         })
     }
 }
