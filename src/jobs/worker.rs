@@ -138,7 +138,16 @@ impl Shared {
                 } else {
                     "prepared"
                 };
-                self.emit(&id, kind, serde_json::to_value(&msg)?).await?;
+                let mut data = serde_json::to_value(&msg)?;
+                // The checkpoint's name, not its server path (responses never show those).
+                if let Some(from) = resumed_from {
+                    data["resumed_from"] = json!(
+                        std::path::Path::new(from)
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                    );
+                }
+                self.emit(&id, kind, data).await?;
             }
             Progress::BaseEvaluated { summary } => {
                 if !run.seen.contains("base_evaluated") {
