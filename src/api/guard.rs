@@ -211,7 +211,7 @@ pub async fn timeout(
         && req
             .extensions()
             .get::<MatchedPath>()
-            .is_some_and(|p| p.as_str() == "/v1/datasets");
+            .is_some_and(|p| matches!(p.as_str(), "/v1/datasets" | "/v1/projects/{id}/import"));
     let limit = if upload {
         state.settings.upload_timeout
     } else {

@@ -304,6 +304,12 @@ pub async fn cancel_job(
                 Cancel::Cancelled => {
                     state.shared.emit(&id, "finished", serde_json::json!({"status": "cancelled", "error": "cancelled before start"})).await?;
                     crate::jobs::study::lifecycle::trial_ended(&state.shared, &id).await?;
+                    crate::jobs::projects::job_ended(
+                        &state.shared,
+                        &id,
+                        state.settings.max_queued_jobs,
+                    )
+                    .await?;
                     StatusCode::OK
                 }
                 Cancel::Requested => {

@@ -412,6 +412,16 @@ fn webhook_annotation(body: &Value, p: &ProjectRow) -> Result<Option<RawAnnotati
     }
     let spans = super::projects::ls_spans(ann.get("result").unwrap_or(&json!([])))
         .map_err(|e| ApiError::invalid("annotation.result", e))?;
+    if spans.len() > super::projects::MAX_SPANS {
+        return Err(ApiError::invalid(
+            "annotation.result",
+            format!(
+                "{} spans; the limit is {}",
+                spans.len(),
+                super::projects::MAX_SPANS
+            ),
+        ));
+    }
     Ok(Some(RawAnnotation {
         task_id,
         annotation_id: super::projects::task_id(ann.get("id")),
@@ -473,8 +483,10 @@ pub async fn webhook(
             let rec = match webhook_annotation(&body, &p)? {
                 Some(a) => projects::record(&state.shared, &p.id, vec![a], action, max).await?,
                 None => {
-                    let task = super::projects::task_id(body["task"].get("id")).unwrap_or_default();
-                    projects::delete(&state.shared, &p.id, vec![(Some(task), None)], max).await?
+                    // A skipped task: only this annotation goes (another annotator's stays).
+                    let task = super::projects::task_id(body["task"].get("id"));
+                    let ann = super::projects::task_id(body["annotation"].get("id"));
+                    projects::delete(&state.shared, &p.id, vec![(task, ann)], max).await?
                 }
             };
             Ok(

@@ -49,7 +49,10 @@ pub async fn create(
 
 /// GET /v1/predictions
 pub async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let rows = store::predictions::list(&state.shared.pool).await?;
+    let mut rows = store::predictions::list(&state.shared.pool).await?;
+    for r in &mut rows {
+        r.error = r.error.take().map(|e| state.paths().redact(&e));
+    }
     Ok(Json(
         json!({"predictions": rows.iter().map(predictions::view).collect::<Vec<_>>()}),
     ))
@@ -60,7 +63,9 @@ pub async fn get(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    Ok(Json(predictions::view(&load(&state, &id).await?)))
+    let mut row = load(&state, &id).await?;
+    row.error = row.error.map(|e| state.paths().redact(&e));
+    Ok(Json(predictions::view(&row)))
 }
 
 /// GET /v1/predictions/{id}/output — streams the file.

@@ -22,6 +22,23 @@ use super::error::{ApiError, ApiJson};
 
 /// Most tasks one import may hold.
 const MAX_IMPORT_TASKS: usize = 100_000;
+/// Most labelled spans one task may hold.
+pub const MAX_SPANS: usize = 10_000;
+
+/// A task's text and spans within the limits `/v1/detect` applies to texts.
+pub fn check_task(where_: &str, text: &str, spans: usize) -> Result<(), String> {
+    let n = text.chars().count();
+    if n > crate::infer::MAX_TEXT_CHARS {
+        return Err(format!(
+            "{where_}: the text is {n} characters; the limit is {}",
+            crate::infer::MAX_TEXT_CHARS
+        ));
+    }
+    if spans > MAX_SPANS {
+        return Err(format!("{where_}: {spans} spans; the limit is {MAX_SPANS}"));
+    }
+    Ok(())
+}
 
 /// A project id: 1-64 letters, digits, `-`, `_`, `.` (not first).
 pub fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
@@ -82,6 +99,17 @@ pub fn check_template(state: &AppState, field: &str, t: &Value) -> Result<String
             field,
             "must be a job spec object without dataset",
         ));
+    }
+    for (key, why) in [
+        (
+            "deploy_as",
+            "a retraining is deployed by the project's deploy-only-if-better rule",
+        ),
+        ("hub", "retraining jobs are not pushed to the Hub"),
+    ] {
+        if t.get(key).is_some() {
+            return Err(ApiError::invalid(format!("{field}.{key}"), why));
+        }
     }
     if t.get("dataset").is_some() {
         return Err(ApiError::invalid(
@@ -171,6 +199,9 @@ pub async fn create_project(
 
 /// A project as the API shows it.
 pub async fn view(state: &AppState, p: ProjectRow) -> Result<Value, ApiError> {
+    // Stored JSON (decisions, events), with server paths shown as responses show them.
+    let paths = state.paths();
+    let stored = |s: &str| serde_json::from_str::<Value>(&paths.redact(s)).unwrap_or(Value::Null);
     let pool = &state.shared.pool;
     let anns = store::projects::annotations(pool, &p.id).await?;
     let mut splits = serde_json::Map::new();
@@ -197,7 +228,7 @@ pub async fn view(state: &AppState, p: ProjectRow) -> Result<Value, ApiError> {
     let events: Vec<Value> = store::projects::recent_events(pool, &p.id, 50)
         .await?
         .into_iter()
-        .map(|e| json!({"id": e.id, "kind": e.kind, "data": serde_json::from_str::<Value>(&e.data).unwrap_or(Value::Null), "at": e.created_at}))
+        .map(|e| json!({"id": e.id, "kind": e.kind, "data": stored(&e.data), "at": e.created_at}))
         .collect();
     let deployed = state
         .shared
@@ -214,7 +245,7 @@ pub async fn view(state: &AppState, p: ProjectRow) -> Result<Value, ApiError> {
         "annotations": anns.len(), "annotations_per_split": splits,
         "annotations_with_issues": anns.iter().filter(|a| a.report != "[]").count(),
         "dataset_versions": versions, "training": training,
-        "last_decision": p.last_decision.as_deref().and_then(|d| serde_json::from_str::<Value>(d).ok()),
+        "last_decision": p.last_decision.as_deref().map(stored),
         "dropped_labels": p.dropped_labels, "events": events,
         "created_at": p.created_at, "updated_at": p.updated_at,
     }))
@@ -252,6 +283,7 @@ pub async fn delete_project(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let p = load(&state, &id).await?;
+    let _no_writes = state.shared.annotation_writes.lock().await;
     store::projects::delete(&state.shared.pool, &p.id).await?;
     let dir = state.shared.data_dir.join("projects").join(&p.id);
     let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
@@ -353,6 +385,7 @@ fn ls_task(task: &Value, data_key: &str, i: usize) -> Result<Option<RawAnnotatio
     let Some(a) = kept else { return Ok(None) };
     let spans = ls_spans(a.get("result").unwrap_or(&json!([])))
         .map_err(|e| format!("[{i}].annotations: {e}"))?;
+    check_task(&format!("[{i}]"), text, spans.len())?;
     Ok(Some(RawAnnotation {
         task_id: id,
         annotation_id: task_id(a.get("id")),
@@ -410,6 +443,7 @@ fn doccano_line(line: &str, n: usize) -> Result<RawAnnotation, String> {
             });
         }
     }
+    check_task(&format!("line {n}"), text, spans.len())?;
     let id = task_id(v.get("id")).unwrap_or_else(|| {
         use sha2::{Digest, Sha256};
         Sha256::digest(text.as_bytes())

@@ -139,6 +139,7 @@ fn resolve(chars: &[char], s: &Span, issues: &mut Vec<Issue>) -> (usize, usize) 
 pub fn tag_words(text: &str, spans: &[Span], labels: &[String]) -> Tagged {
     let chars: Vec<char> = text.chars().collect();
     let ws = words(text);
+    let cores: Vec<(usize, usize)> = ws.iter().map(|&w| core(&chars, w)).collect();
     let mut tags = vec!["O".to_string(); ws.len()];
     let mut owner: Vec<Option<usize>> = vec![None; ws.len()];
     let mut issues = Vec::new();
@@ -161,18 +162,18 @@ pub fn tag_words(text: &str, spans: &[Span], labels: &[String]) -> Tagged {
             });
             continue;
         }
-        let covered: Vec<usize> = (0..ws.len())
-            .filter(|&w| {
-                let (a, b) = core(&chars, ws[w]);
-                a < e && s < b
-            })
+        // Words are in order: the covered ones are a range, found by binary search.
+        let lo = cores.partition_point(|&(_, b)| b <= s);
+        let covered: Vec<usize> = (lo..ws.len())
+            .take_while(|&w| cores[w].0 < e)
+            .filter(|&w| cores[w].0 < e && s < cores[w].1)
             .collect();
         let (Some(&first), Some(&last)) = (covered.first(), covered.last()) else {
             issues.push(Issue::NoWord { start: s, end: e });
             continue;
         };
-        let (fs, fe) = (ws[first], core(&chars, ws[first]));
-        let (ls, le) = (ws[last], core(&chars, ws[last]));
+        let (fs, fe) = (ws[first], cores[first]);
+        let (ls, le) = (ws[last], cores[last]);
         if !(s == fs.0 || s == fe.0) || !(e == ls.1 || e == le.1) {
             issues.push(Issue::OffBoundary {
                 start: s,

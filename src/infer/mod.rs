@@ -301,20 +301,16 @@ pub struct Detector {
 /// the same bytes give the same version on any machine, whatever the files' times.
 pub fn fingerprint(dir: &Path) -> String {
     use sha2::{Digest, Sha256};
-    use std::io::Read;
     let mut h = Sha256::new();
     h.update(std::fs::read(dir.join("config.json")).unwrap_or_default());
-    let mut buf = vec![0u8; 1 << 20];
     for f in crate::model::weights::WEIGHT_FILES {
-        let Ok(mut file) = std::fs::File::open(dir.join(f)) else {
+        let Ok(file) = std::fs::File::open(dir.join(f)) else {
             continue;
         };
         h.update(f.as_bytes());
-        while let Ok(n) = file.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            h.update(&buf[..n]);
+        if let Err(e) = std::io::copy(&mut std::io::BufReader::new(file), &mut h) {
+            // The model loads from the same file: it fails there with the reason.
+            tracing::warn!(file = %dir.join(f).display(), error = %e, "could not hash a weight file");
         }
     }
     h.finalize()

@@ -96,6 +96,8 @@ pub struct Shared {
     /// Serialises annotation changes with the dataset versions they write (one version number
     /// and folder per change, whatever the number of concurrent webhooks).
     pub annotation_writes: tokio::sync::Mutex<()>,
+    /// Serialises deployments: the model served and the one recorded as active stay the same.
+    pub deployments: tokio::sync::Mutex<()>,
 }
 
 impl Shared {
@@ -119,6 +121,7 @@ impl Shared {
             running: Mutex::new(Default::default()),
             telemetry: Default::default(),
             annotation_writes: tokio::sync::Mutex::new(()),
+            deployments: tokio::sync::Mutex::new(()),
         }
     }
 

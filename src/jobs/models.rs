@@ -32,6 +32,7 @@ pub async fn deploy(
     job_id: Option<String>,
     by: &str,
 ) -> Result<ModelInfo, ModelsError> {
+    let _one_at_a_time = sh.deployments.lock().await;
     let info = load(sh, name, dir, job_id).await?;
     deployments::activate_new(
         &sh.pool,
@@ -65,6 +66,7 @@ async fn redeploy(sh: &Shared, row: &DeploymentRow) -> Result<ModelInfo, ModelsE
 
 /// Stops serving `name`; its history stays.
 pub async fn remove(sh: &Shared, name: &str) -> Result<(), ModelsError> {
+    let _one_at_a_time = sh.deployments.lock().await;
     let served = sh.registry.remove(name);
     let recorded = deployments::deactivate(&sh.pool, name).await? > 0;
     if !served && !recorded {
@@ -77,6 +79,7 @@ pub async fn remove(sh: &Shared, name: &str) -> Result<(), ModelsError> {
 /// deployments of the same version and those whose files are gone). Rolling back again goes
 /// further back.
 pub async fn rollback(sh: &Shared, name: &str) -> Result<(ModelInfo, DeploymentRow), ModelsError> {
+    let _one_at_a_time = sh.deployments.lock().await;
     let history = deployments::history(&sh.pool, name).await?;
     let Some(current) = history.iter().find(|r| r.active != 0) else {
         return Err(ModelsError::NotDeployed(name.into()));

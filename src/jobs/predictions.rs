@@ -171,7 +171,26 @@ impl PredictionRequest {
     }
 
     /// The texts to run.
+    /// The texts to run, each within `/v1/detect`'s length limit (checked before any runs,
+    /// naming the text).
     fn texts(&self, sh: &Shared) -> Result<Vec<String>, String> {
+        let texts = self.read_texts(sh)?;
+        if let Some((i, n)) = texts
+            .iter()
+            .map(|t| t.chars().count())
+            .enumerate()
+            .find(|(_, n)| *n > crate::infer::MAX_TEXT_CHARS)
+        {
+            return Err(format!(
+                "text {} is {n} characters; the limit is {}",
+                i + 1,
+                crate::infer::MAX_TEXT_CHARS
+            ));
+        }
+        Ok(texts)
+    }
+
+    fn read_texts(&self, sh: &Shared) -> Result<Vec<String>, String> {
         if let Some(t) = &self.texts {
             return Ok(t.clone());
         }
@@ -205,16 +224,18 @@ impl PredictionRequest {
             .ctx
             .local_path("texts_file", f)
             .map_err(|e| e.to_string())?;
-        let body = std::fs::read_to_string(&p).map_err(|e| format!("{f}: {e}"))?;
+        use std::io::BufRead;
+        let file = std::fs::File::open(&p).map_err(|e| format!("{f}: {e}"))?;
         let jsonl = p.extension().is_some_and(|e| e == "jsonl");
         let mut out = Vec::new();
-        for (i, line) in body.lines().enumerate() {
+        for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
+            let line = line.map_err(|e| format!("{f} line {}: {e}", i + 1))?;
             if line.trim().is_empty() {
                 continue;
             }
             if jsonl {
                 let v: Value =
-                    serde_json::from_str(line).map_err(|e| format!("{f} line {}: {e}", i + 1))?;
+                    serde_json::from_str(&line).map_err(|e| format!("{f} line {}: {e}", i + 1))?;
                 let t = v
                     .get("text")
                     .or_else(|| v.get("data").and_then(|d| d.get("text")))
@@ -338,7 +359,7 @@ async fn run(
         out.write_all(b"[\n").map_err(io)?;
     }
     let mut done = 0usize;
-    for chunk in texts.chunks(CHUNK) {
+    for chunk in chunks(&texts) {
         if *stop.borrow() {
             drop(out);
             let _ = std::fs::remove_file(&tmp);
@@ -371,6 +392,25 @@ async fn run(
     std::fs::rename(&tmp, &path).map_err(io)?;
     tracing::info!(prediction = %row.id, texts = done, "bulk predictions written");
     Ok(Some(path))
+}
+
+/// Consecutive texts in requests within `/v1/detect`'s limits: at most `CHUNK` texts and
+/// `MAX_TOTAL_CHARS` characters each (a text alone is within the limit, checked on reading).
+fn chunks(texts: &[String]) -> Vec<&[String]> {
+    let mut out = Vec::new();
+    let (mut start, mut chars) = (0, 0);
+    for (i, t) in texts.iter().enumerate() {
+        let n = t.chars().count();
+        if i > start && (i - start == CHUNK || chars + n > crate::infer::MAX_TOTAL_CHARS) {
+            out.push(&texts[start..i]);
+            (start, chars) = (i, 0);
+        }
+        chars += n;
+    }
+    if start < texts.len() {
+        out.push(&texts[start..]);
+    }
+    out
 }
 
 /// A Label Studio prediction for one text: whole-word regions with their scores, the task
@@ -474,4 +514,20 @@ pub fn view(row: &pstore::PredictionRow) -> Value {
         "done": row.done, "total": row.total, "model_version": row.model_version,
         "error": row.error, "created_at": row.created_at, "finished_at": row.finished_at,
         "output": (row.status == "succeeded").then(|| format!("/v1/predictions/{}/output", row.id))})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_respect_count_and_characters() {
+        let texts: Vec<String> = (0..70).map(|_| "a".repeat(10)).collect();
+        let sizes: Vec<usize> = chunks(&texts).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [CHUNK, CHUNK, 70 - 2 * CHUNK]);
+        let big: Vec<String> = (0..5).map(|_| "a".repeat(400_000)).collect();
+        let sizes: Vec<usize> = chunks(&big).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [2, 2, 1], "at most 1M characters per request");
+        assert!(chunks(&[]).is_empty());
+    }
 }

@@ -91,6 +91,35 @@ pub async fn emit(sh: &Shared, id: &str, kind: &str, data: Value) -> Result<(), 
     Ok(())
 }
 
+/// Converted annotations to store, and the issues reported per task.
+type Converted = (Vec<NewAnnotation>, Vec<Value>);
+
+/// Character spans to word tags for every annotation (CPU work: call from a blocking thread).
+fn convert(
+    project: &str,
+    items: Vec<RawAnnotation>,
+    labels: &[String],
+) -> Result<Converted, ProjectError> {
+    let mut rows = Vec::with_capacity(items.len());
+    let mut issues = Vec::new();
+    for a in items {
+        let t = tag_words(&a.text, &a.spans, labels);
+        if !t.issues.is_empty() {
+            issues.push(json!({"task_id": a.task_id, "issues": t.issues}));
+        }
+        rows.push(NewAnnotation {
+            split: split_of(project, &a.task_id).into(),
+            words: serde_json::to_string(&t.words).map_err(StoreError::from)?,
+            tags: serde_json::to_string(&t.tags).map_err(StoreError::from)?,
+            report: serde_json::to_string(&t.issues).map_err(StoreError::from)?,
+            task_id: a.task_id,
+            annotation_id: a.annotation_id,
+            text: a.text,
+        });
+    }
+    Ok((rows, issues))
+}
+
 /// Converts and stores annotations, writes a new dataset version, and queues a retraining
 /// when `retrain_every` changes have accumulated.
 pub async fn record(
@@ -102,23 +131,10 @@ pub async fn record(
 ) -> Result<Recorded, ProjectError> {
     let p = project(sh, id).await?;
     let labels = tag_labels(sh, &p);
-    let mut rows = Vec::with_capacity(items.len());
-    let mut issues = Vec::new();
-    for a in items {
-        let t = tag_words(&a.text, &a.spans, &labels);
-        if !t.issues.is_empty() {
-            issues.push(json!({"task_id": a.task_id, "issues": t.issues}));
-        }
-        rows.push(NewAnnotation {
-            split: split_of(id, &a.task_id).into(),
-            words: serde_json::to_string(&t.words).map_err(StoreError::from)?,
-            tags: serde_json::to_string(&t.tags).map_err(StoreError::from)?,
-            report: serde_json::to_string(&t.issues).map_err(StoreError::from)?,
-            task_id: a.task_id,
-            annotation_id: a.annotation_id,
-            text: a.text,
-        });
-    }
+    let (id2, labels2) = (id.to_string(), labels.clone());
+    let (rows, issues) = tokio::task::spawn_blocking(move || convert(&id2, items, &labels2))
+        .await
+        .map_err(|e| ProjectError::Io(format!("converting annotations: {e}")))??;
     let (changes, version) = {
         let _one_at_a_time = sh.annotation_writes.lock().await;
         let changes = pstore::upsert_annotations(&sh.pool, id, &rows).await?;
@@ -185,11 +201,15 @@ async fn auto_retrain(
         Some(n) if n > 0 && changes >= n => {
             match retrain(sh, &p.id, "retrain_every", max_queued).await {
                 Ok(v) => Ok(Some(v)),
-                // Not enough data yet: the next change tries again.
-                Err(ProjectError::Invalid { message, .. }) => {
-                    Ok(Some(json!({"status": "not_queued", "reason": message})))
+                // Not enough data yet, or a full queue: the annotations are stored already,
+                // and the next change tries again.
+                Err(e) => {
+                    let reason = match e {
+                        ProjectError::Invalid { message, .. } => message,
+                        other => other.to_string(),
+                    };
+                    Ok(Some(json!({"status": "not_queued", "reason": reason})))
                 }
-                Err(e) => Err(e),
             }
         }
         _ => Ok(None),
@@ -312,12 +332,21 @@ fn retrain_spec(sh: &Shared, p: &ProjectRow, dir: &Path) -> Result<JobSpec, Proj
                     ),
                 ));
             };
-            json!({"model": {"checkpoint": d.info.path, "name": format!("{}-{}", p.model_name, d.info.version)},
+            json!({"model": {"checkpoint": relative(sh, &d.info.path), "name": format!("{}-{}", p.model_name, d.info.version)},
                    "training": DEFAULT_TRAINING.clone()})
         }
     };
-    spec["dataset"] = json!({"path": dir});
+    // Relative to the data directory, where job paths resolve (responses show specs as is).
+    spec["dataset"] = json!({"path": relative(sh, dir)});
     JobSpec::parse(spec.to_string().as_bytes()).map_err(|e| invalid("template", e.to_string()))
+}
+
+/// `path` relative to the data directory when it lies inside it.
+fn relative(sh: &Shared, path: &Path) -> String {
+    path.strip_prefix(&sh.data_dir)
+        .unwrap_or(path)
+        .display()
+        .to_string()
 }
 
 static DEFAULT_TRAINING: std::sync::LazyLock<Value> = std::sync::LazyLock::new(
@@ -336,7 +365,8 @@ pub async fn retrain(
         return Err(invalid("annotations", "the project has no annotations yet"));
     };
     let stats: Value = serde_json::from_str(&v.stats).map_err(StoreError::from)?;
-    for split in ["train", "validation"] {
+    // The trainer needs every split; deploy-only-if-better needs entities to compare on.
+    for split in ["train", "validation", "test"] {
         let n = stats["splits"][split]["sentences"].as_u64().unwrap_or(0);
         if n == 0 {
             return Err(invalid(
@@ -347,6 +377,19 @@ pub async fn retrain(
                 ),
             ));
         }
+    }
+    if stats["splits"]["validation"]["labelled_words"]
+        .as_u64()
+        .unwrap_or(0)
+        == 0
+    {
+        return Err(invalid(
+            "annotations",
+            format!(
+                "dataset version {} has no labelled word in its validation split: a new model could not be compared with the deployed one",
+                v.version
+            ),
+        ));
     }
     let spec = retrain_spec(sh, &p, Path::new(&v.dir))?;
     let job_id = uuid::Uuid::new_v4().to_string();
