@@ -386,6 +386,13 @@ async fn annotations_become_versions_and_retraining_deploys_only_if_better() {
         .post("/labelstudio/predict", &json!({"tasks": [{"id": 1, "data": {"text": "La por devora el seu cor."}}], "project": 7}))
         .await;
     assert_eq!(out["results"][0]["model_version"], good_version.as_str());
+    // Another annotator skips task 3: their (cancelled) annotation removes nothing else.
+    let mut skip = annotation_webhook(7, 3, &sents[2].0, &sents[2].1, "ANNOTATION_CREATED");
+    skip["annotation"]["id"] = json!(99_003);
+    skip["annotation"]["was_cancelled"] = json!(true);
+    let (code, r) = app.post("/labelstudio/webhook", &skip).await;
+    assert_eq!(code, 200, "{r}");
+    assert_eq!(project(&app, 7).await["annotations"], 160);
     // Deleting annotations makes a new version without them.
     let (code, r) = app
         .post(
