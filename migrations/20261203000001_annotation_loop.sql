@@ -42,6 +42,9 @@ CREATE TABLE annotations (
     -- JSON: what the conversion could not keep as given (off-boundary, overlaps, unknown labels).
     report       TEXT NOT NULL,
     split        TEXT NOT NULL CHECK (split IN ('train', 'validation', 'test')),
+    -- When the tool last changed the annotation (Label Studio's updated_at), if it says: an
+    -- older copy (a stale export, a retried webhook) does not replace a newer one.
+    source_updated_at TEXT,
     deleted      INTEGER NOT NULL DEFAULT 0,
     updated_at   TEXT NOT NULL,
     PRIMARY KEY (project_id, task_id)

@@ -425,6 +425,7 @@ fn webhook_annotation(body: &Value, p: &ProjectRow) -> Result<Option<RawAnnotati
     Ok(Some(RawAnnotation {
         task_id,
         annotation_id: super::projects::task_id(ann.get("id")),
+        updated_at: super::projects::timestamp(ann.get("updated_at")),
         text: text.into(),
         spans,
     }))

@@ -354,6 +354,19 @@ pub fn task_id(v: Option<&Value>) -> Option<String> {
     }
 }
 
+/// A tool's RFC 3339 timestamp (`2026-12-01T20:16:29.190461Z`) in one UTC shape with
+/// microseconds, so that timestamps compare as strings; `None` when it does not parse.
+pub fn timestamp(v: Option<&Value>) -> Option<String> {
+    let t =
+        time::OffsetDateTime::parse(v?.as_str()?, &time::format_description::well_known::Rfc3339)
+            .ok()?
+            .to_offset(time::UtcOffset::UTC);
+    t.format(time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    ))
+    .ok()
+}
+
 /// The latest kept annotation of a Label Studio export task.
 fn ls_task(task: &Value, data_key: &str, i: usize) -> Result<Option<RawAnnotation>, String> {
     let id = task_id(task.get("id"))
@@ -389,6 +402,7 @@ fn ls_task(task: &Value, data_key: &str, i: usize) -> Result<Option<RawAnnotatio
     Ok(Some(RawAnnotation {
         task_id: id,
         annotation_id: task_id(a.get("id")),
+        updated_at: timestamp(a.get("updated_at")),
         text: text.into(),
         spans,
     }))
@@ -455,6 +469,7 @@ fn doccano_line(line: &str, n: usize) -> Result<RawAnnotation, String> {
     Ok(RawAnnotation {
         task_id: id,
         annotation_id: None,
+        updated_at: None,
         text: text.into(),
         spans,
     })
@@ -537,6 +552,19 @@ pub async fn import(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_compare_as_strings() {
+        let t = |s: &str| timestamp(Some(&json!(s))).unwrap();
+        assert!(t("2026-12-01T11:00:00Z") < t("2026-12-01T11:00:00.5Z"));
+        assert!(t("2026-12-01T12:00:00+02:00") < t("2026-12-01T11:00:00.000001Z"));
+        assert_eq!(
+            t("2026-12-01T20:16:29.190461Z"),
+            "2026-12-01T20:16:29.190461Z"
+        );
+        assert!(timestamp(Some(&json!("yesterday"))).is_none());
+        assert!(timestamp(Some(&json!(5))).is_none());
+    }
 
     #[test]
     fn doccano_lines_in_both_shapes() {

@@ -51,6 +51,8 @@ fn invalid(field: &str, message: impl Into<String>) -> ProjectError {
 pub struct RawAnnotation {
     pub task_id: String,
     pub annotation_id: Option<String>,
+    /// When the tool last changed it (RFC 3339), if it says.
+    pub updated_at: Option<String>,
     pub text: String,
     pub spans: Vec<Span>,
 }
@@ -114,6 +116,7 @@ fn convert(
             report: serde_json::to_string(&t.issues).map_err(StoreError::from)?,
             task_id: a.task_id,
             annotation_id: a.annotation_id,
+            source_updated_at: a.updated_at,
             text: a.text,
         });
     }

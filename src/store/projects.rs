@@ -148,6 +148,7 @@ pub struct AnnotationRow {
     pub tags: String,
     pub report: String,
     pub split: String,
+    pub source_updated_at: Option<String>,
     pub deleted: i64,
     pub updated_at: String,
 }
@@ -162,10 +163,12 @@ pub struct NewAnnotation {
     pub tags: String,
     pub report: String,
     pub split: String,
+    pub source_updated_at: Option<String>,
 }
 
-/// Stores annotations (the newest per task wins) and counts them as changes since the last
-/// training; returns the count.
+/// Stores annotations — per task the newest by the tool's `updated_at` when both copies have
+/// one, else the last to arrive — and counts them as changes since the last training; returns
+/// the count.
 pub async fn upsert_annotations(
     pool: &SqlitePool,
     project: &str,
@@ -175,12 +178,15 @@ pub async fn upsert_annotations(
     let mut conn = begin_immediate(pool).await?;
     for a in items {
         sqlx::query(
-            "INSERT INTO annotations (project_id, task_id, annotation_id, text, words, tags, report, split, deleted, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+            "INSERT INTO annotations (project_id, task_id, annotation_id, text, words, tags, report, split, source_updated_at, deleted, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
              ON CONFLICT (project_id, task_id) DO UPDATE SET annotation_id = excluded.annotation_id,
                text = excluded.text, words = excluded.words, tags = excluded.tags,
-               report = excluded.report, split = excluded.split, deleted = 0,
-               updated_at = excluded.updated_at",
+               report = excluded.report, split = excluded.split,
+               source_updated_at = excluded.source_updated_at, deleted = 0,
+               updated_at = excluded.updated_at
+             WHERE excluded.source_updated_at IS NULL OR annotations.source_updated_at IS NULL
+               OR excluded.source_updated_at >= annotations.source_updated_at",
         )
         .bind(project)
         .bind(&a.task_id)
@@ -190,6 +196,7 @@ pub async fn upsert_annotations(
         .bind(&a.tags)
         .bind(&a.report)
         .bind(&a.split)
+        .bind(&a.source_updated_at)
         .bind(&t)
         .execute(&mut *conn)
         .await?;

@@ -789,6 +789,17 @@ async fn bad_annotation_input_is_refused_or_reported_and_loses_nothing() {
     assert_eq!(r.status(), 201);
     let r: Value = r.json().await.unwrap();
     assert_eq!(r["annotations"], 1);
+    // A stale export (only the 10:00 annotation) arriving later does not replace it.
+    let stale = json!([{"id": 60, "data": {"text": "cor de pedra"}, "annotations": [
+        {"id": 1, "updated_at": "2026-12-01T12:00:00+02:00", "was_cancelled": false, "result": [{"type": "labels", "value": {"start": 0, "end": 3, "text": "cor", "labels": ["Metaphor"]}}]}]}]);
+    let r = app
+        .client
+        .post(app.url("/v1/projects/9/import?format=labelstudio"))
+        .json(&stale)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
     let p = project(&app, 9).await;
     let v = p["dataset_versions"][0]["path"].as_str().unwrap();
     let root = dir.path().join("data").join(v);
@@ -813,7 +824,7 @@ async fn bad_annotation_input_is_refused_or_reported_and_loses_nothing() {
     assert_eq!(
         names,
         ["O", "O", "METAPHOR"],
-        "annotation 2 wins; the cancelled one is ignored"
+        "annotation 2 wins over the older 1 (also when imported later); the cancelled one is ignored"
     );
     app.shutdown().await;
     // A restart keeps everything.
