@@ -189,9 +189,30 @@ fn synthetic(split: &str, n: usize) -> Vec<(Vec<String>, Vec<u64>)> {
 }
 
 async fn project(app: &TestApp, id: u64) -> Value {
-    let (code, p) = app.get(&format!("/v1/projects/{id}")).await;
-    assert_eq!(code, 200, "{p}");
-    p
+    project_named(app, &id.to_string()).await
+}
+
+/// Every line of dataset version `path` (relative to the data directory), with its split.
+fn version_lines(dir: &Path, path: &str) -> Vec<(&'static str, Value)> {
+    let root = dir.join("data").join(path);
+    ["train", "validation", "test"]
+        .into_iter()
+        .flat_map(|s| {
+            std::fs::read_to_string(root.join(format!("{s}.jsonl")))
+                .unwrap()
+                .lines()
+                .map(|l| (s, serde_json::from_str::<Value>(l).unwrap()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The line of `task` in the newest dataset version of project view `p`.
+fn newest_line(dir: &Path, p: &Value, task: &str) -> Option<Value> {
+    version_lines(dir, p["dataset_versions"][0]["path"].as_str().unwrap())
+        .into_iter()
+        .map(|(_, l)| l)
+        .find(|l| l["task_id"].as_str() == Some(task))
 }
 
 /// Runs the next queued job (a retraining); the project after its decision.
@@ -272,18 +293,12 @@ async fn annotations_become_versions_and_retraining_deploys_only_if_better() {
         .as_str()
         .unwrap()
         .to_string();
-    let split_of = |v: &str, id: &str| -> String {
-        let root = dir.path().join("data");
-        for s in ["train", "validation", "test"] {
-            let body = std::fs::read_to_string(root.join(v).join(format!("{s}.jsonl"))).unwrap();
-            if body
-                .lines()
-                .any(|l| serde_json::from_str::<Value>(l).unwrap()["task_id"] == id)
-            {
-                return s.into();
-            }
-        }
-        panic!("task {id} in no split of {v}");
+    let split_of = |v: &str, id: &str| -> &'static str {
+        version_lines(dir.path(), v)
+            .into_iter()
+            .find(|(_, l)| l["task_id"] == id)
+            .unwrap_or_else(|| panic!("task {id} in no split of {v}"))
+            .0
     };
     for id in ["1", "2", "50", "160"] {
         assert_eq!(split_of(&v160, id), split_of(&v161, id), "task {id}");
@@ -801,17 +816,11 @@ async fn bad_annotation_input_is_refused_or_reported_and_loses_nothing() {
         .unwrap();
     assert_eq!(r.status(), 201);
     let p = project(&app, 9).await;
-    let v = p["dataset_versions"][0]["path"].as_str().unwrap();
-    let root = dir.path().join("data").join(v);
-    let all: String = ["train", "validation", "test"]
-        .iter()
-        .map(|s| std::fs::read_to_string(root.join(format!("{s}.jsonl"))).unwrap())
-        .collect();
-    let line: Value = all
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .find(|l| l["task_id"] == "60")
-        .unwrap();
+    let root = dir
+        .path()
+        .join("data")
+        .join(p["dataset_versions"][0]["path"].as_str().unwrap());
+    let line = newest_line(dir.path(), &p, "60").unwrap();
     assert_eq!(line["tokens"], json!(["cor", "de", "pedra"]));
     let labels: Value =
         serde_json::from_str(&std::fs::read_to_string(root.join("labels.json")).unwrap()).unwrap();
@@ -880,26 +889,7 @@ async fn recorded_label_studio_payloads_replay() {
     assert!(r["result"]["issues"].as_array().unwrap().is_empty(), "{r}");
     let task = created["task"]["id"].as_u64().unwrap();
     let task_s = task.to_string();
-    let version_dir = |p: &Value| {
-        dir.path()
-            .join("data")
-            .join(p["dataset_versions"][0]["path"].as_str().unwrap())
-    };
-    let find = |p: &Value| -> Value {
-        let root = version_dir(p);
-        ["train", "validation", "test"]
-            .iter()
-            .flat_map(|s| {
-                std::fs::read_to_string(root.join(format!("{s}.jsonl")))
-                    .unwrap()
-                    .lines()
-                    .map(String::from)
-                    .collect::<Vec<_>>()
-            })
-            .map(|l| serde_json::from_str::<Value>(&l).unwrap())
-            .find(|l| l["task_id"].as_str() == Some(task_s.as_str()))
-            .unwrap_or(Value::Null)
-    };
+    let find = |p: &Value| newest_line(dir.path(), p, &task_s).unwrap_or(Value::Null);
     let p = project(&app, 1).await;
     let line = find(&p);
     // "Aquella notícia li va trencar el cor." with "trencar" (22..29) annotated.
