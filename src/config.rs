@@ -2,6 +2,7 @@
 //! [`Settings`] the server is wired from. Raw flags stay separate from settings: paths are
 //! canonicalised, contradictions refused and defaults resolved once, here.
 
+use crate::jobs::worker::{WorkerOptions, default_name};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -34,7 +35,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service: job API, worker and /detect.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Run a training worker only (no HTTP API): claims jobs from the shared database
+    /// (PostgreSQL for several machines), one at a time on its device.
+    Worker(WorkerArgs),
     /// Run one training job from a JSON spec (the notebook's pipeline) and print its report.
     Train(TrainArgs),
     /// Run a study (models × configurations × seeds) from a JSON spec, as POST /v1/studies,
@@ -83,13 +87,18 @@ pub struct ServeArgs {
     /// --insecure-no-auth).
     #[arg(long, env = "METAFORA_BIND", default_value = "127.0.0.1:8080")]
     pub bind: SocketAddr,
-    /// SQLite database URL (created if missing).
+    /// Database URL: `sqlite://FILE` (created if missing; one machine) or
+    /// `postgres://USER:PASSWORD@HOST/DB` (any number of API and worker processes).
     #[arg(
         long,
         env = "METAFORA_DATABASE_URL",
         default_value = "sqlite://metafora.db"
     )]
     pub database_url: String,
+    /// Seconds to keep retrying (with backoff) a PostgreSQL server that does not answer at
+    /// start before giving up.
+    #[arg(long, env = "METAFORA_DATABASE_WAIT", default_value_t = 60)]
+    pub database_wait: u64,
     /// Directory for job artifacts and uploaded datasets.
     #[arg(long, env = "METAFORA_DATA_DIR", default_value = "./metafora-data")]
     pub data_dir: PathBuf,
@@ -178,6 +187,27 @@ pub struct ServeArgs {
     /// Do not start the training worker (API and /detect only).
     #[arg(long, env = "METAFORA_NO_WORKER")]
     pub no_worker: bool,
+    /// Where job artifacts and uploaded datasets are shared between machines: `file:///path`
+    /// or `s3://bucket/prefix` (endpoint, region and credentials from the `AWS_*` variables:
+    /// `AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_ALLOW_HTTP`). Unset: the data dir only (one machine).
+    #[arg(long, env = "METAFORA_ARTIFACTS")]
+    pub artifacts: Option<String>,
+    /// This process's worker name (default: the host name). Unique among live workers: a
+    /// worker restarted under its name takes back its running job at once.
+    #[arg(long, env = "METAFORA_WORKER_NAME")]
+    pub worker_name: Option<String>,
+    /// Seconds a running job's lease lasts without renewal (renewed every fifth of it); a
+    /// worker silent that long loses the job to another worker, which resumes it from its last
+    /// checkpoint.
+    #[arg(long, env = "METAFORA_LEASE_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_seconds: u64,
+    /// Times a job may lose its worker (crash, kill, lost lease) before it is marked
+    /// `interrupted` instead of resumed.
+    #[arg(long, env = "METAFORA_MAX_CRASHES", default_value_t = 3,
+          value_parser = clap::value_parser!(i64).range(1..=1000))]
+    pub max_crashes: i64,
 }
 
 impl Default for ServeArgs {
@@ -188,6 +218,70 @@ impl Default for ServeArgs {
             .try_get_matches_from(Vec::<String>::new())
             .expect("serve flags have defaults: this is a bug");
         ServeArgs::from_arg_matches(&matches).expect("serve flags parse: this is a bug")
+    }
+}
+
+/// `metafora worker`
+#[derive(Debug, Args, Clone)]
+pub struct WorkerArgs {
+    /// Database URL shared with the API processes (`postgres://…`; `sqlite://FILE` on one
+    /// machine).
+    #[arg(
+        long,
+        env = "METAFORA_DATABASE_URL",
+        default_value = "sqlite://metafora.db"
+    )]
+    pub database_url: String,
+    /// Seconds to keep retrying (with backoff) a database that does not answer at start.
+    #[arg(long, env = "METAFORA_DATABASE_WAIT", default_value_t = 60)]
+    pub database_wait: u64,
+    /// Local directory for job files (a cache of the artifact store when --artifacts is set).
+    #[arg(long, env = "METAFORA_DATA_DIR", default_value = "./metafora-data")]
+    pub data_dir: PathBuf,
+    /// Where job artifacts and uploaded datasets are shared between machines: `file:///path`
+    /// or `s3://bucket/prefix` (endpoint, region and credentials from the `AWS_*` variables).
+    /// Unset: the data dir only (one machine).
+    #[arg(long, env = "METAFORA_ARTIFACTS")]
+    pub artifacts: Option<String>,
+    /// Compute device: auto, cpu, cuda, cuda:N. Jobs that require another kind are left to
+    /// other workers.
+    #[arg(long, env = "METAFORA_DEVICE", default_value = "auto")]
+    pub device: DeviceSpec,
+    /// This worker's name (default: the host name); unique among live workers.
+    #[arg(long, env = "METAFORA_WORKER_NAME")]
+    pub worker_name: Option<String>,
+    /// Seconds a running job's lease lasts without renewal.
+    #[arg(long, env = "METAFORA_LEASE_SECONDS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_seconds: u64,
+    /// Times a job may lose its worker before it is marked `interrupted`.
+    #[arg(long, env = "METAFORA_MAX_CRASHES", default_value_t = 3,
+          value_parser = clap::value_parser!(i64).range(1..=1000))]
+    pub max_crashes: i64,
+    /// Directory local model and dataset paths in job specs may point into (repeatable).
+    #[arg(
+        long = "allow-path",
+        env = "METAFORA_ALLOW_PATHS",
+        value_delimiter = ','
+    )]
+    pub allow_paths: Vec<PathBuf>,
+}
+
+impl WorkerArgs {
+    /// The serve flags of a worker-only process.
+    pub fn into_serve(self) -> ServeArgs {
+        ServeArgs {
+            database_url: self.database_url,
+            database_wait: self.database_wait,
+            data_dir: self.data_dir,
+            artifacts: self.artifacts,
+            device: self.device,
+            worker_name: self.worker_name,
+            lease_seconds: self.lease_seconds,
+            max_crashes: self.max_crashes,
+            allow_paths: self.allow_paths,
+            ..ServeArgs::default()
+        }
     }
 }
 
@@ -220,6 +314,7 @@ pub struct Limits {
 pub struct Settings {
     pub bind: SocketAddr,
     pub database_url: String,
+    pub database_wait: Duration,
     /// Canonical, created.
     pub data_dir: PathBuf,
     pub assets_dir: PathBuf,
@@ -235,6 +330,10 @@ pub struct Settings {
     pub detector: DetectorOptions,
     pub labelstudio_train_spec: Option<PathBuf>,
     pub worker: bool,
+    /// Serve the HTTP API (false for `metafora worker`).
+    pub api: bool,
+    pub artifacts: Option<String>,
+    pub worker_options: WorkerOptions,
     /// Hub access, from the standard `HF_*` variables (tests put a stand-in here).
     pub hub: HubConfig,
 }
@@ -296,6 +395,7 @@ impl Settings {
         Ok(Settings {
             bind: args.bind,
             database_url: args.database_url,
+            database_wait: Duration::from_secs(args.database_wait),
             data_dir,
             assets_dir: assets_dir.to_path_buf(),
             device,
@@ -327,6 +427,19 @@ impl Settings {
             },
             labelstudio_train_spec: args.labelstudio_train_spec,
             worker: !args.no_worker,
+            api: true,
+            artifacts: args.artifacts,
+            worker_options: WorkerOptions {
+                name: match args.worker_name.as_deref().map(str::trim) {
+                    Some(n) if n.is_empty() || n.len() > 100 || n.chars().any(char::is_control) => {
+                        bail!("--worker-name must be 1-100 printable characters")
+                    }
+                    Some(n) => n.to_string(),
+                    None => default_name(),
+                },
+                lease: Duration::from_secs(args.lease_seconds),
+                max_crashes: args.max_crashes,
+            },
             hub: HubConfig::from_env(),
         })
     }

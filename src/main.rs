@@ -15,8 +15,14 @@ fn main() -> std::process::ExitCode {
     let assets = metafora::config::assets_dir(cli.assets_dir.as_deref());
     let result = match cli.command {
         Command::Serve(args) => {
-            metafora::config::Settings::from_args(args, &assets).and_then(metafora::serve)
+            metafora::config::Settings::from_args(*args, &assets).and_then(metafora::serve)
         }
+        Command::Worker(args) => metafora::config::Settings::from_args(args.into_serve(), &assets)
+            .and_then(|mut s| {
+                s.api = false;
+                s.worker = true;
+                metafora::serve(s)
+            }),
         Command::Train(args) => metafora::cli::train(args, &assets),
         Command::Study(args) => metafora::cli::study::run(args),
         Command::Eval(args) => metafora::cli::eval(args),

@@ -15,7 +15,7 @@ use crate::hub::HubClient;
 use crate::infer::Registry;
 use crate::jobs::resolve::ResolveContext;
 use crate::jobs::spec::JobSpec;
-use crate::jobs::worker::{MAX_CRASHES, Worker};
+use crate::jobs::worker::Worker;
 use crate::jobs::{JobStatus, Shared};
 use crate::store;
 
@@ -45,19 +45,13 @@ impl Running {
 /// Starts everything and returns once the listener is bound.
 pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     tracing::info!(device = %settings.device, "compute backend");
-    let pool = store::connect(&settings.database_url)
+    let pool = store::connect(&settings.database_url, settings.database_wait)
         .await
-        .with_context(|| format!("opening {}", settings.database_url))?;
-    let (requeued, gave_up) = store::jobs::recover_orphans(&pool, MAX_CRASHES).await?;
-    if !requeued.is_empty() || !gave_up.is_empty() {
-        tracing::warn!(
-            ?requeued,
-            ?gave_up,
-            "recovered jobs left running by an earlier process"
-        );
-    }
+        .with_context(|| format!("opening {}", store::redact_url(&settings.database_url)))?;
     let registry = Arc::new(Registry::new(settings.device, settings.detector.clone()));
-    deploy_default(&registry, &settings).await?;
+    if settings.api {
+        deploy_default(&registry, &settings).await?;
+    }
     let labelstudio_train_spec = match &settings.labelstudio_train_spec {
         Some(p) => {
             let bytes = std::fs::read(p).with_context(|| format!("reading {}", p.display()))?;
@@ -65,7 +59,18 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         }
         None => None,
     };
-    let shared = Arc::new(Shared::new(
+    let artifacts = match &settings.artifacts {
+        Some(url) => {
+            let a = crate::store::artifacts::Artifacts::open(url)?;
+            a.check()
+                .await
+                .with_context(|| format!("--artifacts {url}: the store does not answer"))?;
+            tracing::info!(artifacts = %url, "artifact store");
+            Some(Arc::new(a))
+        }
+        None => None,
+    };
+    let mut shared = Shared::new(
         pool,
         ResolveContext {
             allowed_roots: Some(settings.allowed_roots.clone()),
@@ -76,7 +81,50 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         settings.device,
         settings.data_dir.clone(),
         registry,
-    ));
+    );
+    shared.artifacts = artifacts;
+    let shared = Arc::new(shared);
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let worker = Worker::with_options(
+        shared.clone(),
+        shutdown_rx.clone(),
+        settings.worker_options.clone(),
+    );
+    // Jobs whose worker died: a worker takes back those of its own name at once (its earlier
+    // process is dead); any process requeues those whose lease ran out.
+    let (requeued, gave_up) = if settings.worker {
+        worker.register().await?.clone()
+    } else {
+        store::workers::sweep(&shared.pool, settings.worker_options.max_crashes, None).await?
+    };
+    if !requeued.is_empty() || !gave_up.is_empty() {
+        tracing::warn!(
+            ?requeued,
+            ?gave_up,
+            "recovered jobs left running by an earlier process"
+        );
+    }
+    if !settings.api {
+        // `metafora worker`: no API, no models served; the worker only.
+        let worker_task = Some(tokio::spawn(worker.run()));
+        let server = tokio::spawn(async move {
+            let mut rx = shutdown_rx;
+            while !*rx.borrow() {
+                if rx.changed().await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        return Ok(Running {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            shared,
+            shutdown: shutdown_tx,
+            worker: None,
+            server,
+            worker_task,
+        });
+    }
     redeploy_jobs(&shared).await;
     crate::jobs::study::lifecycle::recover(&shared)
         .await
@@ -87,7 +135,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     crate::jobs::projects::recover(&shared, settings.limits.max_queued_jobs)
         .await
         .context("settling project retrainings")?;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let restarted = crate::jobs::predictions::recover(&shared, shutdown_rx.clone())
         .await
         .context("restarting prediction runs")?;
@@ -97,6 +144,13 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
             "restarted bulk prediction runs left unfinished"
         );
     }
+
+    // Deployments made by other processes (a worker's deploy_as, another API node) are served
+    // here too.
+    tokio::spawn(crate::jobs::models::follow(
+        shared.clone(),
+        shutdown_rx.clone(),
+    ));
 
     let limits = &settings.limits;
     let state = AppState {
@@ -129,7 +183,6 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
         limits.header_read_timeout,
         shutdown_rx.clone(),
     ));
-    let worker = Worker::new(shared.clone(), shutdown_rx);
     let (worker, worker_task) = if settings.worker {
         (None, Some(tokio::spawn(worker.run())))
     } else {

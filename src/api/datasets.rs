@@ -353,6 +353,12 @@ pub async fn upload_dataset(
             return Err(e.into());
         }
     };
+    // Workers on other machines read it from the artifact store.
+    state.shared.push_dir(&dir, &[]).await.map_err(|e| {
+        ApiError::Unavailable(format!(
+            "dataset stored here but not in the artifact store: {e}"
+        ))
+    })?;
     Ok((StatusCode::CREATED, Json(DatasetResponse::try_from(row)?)).into_response())
 }
 

@@ -163,7 +163,7 @@ impl From<crate::jobs::models::ModelsError> for ApiError {
             M::Detect(d) => d.into(),
             M::Store(s) => s.into(),
             M::NotDeployed(n) => ApiError::NotFound(format!("model {n:?}")),
-            M::NoPrevious(m) => ApiError::Conflict(m),
+            M::NoPrevious(m) | M::Mismatch(m) => ApiError::Conflict(m),
         }
     }
 }

@@ -5,11 +5,11 @@
 
 use std::convert::Infallible;
 
+use crate::store::Pool;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use sqlx::SqlitePool;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -42,7 +42,7 @@ enum Live {
 type Item = (i64, String, String);
 
 impl Feed {
-    async fn since(&self, pool: &SqlitePool, after: i64) -> Result<Vec<Item>, StoreError> {
+    async fn since(&self, pool: &Pool, after: i64) -> Result<Vec<Item>, StoreError> {
         Ok(match self {
             Feed::Job(id) => store::events::since(pool, id, after)
                 .await?
@@ -58,7 +58,7 @@ impl Feed {
     }
 
     /// Whether the job or study has ended (its final event may be older than Last-Event-ID).
-    async fn ended(&self, pool: &SqlitePool) -> bool {
+    async fn ended(&self, pool: &Pool) -> bool {
         match self {
             Feed::Job(id) => {
                 matches!(store::jobs::get(pool, id).await, Ok(Some(j)) if j.status.is_finished())
@@ -108,6 +108,7 @@ fn stream(
     after: i64,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>> + use<>> {
     let pool = state.shared.pool.clone();
+    let poll_every = state.shared.event_poll;
     let mut shutdown = state.shutdown.clone();
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     tokio::spawn(async move {
@@ -131,8 +132,21 @@ fn stream(
         if feed.ended(&pool).await {
             return;
         }
+        // Events written by other processes (workers on other machines) reach this one through
+        // the store: poll it as well as the in-process broadcast.
+        let mut poll = tokio::time::interval(poll_every);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = poll.tick() => {
+                    let Ok(missed) = feed.since(&pool, last).await else { continue };
+                    for ev in missed {
+                        last = ev.0;
+                        if send(&tx, ev).await {
+                            return;
+                        }
+                    }
+                }
                 r = live.next(&feed) => match r {
                     Ok(ev) if ev.0 > last => {
                         last = ev.0;

@@ -261,7 +261,12 @@ pub async fn get_report(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let job = load(&state, &id).await?;
-    let path = std::path::Path::new(&job.output_dir).join("report.json");
+    let dir = state.shared.localize(&job.output_dir);
+    if !dir.join("report.json").is_file() {
+        // Written by a worker on another machine.
+        let _ = state.shared.pull_dir(&dir).await;
+    }
+    let path = dir.join("report.json");
     let text = match tokio::fs::read_to_string(&path).await {
         Ok(t) => t,
         Err(_) => {

@@ -150,6 +150,7 @@ pub fn router(state: AppState) -> Router {
         .route("/labelstudio/predict", post(labelstudio::predict))
         .route("/labelstudio/webhook", post(labelstudio::webhook))
         .route("/metrics", get(system::metrics))
+        .route("/v1/workers", get(system::workers))
         .route("/openapi.yaml", get(system::openapi))
         .fallback(|| async { ApiError::NotFound("route".into()) })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed });

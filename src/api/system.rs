@@ -73,6 +73,70 @@ struct StatusLabel {
     status: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WorkerLabel {
+    name: String,
+    device: String,
+}
+
+/// Workers seen within this long are listed by `/v1/workers` and `/metrics`.
+const WORKERS_WINDOW_MS: i64 = 24 * 3600 * 1000;
+
+/// A worker as `/v1/workers` shows it.
+#[derive(Debug, serde::Serialize)]
+pub struct WorkerView {
+    pub id: String,
+    pub name: String,
+    pub device: String,
+    pub device_kind: String,
+    pub host: String,
+    pub pid: i64,
+    /// `alive` (heartbeat within the last 30 s), `stopped` (stopped cleanly) or `lost`.
+    pub state: &'static str,
+    pub current_job: Option<String>,
+    pub started_at: String,
+    pub last_heartbeat: String,
+    pub seconds_since_heartbeat: f64,
+    pub stopped_at: Option<String>,
+}
+
+async fn worker_views(state: &AppState) -> Result<Vec<WorkerView>, ApiError> {
+    let now = store::workers::now_ms();
+    let rows = store::workers::list(&state.shared.pool, now - WORKERS_WINDOW_MS).await?;
+    Ok(rows
+        .into_iter()
+        .map(|w| {
+            let age = (now - w.heartbeat_ms).max(0) as f64 / 1000.0;
+            WorkerView {
+                state: if w.stopped_at.is_some() {
+                    "stopped"
+                } else if age <= 30.0 {
+                    "alive"
+                } else {
+                    "lost"
+                },
+                id: w.id,
+                name: w.name,
+                device: w.device,
+                device_kind: w.device_kind,
+                host: w.host,
+                pid: w.pid,
+                current_job: w.current_job,
+                started_at: w.started_at,
+                last_heartbeat: w.heartbeat_at,
+                seconds_since_heartbeat: age,
+                stopped_at: w.stopped_at,
+            }
+        })
+        .collect())
+}
+
+/// GET /v1/workers: worker processes seen in the last 24 hours, newest heartbeat first.
+pub async fn workers(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let workers = worker_views(&state).await?;
+    Ok(Json(serde_json::json!({ "workers": workers })))
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
 struct ModelVersionLabel {
     model: String,
@@ -233,6 +297,31 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         "metafora_queue_depth",
         "Jobs waiting to run",
         ConstGauge::new(queued),
+    );
+    let heartbeat_age = Family::<WorkerLabel, Gauge<f64, AtomicU64>>::default();
+    let busy = Family::<WorkerLabel, Gauge>::default();
+    for w in worker_views(&state).await? {
+        if w.state != "alive" {
+            continue;
+        }
+        let l = WorkerLabel {
+            name: w.name.clone(),
+            device: w.device.clone(),
+        };
+        heartbeat_age
+            .get_or_create(&l)
+            .set(w.seconds_since_heartbeat);
+        busy.get_or_create(&l).set(w.current_job.is_some() as i64);
+    }
+    reg.register(
+        "metafora_worker_heartbeat_age_seconds",
+        "Seconds since each live worker's last heartbeat",
+        heartbeat_age,
+    );
+    reg.register(
+        "metafora_worker_busy",
+        "1 when a live worker is running a job",
+        busy,
     );
     let t = &state.shared.telemetry;
     reg.register(

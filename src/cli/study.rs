@@ -17,7 +17,7 @@ use crate::jobs::resolve::ResolveContext;
 use crate::jobs::study::StudySpec;
 use crate::jobs::study::lifecycle;
 use crate::jobs::study::summary::StudyView;
-use crate::jobs::worker::{MAX_CRASHES, Outcome, Worker};
+use crate::jobs::worker::{Outcome, Worker};
 use crate::model::backend::Resolved;
 use crate::store;
 
@@ -35,8 +35,11 @@ async fn run_async(args: StudyArgs, bytes: Vec<u8>, device: Resolved) -> anyhow:
     let out = &args.output_dir;
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let out = out.canonicalize()?;
-    let pool = store::connect(&format!("sqlite://{}", out.join("study.db").display())).await?;
-    store::jobs::recover_orphans(&pool, MAX_CRASHES).await?;
+    let pool = store::connect(
+        &format!("sqlite://{}", out.join("study.db").display()),
+        std::time::Duration::ZERO,
+    )
+    .await?;
     let shared = Arc::new(Shared::new(
         pool.clone(),
         ResolveContext {
@@ -83,9 +86,12 @@ async fn run_async(args: StudyArgs, bytes: Vec<u8>, device: Resolved) -> anyhow:
             row.id
         }
     };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Takes back the trial a killed earlier run of this command left running.
+    let worker = Worker::new(shared.clone(), stop_rx.clone());
+    worker.register().await?;
     lifecycle::recover(&shared).await?;
     let display = tokio::spawn(progress(shared.clone(), id.clone(), trials.len()));
-    let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
             eprintln!(
@@ -94,7 +100,6 @@ async fn run_async(args: StudyArgs, bytes: Vec<u8>, device: Resolved) -> anyhow:
             let _ = stop_tx.send(true);
         }
     });
-    let worker = Worker::new(shared.clone(), stop_rx.clone());
     while let Outcome::Ran { .. } = worker.try_run_next().await? {
         if *stop_rx.borrow() {
             break;

@@ -81,7 +81,7 @@ pub struct TrainTelemetry {
 
 /// State shared by the worker and the API.
 pub struct Shared {
-    pub pool: sqlx::SqlitePool,
+    pub pool: crate::store::Pool,
     pub ctx: ResolveContext,
     pub device: Resolved,
     pub data_dir: PathBuf,
@@ -98,18 +98,26 @@ pub struct Shared {
     pub annotation_writes: tokio::sync::Mutex<()>,
     /// Serialises deployments: the model served and the one recorded as active stay the same.
     pub deployments: tokio::sync::Mutex<()>,
+    /// How often SSE streams read the store for events other processes wrote.
+    pub event_poll: std::time::Duration,
+    /// The artifact store shared by all machines (`--artifacts`); `None`: the data dir only.
+    pub artifacts: Option<Arc<store::artifacts::Artifacts>>,
 }
 
 impl Shared {
     /// State over an open store, for the server and for local runs (`metafora study`).
     pub fn new(
-        pool: sqlx::SqlitePool,
+        pool: crate::store::Pool,
         ctx: ResolveContext,
         device: Resolved,
         data_dir: PathBuf,
         registry: Arc<Registry>,
     ) -> Self {
         Shared {
+            event_poll: match store::engine(&pool) {
+                store::Engine::Postgres => std::time::Duration::from_millis(250),
+                store::Engine::Sqlite => std::time::Duration::from_secs(1),
+            },
             pool,
             ctx,
             device,
@@ -122,6 +130,7 @@ impl Shared {
             telemetry: Default::default(),
             annotation_writes: tokio::sync::Mutex::new(()),
             deployments: tokio::sync::Mutex::new(()),
+            artifacts: None,
         }
     }
 
@@ -152,6 +161,75 @@ impl Shared {
             kind: kind.into(),
             data,
         });
+        Ok(())
+    }
+
+    /// A path another machine recorded (under its own data dir) as a path under this one's:
+    /// every machine keeps `jobs/`, `datasets/` and `projects/` under its data dir.
+    pub fn localize(&self, recorded: &str) -> PathBuf {
+        let p = std::path::Path::new(recorded);
+        if p.starts_with(&self.data_dir) || !p.is_absolute() {
+            return if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                self.data_dir.join(p)
+            };
+        }
+        let parts: Vec<_> = p.components().collect();
+        for (i, c) in parts.iter().enumerate().rev() {
+            let name = c.as_os_str();
+            if (name == "jobs" || name == "datasets" || name == "projects") && i + 1 < parts.len() {
+                let rest: PathBuf = parts[i..].iter().collect();
+                return self.data_dir.join(rest);
+            }
+        }
+        p.to_path_buf()
+    }
+
+    /// `dir` relative to the data dir ('/'-separated), if it is under it.
+    fn rel(&self, dir: &std::path::Path) -> Option<String> {
+        let r = dir.strip_prefix(&self.data_dir).ok()?;
+        let parts: Vec<String> = r
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect();
+        (!parts.is_empty() && parts.iter().all(|p| p != "..")).then(|| parts.join("/"))
+    }
+
+    /// Mirrors a directory under the data dir to the artifact store (nothing without one);
+    /// `always`: file names uploaded even when their size did not change.
+    pub async fn push_dir(
+        &self,
+        dir: &std::path::Path,
+        always: &[&str],
+    ) -> Result<(), store::artifacts::ArtifactError> {
+        let (Some(a), Some(rel)) = (&self.artifacts, self.rel(dir)) else {
+            return Ok(());
+        };
+        let t = std::time::Instant::now();
+        let moved = a.push_dir(dir, &rel, always).await?;
+        if moved.files + moved.deleted > 0 {
+            tracing::info!(dir = %rel, files = moved.files, bytes = moved.bytes,
+                deleted = moved.deleted, seconds = t.elapsed().as_secs_f64(), "artifacts pushed");
+        }
+        Ok(())
+    }
+
+    /// Fetches what the artifact store has under a directory of the data dir and this machine
+    /// lacks (nothing without a store).
+    pub async fn pull_dir(
+        &self,
+        dir: &std::path::Path,
+    ) -> Result<(), store::artifacts::ArtifactError> {
+        let (Some(a), Some(rel)) = (&self.artifacts, self.rel(dir)) else {
+            return Ok(());
+        };
+        let t = std::time::Instant::now();
+        let moved = a.pull_dir(&rel, dir).await?;
+        if moved.files > 0 {
+            tracing::info!(dir = %rel, files = moved.files, bytes = moved.bytes,
+                seconds = t.elapsed().as_secs_f64(), "artifacts pulled");
+        }
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! directory and job, who deployed it), the active one per name is served and restored at
 //! start, and a name can be rolled back to the version before.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::infer::{DetectError, ModelInfo};
 use crate::store::deployments::{self, DeploymentRow};
@@ -21,6 +21,8 @@ pub enum ModelsError {
     NotDeployed(String),
     #[error("{0}")]
     NoPrevious(String),
+    #[error("{0}")]
+    Mismatch(String),
 }
 
 /// Loads `dir`, serves it as `name` and records the deployment (`by`: api, job, study,
@@ -33,6 +35,15 @@ pub async fn deploy(
     by: &str,
 ) -> Result<ModelInfo, ModelsError> {
     let _one_at_a_time = sh.deployments.lock().await;
+    // A job's best model may have been trained on another machine: this machine's copy,
+    // fetched from the artifact store when missing.
+    let local = sh.localize(&dir.display().to_string());
+    if sh.artifacts.is_some() && local.starts_with(&sh.data_dir) {
+        sh.pull_dir(&local)
+            .await
+            .map_err(|e| StoreError::Conflict(format!("fetching the model: {e}")))?;
+    }
+    let dir = local.as_path();
     let info = load(sh, name, dir, job_id).await?;
     deployments::activate_new(
         &sh.pool,
@@ -59,9 +70,73 @@ async fn load(
         .map_err(ModelsError::from)
 }
 
-/// Serves the active deployment of `name` recorded as `row` again.
+/// Serves the active deployment of `name` recorded as `row` again: from this machine's copy,
+/// fetched from the artifact store when missing; a copy whose content hash is not the
+/// recorded version is refused.
 async fn redeploy(sh: &Shared, row: &DeploymentRow) -> Result<ModelInfo, ModelsError> {
-    load(sh, &row.name, &PathBuf::from(&row.path), row.job_id.clone()).await
+    let dir = sh.localize(&row.path);
+    if sh.artifacts.is_some() && dir.starts_with(&sh.data_dir) {
+        sh.pull_dir(&dir)
+            .await
+            .map_err(|e| StoreError::Conflict(format!("fetching model {}: {e}", row.name)))?;
+    }
+    let (r, name, d, job) = (
+        sh.registry.clone(),
+        row.name.clone(),
+        dir.clone(),
+        row.job_id.clone(),
+    );
+    // A copy from the artifact store must be the recorded bytes.
+    let verify = sh.artifacts.is_some().then(|| row.version.clone());
+    tokio::task::spawn_blocking(move || {
+        if let Some(version) = verify {
+            let v = crate::infer::fingerprint(&d);
+            if v != version {
+                return Err(ModelsError::Mismatch(format!(
+                    "model {name:?}: the files' content hash {v} is not the deployed version {version}"
+                )));
+            }
+        }
+        Ok(r.deploy(&name, &d, job)?)
+    })
+    .await
+    .map_err(|e| StoreError::Conflict(format!("deploy task failed: {e}")))?
+}
+
+/// Keeps this process serving what the store says is deployed (other processes deploy,
+/// roll back and remove too): every 5 s, each active deployment whose version is not the one
+/// served is loaded, and names no longer deployed stop being served.
+pub async fn follow(sh: std::sync::Arc<Shared>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {}
+            _ = shutdown.changed() => return,
+        }
+        let Ok(active) = deployments::active(&sh.pool).await else {
+            continue;
+        };
+        let _one_at_a_time = sh.deployments.lock().await;
+        for row in &active {
+            let served = sh.registry.get(&row.name).map(|d| d.info.version.clone());
+            if served.as_deref() == Some(row.version.as_str()) {
+                continue;
+            }
+            match redeploy(&sh, row).await {
+                Ok(info) => tracing::info!(model = %row.name, version = %info.version,
+                    "serving a deployment made elsewhere"),
+                Err(e) => tracing::warn!(model = %row.name, error = %e,
+                    "a deployment made elsewhere could not be loaded here"),
+            }
+        }
+        for name in sh.registry.list().into_iter().map(|i| i.name) {
+            if !active.iter().any(|r| r.name == name)
+                && deployments::known(&sh.pool, &name).await.unwrap_or(false)
+            {
+                sh.registry.remove(&name);
+                tracing::info!(model = %name, "removed elsewhere: no longer served");
+            }
+        }
+    }
 }
 
 /// Stops serving `name`; its history stays.

@@ -309,6 +309,9 @@ async fn write_version(
         .await
         .map_err(|e| ProjectError::Io(e.to_string()))?
         .map_err(|e| ProjectError::Io(format!("writing {}: {e}", dir.display())))?;
+    sh.push_dir(&dir, &[])
+        .await
+        .map_err(|e| ProjectError::Io(format!("artifact store: {e}")))?;
     Ok(pstore::insert_version(
         &sh.pool,
         &p.id,

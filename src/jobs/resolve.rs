@@ -295,5 +295,6 @@ pub fn run_config(
         output_dir: output_dir.to_path_buf(),
         device,
         gate: None,
+        fence: None,
     })
 }

@@ -143,6 +143,17 @@ pub struct JobSpec {
     /// Deploy the best checkpoint under this model name when the job succeeds.
     #[serde(default)]
     pub deploy_as: Option<String>,
+    /// Run only on a worker with this kind of device (`cpu` or `cuda`); any worker when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceKind>,
+}
+
+/// A kind of compute device a job may require.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
 }
 
 /// Names accepted by [`JobSpec::preset`].

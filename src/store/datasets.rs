@@ -1,7 +1,8 @@
 //! `datasets`: uploaded datasets (files under `<data-dir>/datasets/<id>/`).
 
+use super::Pool;
 use serde::Serialize;
-use sqlx::{FromRow, SqlitePool};
+use sqlx::FromRow;
 
 use super::{StoreError, now};
 
@@ -18,7 +19,7 @@ pub struct DatasetRow {
 }
 
 pub async fn insert(
-    pool: &SqlitePool,
+    pool: &Pool,
     id: &str,
     name: &str,
     format: &str,
@@ -27,7 +28,7 @@ pub async fn insert(
     size: i64,
 ) -> Result<DatasetRow, StoreError> {
     Ok(sqlx::query_as::<_, DatasetRow>(
-        "INSERT INTO datasets (id, name, format, labels, stats, size_bytes, created_at) VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING *",
+        "INSERT INTO datasets (id, name, format, labels, stats, size_bytes, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING *",
     )
     .bind(id)
     .bind(name)
@@ -40,7 +41,7 @@ pub async fn insert(
     .await?)
 }
 
-pub async fn list(pool: &SqlitePool) -> Result<Vec<DatasetRow>, StoreError> {
+pub async fn list(pool: &Pool) -> Result<Vec<DatasetRow>, StoreError> {
     Ok(
         sqlx::query_as::<_, DatasetRow>("SELECT * FROM datasets ORDER BY created_at DESC, id")
             .fetch_all(pool)
@@ -48,9 +49,9 @@ pub async fn list(pool: &SqlitePool) -> Result<Vec<DatasetRow>, StoreError> {
     )
 }
 
-pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<DatasetRow>, StoreError> {
+pub async fn get(pool: &Pool, id: &str) -> Result<Option<DatasetRow>, StoreError> {
     Ok(
-        sqlx::query_as::<_, DatasetRow>("SELECT * FROM datasets WHERE id = ?")
+        sqlx::query_as::<_, DatasetRow>("SELECT * FROM datasets WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
             .await?,

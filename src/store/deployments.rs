@@ -1,7 +1,8 @@
 //! `deployments`: every deployment of a model name; one active row per name is served.
 
+use super::Pool;
 use serde::Serialize;
-use sqlx::{FromRow, SqlitePool};
+use sqlx::FromRow;
 
 use super::{StoreError, begin_immediate, commit, now};
 
@@ -20,7 +21,7 @@ pub struct DeploymentRow {
 
 /// Records a deployment of `name` and makes it the active one.
 pub async fn activate_new(
-    pool: &SqlitePool,
+    pool: &Pool,
     name: &str,
     version: &str,
     path: &str,
@@ -28,12 +29,12 @@ pub async fn activate_new(
     by: &str,
 ) -> Result<DeploymentRow, StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    sqlx::query("UPDATE deployments SET active = 0 WHERE name = ?")
+    sqlx::query("UPDATE deployments SET active = 0 WHERE name = $1")
         .bind(name)
         .execute(&mut *conn)
         .await?;
     let row = sqlx::query_as::<_, DeploymentRow>(
-        "INSERT INTO deployments (name, version, path, job_id, deployed_by, active, created_at) VALUES (?, ?, ?, ?, ?, 1, ?) RETURNING *",
+        "INSERT INTO deployments (name, version, path, job_id, deployed_by, active, created_at) VALUES ($1, $2, $3, $4, $5, 1, $6) RETURNING *",
     )
     .bind(name)
     .bind(version)
@@ -48,9 +49,9 @@ pub async fn activate_new(
 }
 
 /// Makes deployment `seq` the active one of its name.
-pub async fn activate(pool: &SqlitePool, name: &str, seq: i64) -> Result<(), StoreError> {
+pub async fn activate(pool: &Pool, name: &str, seq: i64) -> Result<(), StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    sqlx::query("UPDATE deployments SET active = (seq = ?) WHERE name = ?")
+    sqlx::query("UPDATE deployments SET active = (seq = $1) WHERE name = $2")
         .bind(seq)
         .bind(name)
         .execute(&mut *conn)
@@ -59,9 +60,9 @@ pub async fn activate(pool: &SqlitePool, name: &str, seq: i64) -> Result<(), Sto
 }
 
 /// No version of `name` is served any more (the history stays).
-pub async fn deactivate(pool: &SqlitePool, name: &str) -> Result<u64, StoreError> {
+pub async fn deactivate(pool: &Pool, name: &str) -> Result<u64, StoreError> {
     Ok(
-        sqlx::query("UPDATE deployments SET active = 0 WHERE name = ? AND active = 1")
+        sqlx::query("UPDATE deployments SET active = 0 WHERE name = $1 AND active = 1")
             .bind(name)
             .execute(pool)
             .await?
@@ -70,7 +71,7 @@ pub async fn deactivate(pool: &SqlitePool, name: &str) -> Result<u64, StoreError
 }
 
 /// The active deployment of every name.
-pub async fn active(pool: &SqlitePool) -> Result<Vec<DeploymentRow>, StoreError> {
+pub async fn active(pool: &Pool) -> Result<Vec<DeploymentRow>, StoreError> {
     Ok(sqlx::query_as::<_, DeploymentRow>(
         "SELECT * FROM deployments WHERE active = 1 ORDER BY seq",
     )
@@ -79,9 +80,9 @@ pub async fn active(pool: &SqlitePool) -> Result<Vec<DeploymentRow>, StoreError>
 }
 
 /// The active deployment of `name`.
-pub async fn active_of(pool: &SqlitePool, name: &str) -> Result<Option<DeploymentRow>, StoreError> {
+pub async fn active_of(pool: &Pool, name: &str) -> Result<Option<DeploymentRow>, StoreError> {
     Ok(sqlx::query_as::<_, DeploymentRow>(
-        "SELECT * FROM deployments WHERE name = ? AND active = 1",
+        "SELECT * FROM deployments WHERE name = $1 AND active = 1",
     )
     .bind(name)
     .fetch_optional(pool)
@@ -89,9 +90,9 @@ pub async fn active_of(pool: &SqlitePool, name: &str) -> Result<Option<Deploymen
 }
 
 /// Every deployment of `name`, newest first.
-pub async fn history(pool: &SqlitePool, name: &str) -> Result<Vec<DeploymentRow>, StoreError> {
+pub async fn history(pool: &Pool, name: &str) -> Result<Vec<DeploymentRow>, StoreError> {
     Ok(sqlx::query_as::<_, DeploymentRow>(
-        "SELECT * FROM deployments WHERE name = ? ORDER BY seq DESC LIMIT 1000",
+        "SELECT * FROM deployments WHERE name = $1 ORDER BY seq DESC LIMIT 1000",
     )
     .bind(name)
     .fetch_all(pool)
@@ -99,8 +100,8 @@ pub async fn history(pool: &SqlitePool, name: &str) -> Result<Vec<DeploymentRow>
 }
 
 /// Whether `name` was ever deployed through the registry.
-pub async fn known(pool: &SqlitePool, name: &str) -> Result<bool, StoreError> {
-    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM deployments WHERE name = ?")
+pub async fn known(pool: &Pool, name: &str) -> Result<bool, StoreError> {
+    let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM deployments WHERE name = $1")
         .bind(name)
         .fetch_one(pool)
         .await?;

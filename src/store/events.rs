@@ -1,7 +1,8 @@
 //! `events`: the job's history, replayed to SSE listeners.
 
+use super::Pool;
 use serde::Serialize;
-use sqlx::{FromRow, SqlitePool};
+use sqlx::FromRow;
 
 use super::{StoreError, now};
 
@@ -17,13 +18,13 @@ pub struct EventRow {
 
 /// Appends an event; returns its id.
 pub async fn insert(
-    pool: &SqlitePool,
+    pool: &Pool,
     job_id: &str,
     kind: &str,
     data: &str,
 ) -> Result<EventRow, StoreError> {
     Ok(sqlx::query_as::<_, EventRow>(
-        "INSERT INTO events (job_id, kind, data, created_at) VALUES (?, ?, ?, ?) RETURNING *",
+        "INSERT INTO events (job_id, kind, data, created_at) VALUES ($1, $2, $3, $4) RETURNING *",
     )
     .bind(job_id)
     .bind(kind)
@@ -35,10 +36,10 @@ pub async fn insert(
 
 /// The kinds of event stored for a job.
 pub async fn kinds(
-    pool: &SqlitePool,
+    pool: &Pool,
     job_id: &str,
 ) -> Result<std::collections::HashSet<String>, StoreError> {
-    let rows: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT kind FROM events WHERE job_id = ?")
+    let rows: Vec<(String,)> = sqlx::query_as("SELECT DISTINCT kind FROM events WHERE job_id = $1")
         .bind(job_id)
         .fetch_all(pool)
         .await?;
@@ -46,13 +47,9 @@ pub async fn kinds(
 }
 
 /// Events of a job after `after` (exclusive), oldest first.
-pub async fn since(
-    pool: &SqlitePool,
-    job_id: &str,
-    after: i64,
-) -> Result<Vec<EventRow>, StoreError> {
+pub async fn since(pool: &Pool, job_id: &str, after: i64) -> Result<Vec<EventRow>, StoreError> {
     Ok(sqlx::query_as::<_, EventRow>(
-        "SELECT * FROM events WHERE job_id = ? AND id > ? ORDER BY id",
+        "SELECT * FROM events WHERE job_id = $1 AND id > $2 ORDER BY id",
     )
     .bind(job_id)
     .bind(after)

@@ -1,14 +1,14 @@
 //! The `jobs` table, which is also the queue.
 
+use super::Pool;
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::FromRow;
 
 use super::{StoreError, begin_immediate, commit, now, rollback};
 
 /// A job's status (the `status` column and its CHECK constraint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum JobStatus {
     Queued,
     Running,
@@ -66,15 +66,17 @@ impl std::str::FromStr for JobStatus {
 }
 
 /// State of a job's Hub push (the `push_status` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum PushStatus {
     None,
     Pending,
     Pushed,
     Failed,
 }
+
+super::text_enum!(JobStatus);
+super::text_enum!(PushStatus);
 
 /// One row of `jobs`.
 #[derive(Debug, Clone, FromRow, Serialize)]
@@ -113,9 +115,18 @@ pub struct JobRow {
     pub pruned: i64,
 }
 
+/// The device kind a spec requires (its `device` field), for the claim's filter.
+pub fn required_device(spec: &str) -> Option<String> {
+    serde_json::from_str::<serde_json::Value>(spec)
+        .ok()?
+        .get("device")?
+        .as_str()
+        .map(str::to_string)
+}
+
 /// Entries waiting in the queue: queued jobs outside studies, plus studies not yet ended (a
 /// study counts once, whatever its number of trials).
-pub async fn queue_entries(conn: &mut sqlx::SqliteConnection) -> Result<i64, StoreError> {
+pub async fn queue_entries(conn: &mut sqlx::AnyConnection) -> Result<i64, StoreError> {
     let (n,): (i64,) = sqlx::query_as(
         "SELECT (SELECT COUNT(*) FROM jobs WHERE status = 'queued' AND study_id IS NULL)
               + (SELECT COUNT(*) FROM studies WHERE status IN ('queued', 'running'))",
@@ -127,7 +138,7 @@ pub async fn queue_entries(conn: &mut sqlx::SqliteConnection) -> Result<i64, Sto
 
 /// Inserts a queued job unless `max_queued` entries are already waiting.
 pub async fn insert(
-    pool: &SqlitePool,
+    pool: &Pool,
     id: &str,
     spec: &str,
     output_dir: &str,
@@ -142,7 +153,7 @@ pub async fn insert(
     }
     let t = now();
     let row = sqlx::query_as::<_, JobRow>(
-        "INSERT INTO jobs (id, status, spec, created_at, updated_at, output_dir, results_csv) VALUES (?, 'queued', ?, ?, ?, ?, ?) RETURNING *",
+        "INSERT INTO jobs (id, status, spec, created_at, updated_at, output_dir, results_csv, requires_device) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7) RETURNING *",
     )
     .bind(id)
     .bind(spec)
@@ -150,15 +161,16 @@ pub async fn insert(
     .bind(&t)
     .bind(output_dir)
     .bind(results_csv)
+    .bind(required_device(spec))
     .fetch_one(&mut *conn)
     .await?;
     commit(conn).await?;
     Ok(row)
 }
 
-pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, StoreError> {
+pub async fn get(pool: &Pool, id: &str) -> Result<Option<JobRow>, StoreError> {
     Ok(
-        sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = ?")
+        sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
             .await?,
@@ -167,15 +179,15 @@ pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, StoreErr
 
 /// Newest first; `cursor` is the `seq` of the last job of the previous page.
 pub async fn list(
-    pool: &SqlitePool,
+    pool: &Pool,
     status: Option<JobStatus>,
     study_id: Option<&str>,
     limit: i64,
     cursor: Option<i64>,
 ) -> Result<Vec<JobRow>, StoreError> {
     Ok(sqlx::query_as::<_, JobRow>(
-        "SELECT * FROM jobs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR seq < ?2) AND (?3 IS NULL OR study_id = ?3)
-         ORDER BY seq DESC LIMIT ?4",
+        "SELECT * FROM jobs WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR seq < $2) AND ($3 IS NULL OR study_id = $3)
+         ORDER BY seq DESC LIMIT $4",
     )
     .bind(status)
     .bind(cursor)
@@ -186,8 +198,8 @@ pub async fn list(
 }
 
 /// Marks a trial as stopped by its study's pruner.
-pub async fn set_pruned(pool: &SqlitePool, id: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE jobs SET pruned = 1, updated_at = ? WHERE id = ?")
+pub async fn set_pruned(pool: &Pool, id: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET pruned = 1, updated_at = $1 WHERE id = $2")
         .bind(now())
         .bind(id)
         .execute(pool)
@@ -196,7 +208,7 @@ pub async fn set_pruned(pool: &SqlitePool, id: &str) -> Result<(), StoreError> {
 }
 
 /// Finished jobs, oldest first (the comparison CSV).
-pub async fn list_finished(pool: &SqlitePool) -> Result<Vec<JobRow>, StoreError> {
+pub async fn list_finished(pool: &Pool) -> Result<Vec<JobRow>, StoreError> {
     Ok(
         sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE csv_row IS NOT NULL ORDER BY seq")
             .fetch_all(pool)
@@ -204,56 +216,8 @@ pub async fn list_finished(pool: &SqlitePool) -> Result<Vec<JobRow>, StoreError>
     )
 }
 
-/// Atomically moves the oldest queued job to `running`.
-pub async fn claim_next(pool: &SqlitePool) -> Result<Option<JobRow>, StoreError> {
-    let t = now();
-    Ok(sqlx::query_as::<_, JobRow>(
-        "UPDATE jobs SET status = 'running', attempts = attempts + 1, started_at = COALESCE(started_at, ?1), updated_at = ?1
-         WHERE seq = (SELECT seq FROM jobs WHERE status = 'queued' ORDER BY seq LIMIT 1) AND status = 'queued'
-         RETURNING *",
-    )
-    .bind(&t)
-    .fetch_optional(pool)
-    .await?)
-}
-
-/// At start: jobs left `running` by a process that died go back to the queue to resume from
-/// their last checkpoint, each counted as a crash; at `max_crashes` they are marked
-/// `interrupted` instead (data kept). Graceful shutdowns requeue through [`requeue`] and are
-/// not counted.
-pub async fn recover_orphans(
-    pool: &SqlitePool,
-    max_crashes: i64,
-) -> Result<(Vec<String>, Vec<String>), StoreError> {
-    let t = now();
-    let mut conn = begin_immediate(pool).await?;
-    sqlx::query("UPDATE jobs SET crashes = crashes + 1, updated_at = ? WHERE status = 'running'")
-        .bind(&t)
-        .execute(&mut *conn)
-        .await?;
-    let gave_up: Vec<(String,)> = sqlx::query_as(
-        "UPDATE jobs SET status = 'interrupted', error = 'interrupted: the server died while running it ' || crashes || ' times', finished_at = ?1, updated_at = ?1
-         WHERE status = 'running' AND crashes >= ?2 RETURNING id",
-    )
-    .bind(&t)
-    .bind(max_crashes)
-    .fetch_all(&mut *conn)
-    .await?;
-    let requeued: Vec<(String,)> = sqlx::query_as(
-        "UPDATE jobs SET status = 'queued', updated_at = ?1 WHERE status = 'running' RETURNING id",
-    )
-    .bind(&t)
-    .fetch_all(&mut *conn)
-    .await?;
-    commit(conn).await?;
-    Ok((
-        requeued.into_iter().map(|r| r.0).collect(),
-        gave_up.into_iter().map(|r| r.0).collect(),
-    ))
-}
-
-pub async fn set_progress(pool: &SqlitePool, id: &str, progress: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE jobs SET progress = ?, updated_at = ? WHERE id = ?")
+pub async fn set_progress(pool: &Pool, id: &str, progress: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET progress = $1, updated_at = $2 WHERE id = $3")
         .bind(progress)
         .bind(now())
         .bind(id)
@@ -262,8 +226,8 @@ pub async fn set_progress(pool: &SqlitePool, id: &str, progress: &str) -> Result
     Ok(())
 }
 
-pub async fn set_device(pool: &SqlitePool, id: &str, device: &str) -> Result<(), StoreError> {
-    sqlx::query("UPDATE jobs SET device = ?, updated_at = ? WHERE id = ?")
+pub async fn set_device(pool: &Pool, id: &str, device: &str) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET device = $1, updated_at = $2 WHERE id = $3")
         .bind(device)
         .bind(now())
         .bind(id)
@@ -284,12 +248,15 @@ pub struct Finish {
     pub csv_row: Option<String>,
 }
 
-/// Marks a running job finished.
-pub async fn finish(pool: &SqlitePool, id: &str, f: &Finish) -> Result<(), StoreError> {
+/// Marks a running job finished, if `owner` (a worker id) still holds its lease; `false` when
+/// it does not (the job was taken back: nothing is changed).
+pub async fn finish(pool: &Pool, id: &str, owner: &str, f: &Finish) -> Result<bool, StoreError> {
     let t = now();
-    sqlx::query(
-        "UPDATE jobs SET status = ?, error = ?, best_epoch = ?, best_checkpoint = ?, best_model_dir = ?, improvement_f1 = ?,
-         csv_row = COALESCE(?, csv_row), finished_at = ?, updated_at = ? WHERE id = ?",
+    let mut conn = begin_immediate(pool).await?;
+    let done = sqlx::query(
+        "UPDATE jobs SET status = $1, error = $2, best_epoch = $3, best_checkpoint = $4, best_model_dir = $5, improvement_f1 = $6,
+         csv_row = COALESCE($7, csv_row), finished_at = $8, updated_at = $9, lease_owner = NULL, lease_expires_ms = NULL
+         WHERE id = $10 AND lease_owner = $11 AND status = 'running'",
     )
     .bind(f.status)
     .bind(&f.error)
@@ -301,21 +268,38 @@ pub async fn finish(pool: &SqlitePool, id: &str, f: &Finish) -> Result<(), Store
     .bind(&t)
     .bind(&t)
     .bind(id)
-    .execute(pool)
-    .await?;
-    Ok(())
+    .bind(owner)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if done {
+        super::workers::end_lease(&mut conn, id, owner, "finished").await?;
+    }
+    commit(conn).await?;
+    Ok(done)
 }
 
-/// Puts a running job back in the queue (graceful shutdown: it resumes at the next start).
-pub async fn requeue(pool: &SqlitePool, id: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE jobs SET status = 'queued', updated_at = ? WHERE id = ? AND status = 'running'",
+/// Puts a running job whose lease `owner` holds back in the queue (graceful shutdown: it
+/// resumes at the next start, on any worker).
+pub async fn requeue(pool: &Pool, id: &str, owner: &str) -> Result<bool, StoreError> {
+    let mut conn = begin_immediate(pool).await?;
+    let done = sqlx::query(
+        "UPDATE jobs SET status = 'queued', updated_at = $1, lease_owner = NULL, lease_expires_ms = NULL
+         WHERE id = $2 AND status = 'running' AND lease_owner = $3",
     )
     .bind(now())
     .bind(id)
-    .execute(pool)
-    .await?;
-    Ok(())
+    .bind(owner)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if done {
+        super::workers::end_lease(&mut conn, id, owner, "requeued").await?;
+    }
+    commit(conn).await?;
+    Ok(done)
 }
 
 /// Result of a cancel request.
@@ -328,9 +312,9 @@ pub enum Cancel {
 }
 
 /// Cancels a queued job at once, flags a running one; a finished job is a conflict.
-pub async fn request_cancel(pool: &SqlitePool, id: &str) -> Result<Option<Cancel>, StoreError> {
+pub async fn request_cancel(pool: &Pool, id: &str) -> Result<Option<Cancel>, StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    let row: Option<(JobStatus,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = ?")
+    let row: Option<(JobStatus,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
@@ -338,7 +322,12 @@ pub async fn request_cancel(pool: &SqlitePool, id: &str) -> Result<Option<Cancel
     let out = match row.map(|r| r.0) {
         None => None,
         Some(JobStatus::Queued) => {
-            sqlx::query("UPDATE jobs SET status = 'cancelled', cancel_requested = 1, error = 'cancelled before start', finished_at = ?1, updated_at = ?1 WHERE id = ?2")
+            // `status = 'queued'`: on PostgreSQL a worker may claim it meanwhile (claims do not
+            // take this transaction's lock); then the running branch's flag below applies.
+            sqlx::query("UPDATE jobs SET status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,
+                 cancel_requested = 1,
+                 error = CASE WHEN status = 'queued' THEN 'cancelled before start' ELSE error END,
+                 finished_at = CASE WHEN status = 'queued' THEN $1 ELSE finished_at END, updated_at = $1 WHERE id = $2")
                 .bind(&t)
                 .bind(id)
                 .execute(&mut *conn)
@@ -346,7 +335,7 @@ pub async fn request_cancel(pool: &SqlitePool, id: &str) -> Result<Option<Cancel
             Some(Cancel::Cancelled)
         }
         Some(JobStatus::Running) => {
-            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = ? WHERE id = ?")
+            sqlx::query("UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE id = $2")
                 .bind(&t)
                 .bind(id)
                 .execute(&mut *conn)
@@ -363,9 +352,9 @@ pub async fn request_cancel(pool: &SqlitePool, id: &str) -> Result<Option<Cancel
 }
 
 /// Deletes a finished job (and, by cascade, its epochs, evaluations and events).
-pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, StoreError> {
+pub async fn delete(pool: &Pool, id: &str) -> Result<Option<JobRow>, StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    let row = sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = ?")
+    let row = sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
@@ -384,7 +373,7 @@ pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, Store
             return Err(StoreError::Conflict(s));
         }
         Some(_) => {
-            sqlx::query("DELETE FROM jobs WHERE id = ?")
+            sqlx::query("DELETE FROM jobs WHERE id = $1")
                 .bind(id)
                 .execute(&mut *conn)
                 .await?;
@@ -396,7 +385,7 @@ pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<JobRow>, Store
 }
 
 /// Jobs per status (every status present, 0 when none).
-pub async fn counts(pool: &SqlitePool) -> Result<Vec<(JobStatus, i64)>, StoreError> {
+pub async fn counts(pool: &Pool) -> Result<Vec<(JobStatus, i64)>, StoreError> {
     let rows: Vec<(JobStatus, i64)> =
         sqlx::query_as("SELECT status, COUNT(*) FROM jobs GROUP BY status")
             .fetch_all(pool)
@@ -413,13 +402,13 @@ pub async fn counts(pool: &SqlitePool) -> Result<Vec<(JobStatus, i64)>, StoreErr
 }
 
 pub async fn set_push(
-    pool: &SqlitePool,
+    pool: &Pool,
     id: &str,
     status: PushStatus,
     error: Option<&str>,
     url: Option<&str>,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE jobs SET push_status = ?, push_error = ?, push_url = COALESCE(?, push_url), updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE jobs SET push_status = $1, push_error = $2, push_url = COALESCE($3, push_url), updated_at = $4 WHERE id = $5")
         .bind(status)
         .bind(error)
         .bind(url)
@@ -431,8 +420,8 @@ pub async fn set_push(
 }
 
 /// Whether a cancel was requested for a running job.
-pub async fn cancel_requested(pool: &SqlitePool, id: &str) -> Result<bool, StoreError> {
-    let r: Option<(i64,)> = sqlx::query_as("SELECT cancel_requested FROM jobs WHERE id = ?")
+pub async fn cancel_requested(pool: &Pool, id: &str) -> Result<bool, StoreError> {
+    let r: Option<(i64,)> = sqlx::query_as("SELECT cancel_requested FROM jobs WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await?;

@@ -1,8 +1,9 @@
 //! `predictions`: bulk prediction runs (durable: a run left unfinished by a dead process
 //! starts again at the next start).
 
+use super::Pool;
 use serde::Serialize;
-use sqlx::{FromRow, SqlitePool};
+use sqlx::FromRow;
 
 use super::{StoreError, now};
 
@@ -29,7 +30,7 @@ pub struct PredictionRow {
 pub const MAX_UNFINISHED: i64 = 16;
 
 pub async fn insert(
-    pool: &SqlitePool,
+    pool: &Pool,
     id: &str,
     model: &str,
     request: &str,
@@ -46,7 +47,7 @@ pub async fn insert(
     }
     let t = now();
     let row = sqlx::query_as::<_, PredictionRow>(
-        "INSERT INTO predictions (id, model, request, format, status, created_at, updated_at) VALUES (?, ?, ?, ?, 'queued', ?, ?) RETURNING *",
+        "INSERT INTO predictions (id, model, request, format, status, created_at, updated_at) VALUES ($1, $2, $3, $4, 'queued', $5, $6) RETURNING *",
     )
     .bind(id)
     .bind(model)
@@ -60,16 +61,16 @@ pub async fn insert(
     Ok(row)
 }
 
-pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<PredictionRow>, StoreError> {
+pub async fn get(pool: &Pool, id: &str) -> Result<Option<PredictionRow>, StoreError> {
     Ok(
-        sqlx::query_as::<_, PredictionRow>("SELECT * FROM predictions WHERE id = ?")
+        sqlx::query_as::<_, PredictionRow>("SELECT * FROM predictions WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
             .await?,
     )
 }
 
-pub async fn list(pool: &SqlitePool) -> Result<Vec<PredictionRow>, StoreError> {
+pub async fn list(pool: &Pool) -> Result<Vec<PredictionRow>, StoreError> {
     Ok(
         sqlx::query_as::<_, PredictionRow>(
             "SELECT * FROM predictions ORDER BY seq DESC LIMIT 1000",
@@ -80,7 +81,7 @@ pub async fn list(pool: &SqlitePool) -> Result<Vec<PredictionRow>, StoreError> {
 }
 
 /// Runs to (re)start: queued, and running ones a dead process left.
-pub async fn unfinished(pool: &SqlitePool) -> Result<Vec<PredictionRow>, StoreError> {
+pub async fn unfinished(pool: &Pool) -> Result<Vec<PredictionRow>, StoreError> {
     Ok(sqlx::query_as::<_, PredictionRow>(
         "SELECT * FROM predictions WHERE status IN ('queued', 'running') ORDER BY seq",
     )
@@ -88,14 +89,9 @@ pub async fn unfinished(pool: &SqlitePool) -> Result<Vec<PredictionRow>, StoreEr
     .await?)
 }
 
-pub async fn start(
-    pool: &SqlitePool,
-    id: &str,
-    total: i64,
-    version: &str,
-) -> Result<(), StoreError> {
+pub async fn start(pool: &Pool, id: &str, total: i64, version: &str) -> Result<(), StoreError> {
     sqlx::query(
-        "UPDATE predictions SET status = 'running', done = 0, total = ?, model_version = ?, updated_at = ? WHERE id = ?",
+        "UPDATE predictions SET status = 'running', done = 0, total = $1, model_version = $2, updated_at = $3 WHERE id = $4",
     )
     .bind(total)
     .bind(version)
@@ -106,8 +102,8 @@ pub async fn start(
     Ok(())
 }
 
-pub async fn progress(pool: &SqlitePool, id: &str, done: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE predictions SET done = ?, updated_at = ? WHERE id = ?")
+pub async fn progress(pool: &Pool, id: &str, done: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE predictions SET done = $1, updated_at = $2 WHERE id = $3")
         .bind(done)
         .bind(now())
         .bind(id)
@@ -118,7 +114,7 @@ pub async fn progress(pool: &SqlitePool, id: &str, done: i64) -> Result<(), Stor
 
 /// Ends a run: `succeeded` with its output file, or `failed` with the error.
 pub async fn finish(
-    pool: &SqlitePool,
+    pool: &Pool,
     id: &str,
     status: &str,
     output: Option<&str>,
@@ -126,7 +122,7 @@ pub async fn finish(
 ) -> Result<(), StoreError> {
     let t = now();
     sqlx::query(
-        "UPDATE predictions SET status = ?, output = ?, error = ?, updated_at = ?, finished_at = ? WHERE id = ?",
+        "UPDATE predictions SET status = $1, output = $2, error = $3, updated_at = $4, finished_at = $5 WHERE id = $6",
     )
     .bind(status)
     .bind(output)

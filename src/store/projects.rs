@@ -1,7 +1,8 @@
 //! `projects`, `annotations`, `dataset_versions` and `project_events`: the annotation loop.
 
+use super::Pool;
 use serde::Serialize;
-use sqlx::{FromRow, SqlitePool};
+use sqlx::FromRow;
 
 use super::jobs::JobRow;
 use super::{StoreError, begin_immediate, commit, now, rollback};
@@ -46,14 +47,10 @@ pub struct ProjectInput {
 }
 
 /// Creates or updates a project; the settings not given keep their values.
-pub async fn upsert(
-    pool: &SqlitePool,
-    id: &str,
-    p: &ProjectInput,
-) -> Result<ProjectRow, StoreError> {
+pub async fn upsert(pool: &Pool, id: &str, p: &ProjectInput) -> Result<ProjectRow, StoreError> {
     let t = now();
     let mut conn = begin_immediate(pool).await?;
-    let old = sqlx::query_as::<_, ProjectRow>("SELECT * FROM projects WHERE id = ?")
+    let old = sqlx::query_as::<_, ProjectRow>("SELECT * FROM projects WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
@@ -72,7 +69,7 @@ pub async fn upsert(
     };
     let row = sqlx::query_as::<_, ProjectRow>(
         "INSERT INTO projects (id, source, labels, from_name, to_name, data_key, label_config, model_name, template, retrain_every, created_at, updated_at)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
          ON CONFLICT (id) DO UPDATE SET source = excluded.source, labels = excluded.labels,
            from_name = excluded.from_name, to_name = excluded.to_name, data_key = excluded.data_key,
            label_config = excluded.label_config, model_name = excluded.model_name,
@@ -98,16 +95,16 @@ pub async fn upsert(
     Ok(row)
 }
 
-pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<ProjectRow>, StoreError> {
+pub async fn get(pool: &Pool, id: &str) -> Result<Option<ProjectRow>, StoreError> {
     Ok(
-        sqlx::query_as::<_, ProjectRow>("SELECT * FROM projects WHERE id = ?")
+        sqlx::query_as::<_, ProjectRow>("SELECT * FROM projects WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
             .await?,
     )
 }
 
-pub async fn list(pool: &SqlitePool) -> Result<Vec<ProjectRow>, StoreError> {
+pub async fn list(pool: &Pool) -> Result<Vec<ProjectRow>, StoreError> {
     Ok(
         sqlx::query_as::<_, ProjectRow>(
             "SELECT * FROM projects ORDER BY created_at, id LIMIT 1000",
@@ -118,8 +115,8 @@ pub async fn list(pool: &SqlitePool) -> Result<Vec<ProjectRow>, StoreError> {
 }
 
 /// Deletes a project with its annotations, versions and events (not its jobs).
-pub async fn delete(pool: &SqlitePool, id: &str) -> Result<bool, StoreError> {
-    Ok(sqlx::query("DELETE FROM projects WHERE id = ?")
+pub async fn delete(pool: &Pool, id: &str) -> Result<bool, StoreError> {
+    Ok(sqlx::query("DELETE FROM projects WHERE id = $1")
         .bind(id)
         .execute(pool)
         .await?
@@ -128,8 +125,8 @@ pub async fn delete(pool: &SqlitePool, id: &str) -> Result<bool, StoreError> {
 }
 
 /// Counts predicted labels dropped because the project's config lacks them.
-pub async fn add_dropped(pool: &SqlitePool, id: &str, n: i64) -> Result<(), StoreError> {
-    sqlx::query("UPDATE projects SET dropped_labels = dropped_labels + ? WHERE id = ?")
+pub async fn add_dropped(pool: &Pool, id: &str, n: i64) -> Result<(), StoreError> {
+    sqlx::query("UPDATE projects SET dropped_labels = dropped_labels + $1 WHERE id = $2")
         .bind(n)
         .bind(id)
         .execute(pool)
@@ -170,7 +167,7 @@ pub struct NewAnnotation {
 /// one, else the last to arrive — and counts them as changes since the last training; returns
 /// the count.
 pub async fn upsert_annotations(
-    pool: &SqlitePool,
+    pool: &Pool,
     project: &str,
     items: &[NewAnnotation],
 ) -> Result<i64, StoreError> {
@@ -179,7 +176,7 @@ pub async fn upsert_annotations(
     for a in items {
         sqlx::query(
             "INSERT INTO annotations (project_id, task_id, annotation_id, text, words, tags, report, split, source_updated_at, deleted, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, $10)
              ON CONFLICT (project_id, task_id) DO UPDATE SET annotation_id = excluded.annotation_id,
                text = excluded.text, words = excluded.words, tags = excluded.tags,
                report = excluded.report, split = excluded.split,
@@ -207,12 +204,12 @@ pub async fn upsert_annotations(
 }
 
 async fn bump_changes(
-    conn: &mut sqlx::SqliteConnection,
+    conn: &mut sqlx::AnyConnection,
     project: &str,
     by: i64,
 ) -> Result<i64, StoreError> {
     let (n,): (i64,) = sqlx::query_as(
-        "UPDATE projects SET changes_since_training = changes_since_training + ?, updated_at = ? WHERE id = ? RETURNING changes_since_training",
+        "UPDATE projects SET changes_since_training = changes_since_training + $1, updated_at = $2 WHERE id = $3 RETURNING changes_since_training",
     )
     .bind(by)
     .bind(now())
@@ -229,7 +226,7 @@ pub type Deletion = (Option<String>, Option<String>);
 /// if the annotation is still the task's; Label Studio's `ANNOTATIONS_DELETED` sends only
 /// annotation ids); returns how many changed and the changes since training.
 pub async fn delete_annotations(
-    pool: &SqlitePool,
+    pool: &Pool,
     project: &str,
     items: &[Deletion],
 ) -> Result<(u64, i64), StoreError> {
@@ -240,10 +237,10 @@ pub async fn delete_annotations(
             continue;
         }
         changed += sqlx::query(
-            "UPDATE annotations SET deleted = 1, updated_at = ? WHERE project_id = ? AND deleted = 0
-               AND (? IS NULL OR task_id = ?)
-               AND (? IS NULL OR annotation_id IS NULL OR annotation_id = ?)
-               AND (? IS NOT NULL OR annotation_id IS NOT NULL)",
+            "UPDATE annotations SET deleted = 1, updated_at = $1 WHERE project_id = $2 AND deleted = 0
+               AND ($3 IS NULL OR task_id = $4)
+               AND ($5 IS NULL OR annotation_id IS NULL OR annotation_id = $6)
+               AND ($7 IS NOT NULL OR annotation_id IS NOT NULL)",
         )
         .bind(now())
         .bind(project)
@@ -262,12 +259,9 @@ pub async fn delete_annotations(
 }
 
 /// Live annotations of a project, by task id.
-pub async fn annotations(
-    pool: &SqlitePool,
-    project: &str,
-) -> Result<Vec<AnnotationRow>, StoreError> {
+pub async fn annotations(pool: &Pool, project: &str) -> Result<Vec<AnnotationRow>, StoreError> {
     Ok(sqlx::query_as::<_, AnnotationRow>(
-        "SELECT * FROM annotations WHERE project_id = ? AND deleted = 0 ORDER BY task_id",
+        "SELECT * FROM annotations WHERE project_id = $1 AND deleted = 0 ORDER BY task_id",
     )
     .bind(project)
     .fetch_all(pool)
@@ -286,9 +280,9 @@ pub struct VersionRow {
 }
 
 /// The next version number of a project.
-pub async fn next_version(pool: &SqlitePool, project: &str) -> Result<i64, StoreError> {
+pub async fn next_version(pool: &Pool, project: &str) -> Result<i64, StoreError> {
     let (n,): (i64,) = sqlx::query_as(
-        "SELECT COALESCE(MAX(version), 0) + 1 FROM dataset_versions WHERE project_id = ?",
+        "SELECT COALESCE(MAX(version), 0) + 1 FROM dataset_versions WHERE project_id = $1",
     )
     .bind(project)
     .fetch_one(pool)
@@ -299,7 +293,7 @@ pub async fn next_version(pool: &SqlitePool, project: &str) -> Result<i64, Store
 /// Records version `version` (written to `dir` beforehand); a version number taken meanwhile
 /// is a conflict.
 pub async fn insert_version(
-    pool: &SqlitePool,
+    pool: &Pool,
     project: &str,
     version: i64,
     dir: &str,
@@ -307,7 +301,7 @@ pub async fn insert_version(
     reason: &str,
 ) -> Result<VersionRow, StoreError> {
     sqlx::query_as::<_, VersionRow>(
-        "INSERT INTO dataset_versions (project_id, version, dir, stats, reason, created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING *",
+        "INSERT INTO dataset_versions (project_id, version, dir, stats, reason, created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING *",
     )
     .bind(project)
     .bind(version)
@@ -325,9 +319,9 @@ pub async fn insert_version(
     })
 }
 
-pub async fn versions(pool: &SqlitePool, project: &str) -> Result<Vec<VersionRow>, StoreError> {
+pub async fn versions(pool: &Pool, project: &str) -> Result<Vec<VersionRow>, StoreError> {
     Ok(sqlx::query_as::<_, VersionRow>(
-        "SELECT * FROM dataset_versions WHERE project_id = ? ORDER BY version DESC LIMIT 1000",
+        "SELECT * FROM dataset_versions WHERE project_id = $1 ORDER BY version DESC LIMIT 1000",
     )
     .bind(project)
     .fetch_all(pool)
@@ -335,12 +329,12 @@ pub async fn versions(pool: &SqlitePool, project: &str) -> Result<Vec<VersionRow
 }
 
 pub async fn version(
-    pool: &SqlitePool,
+    pool: &Pool,
     project: &str,
     version: i64,
 ) -> Result<Option<VersionRow>, StoreError> {
     Ok(sqlx::query_as::<_, VersionRow>(
-        "SELECT * FROM dataset_versions WHERE project_id = ? AND version = ?",
+        "SELECT * FROM dataset_versions WHERE project_id = $1 AND version = $2",
     )
     .bind(project)
     .bind(version)
@@ -361,7 +355,7 @@ pub enum Training {
 /// (then notes that another run is wanted after it), in one transaction.
 #[allow(clippy::too_many_arguments)]
 pub async fn queue_training(
-    pool: &SqlitePool,
+    pool: &Pool,
     project: &str,
     version: i64,
     job_id: &str,
@@ -371,7 +365,7 @@ pub async fn queue_training(
 ) -> Result<Training, StoreError> {
     let mut conn = begin_immediate(pool).await?;
     let current: Option<(Option<String>,)> =
-        sqlx::query_as("SELECT training_job_id FROM projects WHERE id = ?")
+        sqlx::query_as("SELECT training_job_id FROM projects WHERE id = $1")
             .bind(project)
             .fetch_optional(&mut *conn)
             .await?;
@@ -382,7 +376,7 @@ pub async fn queue_training(
         )));
     };
     if let Some(job) = current {
-        let status: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = ?")
+        let status: Option<(String,)> = sqlx::query_as("SELECT status FROM jobs WHERE id = $1")
             .bind(&job)
             .fetch_optional(&mut *conn)
             .await?;
@@ -390,7 +384,7 @@ pub async fn queue_training(
             status.as_ref().map(|s| s.0.as_str()),
             Some("queued" | "running")
         ) {
-            sqlx::query("UPDATE projects SET retrain_pending = 1 WHERE id = ?")
+            sqlx::query("UPDATE projects SET retrain_pending = 1 WHERE id = $1")
                 .bind(project)
                 .execute(&mut *conn)
                 .await?;
@@ -405,7 +399,7 @@ pub async fn queue_training(
     }
     let t = now();
     let row = sqlx::query_as::<_, JobRow>(
-        "INSERT INTO jobs (id, status, spec, created_at, updated_at, output_dir, project_id, project_version) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?) RETURNING *",
+        "INSERT INTO jobs (id, status, spec, created_at, updated_at, output_dir, project_id, project_version, requires_device) VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8) RETURNING *",
     )
     .bind(job_id)
     .bind(spec)
@@ -414,10 +408,11 @@ pub async fn queue_training(
     .bind(output_dir)
     .bind(project)
     .bind(version)
+    .bind(super::jobs::required_device(spec))
     .fetch_one(&mut *conn)
     .await?;
     sqlx::query(
-        "UPDATE projects SET training_job_id = ?, retrain_pending = 0, changes_since_training = 0, updated_at = ? WHERE id = ?",
+        "UPDATE projects SET training_job_id = $1, retrain_pending = 0, changes_since_training = 0, updated_at = $2 WHERE id = $3",
     )
     .bind(job_id)
     .bind(&t)
@@ -429,12 +424,9 @@ pub async fn queue_training(
 }
 
 /// The project and dataset version a job was queued for.
-pub async fn job_project(
-    pool: &SqlitePool,
-    job_id: &str,
-) -> Result<Option<(String, i64)>, StoreError> {
+pub async fn job_project(pool: &Pool, job_id: &str) -> Result<Option<(String, i64)>, StoreError> {
     let row: Option<(Option<String>, Option<i64>)> =
-        sqlx::query_as("SELECT project_id, project_version FROM jobs WHERE id = ?")
+        sqlx::query_as("SELECT project_id, project_version FROM jobs WHERE id = $1")
             .bind(job_id)
             .fetch_optional(pool)
             .await?;
@@ -445,24 +437,25 @@ pub async fn job_project(
 /// whether another run was asked for meanwhile (and clears that wish), `None` when the job was
 /// no longer the project's.
 pub async fn settle_training(
-    pool: &SqlitePool,
+    pool: &Pool,
     project: &str,
     job_id: &str,
     decision: &str,
 ) -> Result<Option<bool>, StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    let row: Option<(i64,)> =
-        sqlx::query_as("SELECT retrain_pending FROM projects WHERE id = ? AND training_job_id = ?")
-            .bind(project)
-            .bind(job_id)
-            .fetch_optional(&mut *conn)
-            .await?;
+    let row: Option<(i64,)> = sqlx::query_as(
+        "SELECT retrain_pending FROM projects WHERE id = $1 AND training_job_id = $2",
+    )
+    .bind(project)
+    .bind(job_id)
+    .fetch_optional(&mut *conn)
+    .await?;
     let Some((pending,)) = row else {
         rollback(conn).await?;
         return Ok(None);
     };
     sqlx::query(
-        "UPDATE projects SET training_job_id = NULL, retrain_pending = 0, last_decision = ?, updated_at = ? WHERE id = ?",
+        "UPDATE projects SET training_job_id = NULL, retrain_pending = 0, last_decision = $1, updated_at = $2 WHERE id = $3",
     )
     .bind(decision)
     .bind(now())
@@ -474,7 +467,7 @@ pub async fn settle_training(
 }
 
 /// Projects whose training job has ended (settled at start when a process died first).
-pub async fn unsettled(pool: &SqlitePool) -> Result<Vec<(String, String)>, StoreError> {
+pub async fn unsettled(pool: &Pool) -> Result<Vec<(String, String)>, StoreError> {
     Ok(sqlx::query_as(
         "SELECT p.id, p.training_job_id FROM projects p JOIN jobs j ON j.id = p.training_job_id
          WHERE j.status NOT IN ('queued', 'running')",
@@ -494,13 +487,13 @@ pub struct ProjectEventRow {
 }
 
 pub async fn insert_event(
-    pool: &SqlitePool,
+    pool: &Pool,
     project: &str,
     kind: &str,
     data: &str,
 ) -> Result<ProjectEventRow, StoreError> {
     Ok(sqlx::query_as::<_, ProjectEventRow>(
-        "INSERT INTO project_events (project_id, kind, data, created_at) VALUES (?, ?, ?, ?) RETURNING *",
+        "INSERT INTO project_events (project_id, kind, data, created_at) VALUES ($1, $2, $3, $4) RETURNING *",
     )
     .bind(project)
     .bind(kind)
@@ -512,12 +505,12 @@ pub async fn insert_event(
 
 /// The newest `limit` events of a project, oldest first.
 pub async fn recent_events(
-    pool: &SqlitePool,
+    pool: &Pool,
     project: &str,
     limit: i64,
 ) -> Result<Vec<ProjectEventRow>, StoreError> {
     let mut rows = sqlx::query_as::<_, ProjectEventRow>(
-        "SELECT * FROM project_events WHERE project_id = ? ORDER BY id DESC LIMIT ?",
+        "SELECT * FROM project_events WHERE project_id = $1 ORDER BY id DESC LIMIT $2",
     )
     .bind(project)
     .bind(limit)

@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 
+use super::Pool;
 use serde::Serialize;
-use sqlx::{FromRow, SqlitePool};
+use sqlx::FromRow;
 
 use crate::data::dataset::SplitStats;
 use crate::metrics::Prf;
@@ -34,15 +35,17 @@ pub struct EpochRow {
 }
 
 /// Inserts or replaces an epoch (a resumed job may report an epoch again: no duplicates).
-pub async fn upsert_epoch(
-    pool: &SqlitePool,
-    job_id: &str,
-    r: &EpochRecord,
-) -> Result<(), StoreError> {
+pub async fn upsert_epoch(pool: &Pool, job_id: &str, r: &EpochRecord) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT OR REPLACE INTO epochs (job_id, epoch, step, train_loss, eval_loss, precision, recall, f1, accuracy, per_label,
+        "INSERT INTO epochs (job_id, epoch, step, train_loss, eval_loss, precision, recall, f1, accuracy, per_label,
          learning_rate, train_seconds, eval_seconds, samples_per_second, checkpoint, train_eval)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
+         ON CONFLICT (job_id, epoch) DO UPDATE SET step = excluded.step, train_loss = excluded.train_loss,
+           eval_loss = excluded.eval_loss, precision = excluded.precision, recall = excluded.recall,
+           f1 = excluded.f1, accuracy = excluded.accuracy, per_label = excluded.per_label,
+           learning_rate = excluded.learning_rate, train_seconds = excluded.train_seconds,
+           eval_seconds = excluded.eval_seconds, samples_per_second = excluded.samples_per_second,
+           checkpoint = excluded.checkpoint, train_eval = excluded.train_eval",
     )
     .bind(job_id)
     .bind(r.epoch as i64)
@@ -65,9 +68,9 @@ pub async fn upsert_epoch(
     Ok(())
 }
 
-pub async fn epochs(pool: &SqlitePool, job_id: &str) -> Result<Vec<EpochRow>, StoreError> {
+pub async fn epochs(pool: &Pool, job_id: &str) -> Result<Vec<EpochRow>, StoreError> {
     Ok(
-        sqlx::query_as::<_, EpochRow>("SELECT * FROM epochs WHERE job_id = ? ORDER BY epoch")
+        sqlx::query_as::<_, EpochRow>("SELECT * FROM epochs WHERE job_id = $1 ORDER BY epoch")
             .bind(job_id)
             .fetch_all(pool)
             .await?,
@@ -98,13 +101,16 @@ impl EvaluationRow {
 
 /// Stores the `base` or `finetuned` test evaluation.
 pub async fn upsert_evaluation(
-    pool: &SqlitePool,
+    pool: &Pool,
     job_id: &str,
     kind: &str,
     s: &EvalSummary,
 ) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT OR REPLACE INTO evaluations (job_id, kind, loss, precision, recall, f1, accuracy, per_label, seconds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO evaluations (job_id, kind, loss, precision, recall, f1, accuracy, per_label, seconds) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+         ON CONFLICT (job_id, kind) DO UPDATE SET loss = excluded.loss, precision = excluded.precision,
+           recall = excluded.recall, f1 = excluded.f1, accuracy = excluded.accuracy,
+           per_label = excluded.per_label, seconds = excluded.seconds",
     )
     .bind(job_id)
     .bind(kind)
@@ -122,13 +128,13 @@ pub async fn upsert_evaluation(
 
 /// Stores the per-sentence entity counts of a stored evaluation, as `[tp, pred, truth]` rows.
 pub async fn set_sentence_counts(
-    pool: &SqlitePool,
+    pool: &Pool,
     job_id: &str,
     kind: &str,
     counts: &[crate::metrics::Counts],
 ) -> Result<(), StoreError> {
     let rows: Vec<[usize; 3]> = counts.iter().map(|c| [c.tp, c.pred, c.truth]).collect();
-    sqlx::query("UPDATE evaluations SET sentence_counts = ? WHERE job_id = ? AND kind = ?")
+    sqlx::query("UPDATE evaluations SET sentence_counts = $1 WHERE job_id = $2 AND kind = $3")
         .bind(serde_json::to_string(&rows)?)
         .bind(job_id)
         .bind(kind)
@@ -146,12 +152,9 @@ pub fn parse_sentence_counts(json: &str) -> Result<Vec<crate::metrics::Counts>, 
         .collect())
 }
 
-pub async fn evaluations(
-    pool: &SqlitePool,
-    job_id: &str,
-) -> Result<Vec<EvaluationRow>, StoreError> {
+pub async fn evaluations(pool: &Pool, job_id: &str) -> Result<Vec<EvaluationRow>, StoreError> {
     Ok(sqlx::query_as::<_, EvaluationRow>(
-        "SELECT * FROM evaluations WHERE job_id = ? ORDER BY kind",
+        "SELECT * FROM evaluations WHERE job_id = $1 ORDER BY kind",
     )
     .bind(job_id)
     .fetch_all(pool)
@@ -172,19 +175,19 @@ pub struct DistributionRow {
 
 /// Replaces the label distribution of a job.
 pub async fn set_distribution(
-    pool: &SqlitePool,
+    pool: &Pool,
     job_id: &str,
     stats: &[SplitStats],
 ) -> Result<(), StoreError> {
     let mut tx = pool.begin().await?;
-    sqlx::query("DELETE FROM label_distribution WHERE job_id = ?")
+    sqlx::query("DELETE FROM label_distribution WHERE job_id = $1")
         .bind(job_id)
         .execute(&mut *tx)
         .await?;
     for s in stats {
         for (label, c) in &s.labels {
             sqlx::query(
-                "INSERT INTO label_distribution (job_id, split, label, count, percent, sentences, words, sentences_with_entity) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO label_distribution (job_id, split, label, count, percent, sentences, words, sentences_with_entity) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(job_id)
             .bind(&s.split)
@@ -202,12 +205,9 @@ pub async fn set_distribution(
     Ok(())
 }
 
-pub async fn distribution(
-    pool: &SqlitePool,
-    job_id: &str,
-) -> Result<Vec<DistributionRow>, StoreError> {
+pub async fn distribution(pool: &Pool, job_id: &str) -> Result<Vec<DistributionRow>, StoreError> {
     Ok(sqlx::query_as::<_, DistributionRow>(
-        "SELECT split, label, count, percent, sentences, words, sentences_with_entity FROM label_distribution WHERE job_id = ? ORDER BY rowid",
+        "SELECT split, label, count, percent, sentences, words, sentences_with_entity FROM label_distribution WHERE job_id = $1 ORDER BY rowid",
     )
     .bind(job_id)
     .fetch_all(pool)

@@ -1,16 +1,16 @@
 //! `studies` and `study_events`, and the study views of `jobs`, `epochs` and `evaluations`.
 
+use super::Pool;
 use serde::{Deserialize, Serialize};
-use sqlx::{FromRow, SqlitePool};
+use sqlx::FromRow;
 
 use super::jobs::JobRow;
 use super::results::{EpochRow, EvaluationRow};
 use super::{StoreError, begin_immediate, commit, now, rollback};
 
 /// A study's status (the `status` column and its CHECK constraint).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, sqlx::Type)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
 pub enum StudyStatus {
     /// No trial started yet.
     Queued,
@@ -27,6 +27,8 @@ impl StudyStatus {
         !matches!(self, StudyStatus::Queued | StudyStatus::Running)
     }
 }
+
+super::text_enum!(StudyStatus);
 
 /// One row of `studies`.
 #[derive(Debug, Clone, FromRow, Serialize)]
@@ -56,7 +58,7 @@ pub struct NewTrial {
 /// Inserts a study and its trials as queued jobs, in one transaction, unless `max_queued`
 /// queue entries are already waiting (see [`super::jobs::queue_entries`]).
 pub async fn insert(
-    pool: &SqlitePool,
+    pool: &Pool,
     id: &str,
     name: Option<&str>,
     spec: &str,
@@ -71,7 +73,7 @@ pub async fn insert(
     }
     let t = now();
     let row = sqlx::query_as::<_, StudyRow>(
-        "INSERT INTO studies (id, name, spec, status, trials, created_at, updated_at) VALUES (?, ?, ?, 'queued', ?, ?, ?) RETURNING *",
+        "INSERT INTO studies (id, name, spec, status, trials, created_at, updated_at) VALUES ($1, $2, $3, 'queued', $4, $5, $6) RETURNING *",
     )
     .bind(id)
     .bind(name)
@@ -83,8 +85,8 @@ pub async fn insert(
     .await?;
     for (i, trial) in trials.iter().enumerate() {
         sqlx::query(
-            "INSERT INTO jobs (id, status, spec, created_at, updated_at, output_dir, study_id, trial, params)
-             VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO jobs (id, status, spec, created_at, updated_at, output_dir, study_id, trial, params, requires_device)
+             VALUES ($1, 'queued', $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(&trial.job_id)
         .bind(&trial.spec)
@@ -94,6 +96,7 @@ pub async fn insert(
         .bind(id)
         .bind(i as i64)
         .bind(&trial.params)
+        .bind(super::jobs::required_device(&trial.spec))
         .execute(&mut *conn)
         .await?;
     }
@@ -101,9 +104,9 @@ pub async fn insert(
     Ok(row)
 }
 
-pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<StudyRow>, StoreError> {
+pub async fn get(pool: &Pool, id: &str) -> Result<Option<StudyRow>, StoreError> {
     Ok(
-        sqlx::query_as::<_, StudyRow>("SELECT * FROM studies WHERE id = ?")
+        sqlx::query_as::<_, StudyRow>("SELECT * FROM studies WHERE id = $1")
             .bind(id)
             .fetch_optional(pool)
             .await?,
@@ -112,12 +115,12 @@ pub async fn get(pool: &SqlitePool, id: &str) -> Result<Option<StudyRow>, StoreE
 
 /// Newest first; `cursor` is the `seq` of the last study of the previous page.
 pub async fn list(
-    pool: &SqlitePool,
+    pool: &Pool,
     limit: i64,
     cursor: Option<i64>,
 ) -> Result<Vec<StudyRow>, StoreError> {
     Ok(sqlx::query_as::<_, StudyRow>(
-        "SELECT * FROM studies WHERE (?1 IS NULL OR seq < ?1) ORDER BY seq DESC LIMIT ?2",
+        "SELECT * FROM studies WHERE ($1 IS NULL OR seq < $1) ORDER BY seq DESC LIMIT $2",
     )
     .bind(cursor)
     .bind(limit)
@@ -126,9 +129,9 @@ pub async fn list(
 }
 
 /// A study's trials in trial order.
-pub async fn trials(pool: &SqlitePool, id: &str) -> Result<Vec<JobRow>, StoreError> {
+pub async fn trials(pool: &Pool, id: &str) -> Result<Vec<JobRow>, StoreError> {
     Ok(
-        sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE study_id = ? ORDER BY trial")
+        sqlx::query_as::<_, JobRow>("SELECT * FROM jobs WHERE study_id = $1 ORDER BY trial")
             .bind(id)
             .fetch_all(pool)
             .await?,
@@ -136,9 +139,9 @@ pub async fn trials(pool: &SqlitePool, id: &str) -> Result<Vec<JobRow>, StoreErr
 }
 
 /// Every epoch of every trial of a study.
-pub async fn epochs(pool: &SqlitePool, id: &str) -> Result<Vec<EpochRow>, StoreError> {
+pub async fn epochs(pool: &Pool, id: &str) -> Result<Vec<EpochRow>, StoreError> {
     Ok(sqlx::query_as::<_, EpochRow>(
-        "SELECT e.* FROM epochs e JOIN jobs j ON j.id = e.job_id WHERE j.study_id = ? ORDER BY j.trial, e.epoch",
+        "SELECT e.* FROM epochs e JOIN jobs j ON j.id = e.job_id WHERE j.study_id = $1 ORDER BY j.trial, e.epoch",
     )
     .bind(id)
     .fetch_all(pool)
@@ -146,9 +149,9 @@ pub async fn epochs(pool: &SqlitePool, id: &str) -> Result<Vec<EpochRow>, StoreE
 }
 
 /// Every stored test evaluation of a study's trials.
-pub async fn evaluations(pool: &SqlitePool, id: &str) -> Result<Vec<EvaluationRow>, StoreError> {
+pub async fn evaluations(pool: &Pool, id: &str) -> Result<Vec<EvaluationRow>, StoreError> {
     Ok(sqlx::query_as::<_, EvaluationRow>(
-        "SELECT v.* FROM evaluations v JOIN jobs j ON j.id = v.job_id WHERE j.study_id = ? ORDER BY j.trial, v.kind",
+        "SELECT v.* FROM evaluations v JOIN jobs j ON j.id = v.job_id WHERE j.study_id = $1 ORDER BY j.trial, v.kind",
     )
     .bind(id)
     .fetch_all(pool)
@@ -157,14 +160,14 @@ pub async fn evaluations(pool: &SqlitePool, id: &str) -> Result<Vec<EvaluationRo
 
 /// Epoch `epoch` (validation rows) of the study's other trials, with their jobs, for pruning.
 pub async fn peer_epochs(
-    pool: &SqlitePool,
+    pool: &Pool,
     study_id: &str,
     job_id: &str,
     epoch: i64,
 ) -> Result<Vec<(JobRow, EpochRow)>, StoreError> {
     let jobs = trials(pool, study_id).await?;
     let rows = sqlx::query_as::<_, EpochRow>(
-        "SELECT e.* FROM epochs e JOIN jobs j ON j.id = e.job_id WHERE j.study_id = ? AND j.id != ? AND e.epoch = ?",
+        "SELECT e.* FROM epochs e JOIN jobs j ON j.id = e.job_id WHERE j.study_id = $1 AND j.id != $2 AND e.epoch = $3",
     )
     .bind(study_id)
     .bind(job_id)
@@ -182,7 +185,7 @@ pub async fn peer_epochs(
 }
 
 pub async fn set_status(
-    pool: &SqlitePool,
+    pool: &Pool,
     id: &str,
     status: StudyStatus,
     best_job_id: Option<&str>,
@@ -190,7 +193,7 @@ pub async fn set_status(
     let t = now();
     let finished = status.is_finished().then_some(t.clone());
     sqlx::query(
-        "UPDATE studies SET status = ?, best_job_id = COALESCE(?, best_job_id), finished_at = COALESCE(?, finished_at), updated_at = ? WHERE id = ?",
+        "UPDATE studies SET status = $1, best_job_id = COALESCE($2, best_job_id), finished_at = COALESCE($3, finished_at), updated_at = $4 WHERE id = $5",
     )
     .bind(status)
     .bind(best_job_id)
@@ -203,9 +206,9 @@ pub async fn set_status(
 }
 
 /// Marks a queued study running (its first trial started); returns whether it changed.
-pub async fn mark_running(pool: &SqlitePool, id: &str) -> Result<bool, StoreError> {
+pub async fn mark_running(pool: &Pool, id: &str) -> Result<bool, StoreError> {
     let r = sqlx::query(
-        "UPDATE studies SET status = 'running', updated_at = ? WHERE id = ? AND status = 'queued'",
+        "UPDATE studies SET status = 'running', updated_at = $1 WHERE id = $2 AND status = 'queued'",
     )
     .bind(now())
     .bind(id)
@@ -225,12 +228,9 @@ pub struct CancelledTrials {
 
 /// Flags the study and cancels its queued trials, flags its running ones; `None` if there is
 /// no such study, a conflict if it has ended.
-pub async fn request_cancel(
-    pool: &SqlitePool,
-    id: &str,
-) -> Result<Option<CancelledTrials>, StoreError> {
+pub async fn request_cancel(pool: &Pool, id: &str) -> Result<Option<CancelledTrials>, StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    let row: Option<(StudyStatus,)> = sqlx::query_as("SELECT status FROM studies WHERE id = ?")
+    let row: Option<(StudyStatus,)> = sqlx::query_as("SELECT status FROM studies WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
@@ -249,21 +249,21 @@ pub async fn request_cancel(
         Some(_) => {}
     }
     let t = now();
-    sqlx::query("UPDATE studies SET cancel_requested = 1, updated_at = ? WHERE id = ?")
+    sqlx::query("UPDATE studies SET cancel_requested = 1, updated_at = $1 WHERE id = $2")
         .bind(&t)
         .bind(id)
         .execute(&mut *conn)
         .await?;
     let cancelled: Vec<(String,)> = sqlx::query_as(
-        "UPDATE jobs SET status = 'cancelled', cancel_requested = 1, error = 'cancelled before start (study cancelled)', finished_at = ?1, updated_at = ?1
-         WHERE study_id = ?2 AND status = 'queued' RETURNING id",
+        "UPDATE jobs SET status = 'cancelled', cancel_requested = 1, error = 'cancelled before start (study cancelled)', finished_at = $1, updated_at = $1
+         WHERE study_id = $2 AND status = 'queued' RETURNING id",
     )
     .bind(&t)
     .bind(id)
     .fetch_all(&mut *conn)
     .await?;
     let requested: Vec<(String,)> = sqlx::query_as(
-        "UPDATE jobs SET cancel_requested = 1, updated_at = ?1 WHERE study_id = ?2 AND status = 'running' RETURNING id",
+        "UPDATE jobs SET cancel_requested = 1, updated_at = $1 WHERE study_id = $2 AND status = 'running' RETURNING id",
     )
     .bind(&t)
     .bind(id)
@@ -278,14 +278,14 @@ pub async fn request_cancel(
 
 /// Deletes an ended study with its trials (and, by cascade, their epochs, evaluations and
 /// events); returns the trials' output directories. A study still going is a conflict.
-pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<Vec<String>>, StoreError> {
+pub async fn delete(pool: &Pool, id: &str) -> Result<Option<Vec<String>>, StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    let row: Option<(StudyStatus,)> = sqlx::query_as("SELECT status FROM studies WHERE id = ?")
+    let row: Option<(StudyStatus,)> = sqlx::query_as("SELECT status FROM studies WHERE id = $1")
         .bind(id)
         .fetch_optional(&mut *conn)
         .await?;
     let (unfinished,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM jobs WHERE study_id = ? AND status IN ('queued', 'running')",
+        "SELECT COUNT(*) FROM jobs WHERE study_id = $1 AND status IN ('queued', 'running')",
     )
     .bind(id)
     .fetch_one(&mut *conn)
@@ -304,15 +304,15 @@ pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<Vec<String>>, 
         }
         Some(_) => {}
     }
-    let dirs: Vec<(String,)> = sqlx::query_as("SELECT output_dir FROM jobs WHERE study_id = ?")
+    let dirs: Vec<(String,)> = sqlx::query_as("SELECT output_dir FROM jobs WHERE study_id = $1")
         .bind(id)
         .fetch_all(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM jobs WHERE study_id = ?")
+    sqlx::query("DELETE FROM jobs WHERE study_id = $1")
         .bind(id)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("DELETE FROM studies WHERE id = ?")
+    sqlx::query("DELETE FROM studies WHERE id = $1")
         .bind(id)
         .execute(&mut *conn)
         .await?;
@@ -322,7 +322,7 @@ pub async fn delete(pool: &SqlitePool, id: &str) -> Result<Option<Vec<String>>, 
 
 /// Studies not marked ended although none of their trials is queued or running (the process
 /// died between a trial's end and the study's).
-pub async fn unsettled(pool: &SqlitePool) -> Result<Vec<String>, StoreError> {
+pub async fn unsettled(pool: &Pool) -> Result<Vec<String>, StoreError> {
     let rows: Vec<(String,)> = sqlx::query_as(
         "SELECT s.id FROM studies s WHERE s.status IN ('queued', 'running')
          AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_id = s.id AND j.status IN ('queued', 'running'))",
@@ -343,13 +343,13 @@ pub struct StudyEventRow {
 }
 
 pub async fn insert_event(
-    pool: &SqlitePool,
+    pool: &Pool,
     study_id: &str,
     kind: &str,
     data: &str,
 ) -> Result<StudyEventRow, StoreError> {
     Ok(sqlx::query_as::<_, StudyEventRow>(
-        "INSERT INTO study_events (study_id, kind, data, created_at) VALUES (?, ?, ?, ?) RETURNING *",
+        "INSERT INTO study_events (study_id, kind, data, created_at) VALUES ($1, $2, $3, $4) RETURNING *",
     )
     .bind(study_id)
     .bind(kind)
@@ -361,12 +361,12 @@ pub async fn insert_event(
 
 /// Events of a study after `after` (exclusive), oldest first.
 pub async fn events_since(
-    pool: &SqlitePool,
+    pool: &Pool,
     study_id: &str,
     after: i64,
 ) -> Result<Vec<StudyEventRow>, StoreError> {
     Ok(sqlx::query_as::<_, StudyEventRow>(
-        "SELECT * FROM study_events WHERE study_id = ? AND id > ? ORDER BY id",
+        "SELECT * FROM study_events WHERE study_id = $1 AND id > $2 ORDER BY id",
     )
     .bind(study_id)
     .bind(after)

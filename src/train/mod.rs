@@ -57,6 +57,10 @@ pub enum TrainError {
     Interrupted { checkpoint: String },
     #[error("training diverged: loss is {0} at step {1}")]
     Diverged(f64, usize),
+    /// The run may no longer write (its worker lost the job's lease, or cannot confirm it):
+    /// it stopped before writing; the job resumes elsewhere from its last checkpoint.
+    #[error("stopped before writing: {0}")]
+    Fenced(String),
 }
 
 impl TrainError {
@@ -80,6 +84,7 @@ impl TrainError {
             TrainError::Cancelled => "Cancelled",
             TrainError::Interrupted { .. } => "Interrupted",
             TrainError::Diverged(..) => "Diverged",
+            TrainError::Fenced(_) => "Fenced",
         }
     }
 }
@@ -186,6 +191,18 @@ impl std::fmt::Debug for dyn EpochGate {
     }
 }
 
+/// Asked before every checkpoint and the best model are written: `Err(why)` stops the run
+/// (a worker that lost its job's lease must not write over the next owner's files).
+pub trait WriteFence: Send + Sync {
+    fn may_write(&self) -> Result<(), String>;
+}
+
+impl std::fmt::Debug for dyn WriteFence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WriteFence")
+    }
+}
+
 /// Progress reported while a run goes.
 #[derive(Debug, Clone, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -242,6 +259,8 @@ pub struct RunConfig {
     pub device: Resolved,
     /// Consulted after every epoch but the last (study pruning).
     pub gate: Option<Arc<dyn EpochGate>>,
+    /// Checked before every write of the output directory (None: always allowed).
+    pub fence: Option<Arc<dyn WriteFence>>,
 }
 
 /// What a successful run produced.

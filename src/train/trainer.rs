@@ -406,8 +406,17 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
         Some(EarlyStop::Pruned { reason })
     }
 
+    /// Whether the run may still write its output directory.
+    fn fence(&self) -> Result<(), TrainError> {
+        match &self.cfg.fence {
+            Some(f) => f.may_write().map_err(TrainError::Fenced),
+            None => Ok(()),
+        }
+    }
+
     /// Writes `checkpoint-<step>/` of the current model, optimizer and state.
     fn save_checkpoint(&self) -> Result<std::path::PathBuf, TrainError> {
+        self.fence()?;
         checkpoint::save(
             &self.cfg.output_dir,
             &self.model,
@@ -690,6 +699,7 @@ impl<'a, B: AutodiffBackend> Trainer<'a, B> {
             &self.device,
         )?;
         let best_model_dir = self.cfg.output_dir.join("best_model");
+        self.fence()?;
         save_hf_dir(
             &best_model,
             &self.config,

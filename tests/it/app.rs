@@ -55,7 +55,7 @@ impl Default for Options {
 pub fn serve_args(dir: &std::path::Path, o: &Options) -> ServeArgs {
     ServeArgs {
         bind: "127.0.0.1:0".parse().unwrap(),
-        database_url: format!("sqlite://{}", dir.join("metafora.db").display()),
+        database_url: crate::common::database_url(dir),
         data_dir: dir.join("data"),
         device: DeviceSpec::Cpu,
         api_key: o.api_key.clone(),

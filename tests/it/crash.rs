@@ -37,7 +37,7 @@ fn serve(dir: &std::path::Path, port: u16) -> Server {
             "cpu",
         ])
         .arg("--database-url")
-        .arg(format!("sqlite://{}", dir.join("db.sqlite").display()))
+        .arg(crate::common::database_url(dir))
         .arg("--data-dir")
         .arg(dir.join("data"))
         .arg("--allow-path")

@@ -451,22 +451,53 @@ async fn paths_outside_are_refused_alike_whether_they_exist_or_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graceful_restarts_do_not_use_up_the_crash_budget() {
+    use metafora::store::workers::{self, Lessee};
     let dir = tempfile::tempdir().unwrap();
-    let pool = store::connect(&format!("sqlite://{}", dir.path().join("db").display()))
-        .await
-        .unwrap();
+    let pool = store::connect(
+        &crate::common::database_url(dir.path()),
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
     store::jobs::insert(&pool, "j", "{}", "/tmp/j", None, 10)
         .await
         .unwrap();
-    // Three SIGTERM restarts: claimed, then requeued gracefully.
-    for _ in 0..3 {
-        assert!(store::jobs::claim_next(&pool).await.unwrap().is_some());
-        store::jobs::requeue(&pool, "j").await.unwrap();
+    let life = |n: usize| Lessee {
+        id: format!("w-{n}"),
+        name: "box".into(),
+        device_kind: "cpu".into(),
+    };
+    for n in 0..7 {
+        workers::register(&pool, &life(n), "cpu", "host", 1)
+            .await
+            .unwrap();
     }
-    // Two kill -9s: found running at the next start.
+    // Three SIGTERM restarts: claimed, then requeued gracefully.
+    for n in 0..3 {
+        assert!(
+            workers::claim(&pool, &life(n), 60_000)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(store::jobs::requeue(&pool, "j", &life(n).id).await.unwrap());
+    }
+    // Two kill -9s: found running by the next process of the same name.
     for crashes in 1..MAX_CRASHES {
-        assert!(store::jobs::claim_next(&pool).await.unwrap().is_some());
-        let (requeued, gave_up) = store::jobs::recover_orphans(&pool, MAX_CRASHES)
+        let n = 2 + crashes as usize;
+        assert!(
+            workers::claim(&pool, &life(n), 60_000)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        // Another worker's sweep leaves a live lease alone.
+        let (requeued, _) = workers::sweep(&pool, MAX_CRASHES, Some(("other", "x")))
+            .await
+            .unwrap();
+        assert!(requeued.is_empty());
+        let next = life(n + 1);
+        let (requeued, gave_up) = workers::sweep(&pool, MAX_CRASHES, Some((&next.name, &next.id)))
             .await
             .unwrap();
         assert_eq!((requeued.len(), gave_up.len()), (1, 0));
@@ -474,15 +505,99 @@ async fn graceful_restarts_do_not_use_up_the_crash_budget() {
         assert_eq!(row.status, metafora::jobs::JobStatus::Queued);
         assert_eq!(row.crashes, crashes);
     }
-    // The third crash is the last.
-    store::jobs::claim_next(&pool).await.unwrap();
-    let (_, gave_up) = store::jobs::recover_orphans(&pool, MAX_CRASHES)
-        .await
-        .unwrap();
+    // The third loss is the last: this time by lease expiry (a 1 ms lease), seen by anyone.
+    assert!(workers::claim(&pool, &life(5), 1).await.unwrap().is_some());
+    // The old owner can no longer finish, requeue or renew once it has been taken back.
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (_, gave_up) = workers::sweep(&pool, MAX_CRASHES, None).await.unwrap();
     assert_eq!(gave_up, vec!["j".to_string()]);
+    assert!(
+        !workers::renew(&pool, "j", &life(5).id, 60_000)
+            .await
+            .unwrap()
+    );
+    assert!(!store::jobs::requeue(&pool, "j", &life(5).id).await.unwrap());
     let row = store::jobs::get(&pool, "j").await.unwrap().unwrap();
     assert_eq!(row.status, metafora::jobs::JobStatus::Interrupted);
     assert_eq!(row.attempts, 6);
+    // Every lease is on record, none open, each ended the way it did.
+    let leases = workers::leases(&pool, "j").await.unwrap();
+    let outcomes: Vec<&str> = leases
+        .iter()
+        .map(|l| l.outcome.as_deref().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "requeued",
+            "requeued",
+            "requeued",
+            "reclaimed",
+            "reclaimed",
+            "expired"
+        ]
+    );
+    assert!(
+        leases
+            .windows(2)
+            .all(|w| w[0].ended_ms.unwrap() <= w[1].acquired_ms)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_claims_take_each_job_once_and_respect_device_kinds() {
+    use metafora::store::workers::{self, Lessee};
+    let dir = tempfile::tempdir().unwrap();
+    let pool = store::connect(
+        &crate::common::database_url(dir.path()),
+        std::time::Duration::ZERO,
+    )
+    .await
+    .unwrap();
+    for i in 0..40 {
+        let spec = if i % 4 == 0 {
+            r#"{"device": "cuda"}"#
+        } else {
+            "{}"
+        };
+        store::jobs::insert(&pool, &format!("j{i:02}"), spec, "/tmp/j", None, 100)
+            .await
+            .unwrap();
+    }
+    // Eight CPU workers claim concurrently until the queue has nothing they can run.
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let pool = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let me = Lessee {
+                id: format!("cpu-{w}"),
+                name: format!("cpu-{w}"),
+                device_kind: "cpu".into(),
+            };
+            let mut got = Vec::new();
+            while let Some(row) = workers::claim(&pool, &me, 60_000).await.unwrap() {
+                got.push(row.id);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    let expected: Vec<String> = (0..40)
+        .filter(|i| i % 4 != 0)
+        .map(|i| format!("j{i:02}"))
+        .collect();
+    assert_eq!(all, expected, "each CPU job exactly once, no CUDA job");
+    let gpu = Lessee {
+        id: "gpu-0".into(),
+        name: "gpu-0".into(),
+        device_kind: "cuda".into(),
+    };
+    let row = workers::claim(&pool, &gpu, 60_000).await.unwrap().unwrap();
+    assert_eq!(row.id, "j00", "the oldest CUDA job");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

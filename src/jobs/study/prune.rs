@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use sqlx::SqlitePool;
+use crate::store::Pool;
 
 use super::{HalvingRule, MedianRule, Pruning};
 use crate::store;
@@ -110,7 +110,7 @@ pub fn decide(
 /// another configuration, at the same epoch. Runs on the training thread, blocking on the
 /// runtime.
 pub struct StudyGate {
-    pub pool: SqlitePool,
+    pub pool: Pool,
     pub runtime: tokio::runtime::Handle,
     pub study_id: String,
     pub job_id: String,

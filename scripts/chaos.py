@@ -1,0 +1,261 @@
+#!/usr/bin/env python3
+"""Scale-out chaos test (issue 16): 1 API + 3 `metafora worker` processes on PostgreSQL and an
+S3-compatible store, 12 short jobs on the tiny fixture, a bounded loop that kill -9s a random
+worker every few seconds and restarts it (sometimes only after its lease ran out, so another
+worker takes the job). Asserts: every job succeeded, finished once; every epoch stored once;
+final metrics bit-identical to an uninterrupted run of the same spec (its own SQLite server);
+no two workers ran a job at once (lease history against the kill log). Then the scaling figure:
+the same 12 jobs with 1 and with 2 workers (RAYON_NUM_THREADS=1 each).
+
+Needs METAFORA_PG_URL (scripts/pg_temp.sh), AWS_* + METAFORA_S3_URL (scripts/moto_temp.sh),
+psql on PATH. Prints a JSON summary; exits non-zero on any violated property.
+"""
+import argparse, json, os, random, shutil, signal, socket, subprocess, sys, tempfile, time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIX = os.path.join(ROOT, "tests", "fixtures")
+
+
+def free_port():
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]; s.close(); return p
+
+
+def http(method, url, body=None, timeout=30):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, json.loads(r.read() or b"null")
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def psql(url, sql):
+    out = subprocess.run(["psql", "-X", "-A", "-t", "-F", "\t", "-d", url, "-c", sql],
+                         check=True, capture_output=True, text=True).stdout
+    return [line.split("\t") for line in out.splitlines() if line]
+
+
+def createdb(base, name):
+    psql(base, f"CREATE DATABASE {name}")
+    return base.rsplit("/", 1)[0] + "/" + name
+
+
+def job(seed, epochs):
+    return {"model": {"checkpoint": os.path.join(FIX, "tiny-roberta-base")},
+            "dataset": {"path": os.path.join(FIX, "data", "synthetic-small")},
+            "training": {"learning_rate": 5e-4, "num_train_epochs": epochs,
+                         "save_total_limit": 2},
+            "seed": seed}
+
+
+class Proc:
+    def __init__(self, args, log, env):
+        self.args, self.log, self.env = args, log, env
+        self.p = None
+
+    def start(self):
+        self.p = subprocess.Popen(self.args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+                                  env=self.env)
+        return self.p.pid
+
+    def kill9(self):
+        self.p.send_signal(signal.SIGKILL); self.p.wait()
+
+    def stop(self):
+        if self.p and self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+
+
+def wait_up(base, t=60):
+    end = time.time() + t
+    while time.time() < end:
+        try:
+            if http("GET", base + "/health", timeout=2)[0] == 200:
+                return
+        except Exception:
+            pass
+        time.sleep(0.3)
+    raise SystemExit(f"{base} did not start")
+
+
+def results(base, jid):
+    _, r = http("GET", f"{base}/v1/jobs/{jid}/results")
+    _, e = http("GET", f"{base}/v1/jobs/{jid}/epochs")
+    # Everything but timings.
+    fin = {k: v for k, v in r["finetuned"].items() if "second" not in k}
+    return {"finetuned": fin, "epochs": [(x["epoch"], x["step"], x["eval_loss"], x["eval"],
+                                          x["train_loss"], x["learning_rate"])
+                                         for x in e["epochs"]]}
+
+
+def run_fleet(bin_, db, s3, work, n_workers, jobs, chaos, lease, seed):
+    os.makedirs(work, exist_ok=True)
+    env = dict(os.environ, METAFORA_LOG="info", RAYON_NUM_THREADS="1")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    common = ["--database-url", db, "--allow-path", FIX, "--device", "cpu"]
+    if s3:
+        common += ["--artifacts", s3]
+    api = Proc([bin_, "serve", "--no-worker", "--bind", f"127.0.0.1:{port}",
+                "--data-dir", f"{work}/api", "--max-crashes", "1000"] + common,
+               f"{work}/api.log", env)
+    api.start()
+    wait_up(base)
+    workers = {}
+    pids = {}
+    for i in range(n_workers):
+        name = f"w{i}"
+        workers[name] = Proc([bin_, "worker", "--worker-name", name, "--lease-seconds", str(lease),
+                              "--max-crashes", "1000", "--data-dir", f"{work}/{name}"] + common,
+                             f"{work}/{name}.log", env)
+        pids.setdefault(name, []).append(workers[name].start())
+    t0 = time.time()
+    ids = []
+    for j in jobs:
+        code, body = http("POST", base + "/v1/jobs", j)
+        assert code == 201, (code, body)
+        ids.append(body["id"])
+    kills = []  # (worker name, pid, unix ms of the kill)
+    rng = random.Random(seed)
+    pending = {}  # name -> restart time
+    if chaos:
+        end = time.time() + chaos
+        while time.time() < end:
+            time.sleep(rng.uniform(2.0, 4.0))
+            now = time.time()
+            for name, at in list(pending.items()):
+                if now >= at:
+                    pids[name].append(workers[name].start()); del pending[name]
+            alive = [n for n in workers if n not in pending]
+            if not alive:
+                continue
+            victim = rng.choice(alive)
+            pid = workers[victim].p.pid
+            workers[victim].kill9()
+            kills.append((victim, pid, int(time.time() * 1000)))
+            # One restart in three waits past the lease: another worker takes the job.
+            if rng.random() < 1 / 3:
+                pending[victim] = time.time() + lease + 2
+            else:
+                pids[victim].append(workers[victim].start())
+        for name in list(pending):
+            pids[name].append(workers[name].start())
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        st = [http("GET", f"{base}/v1/jobs/{i}")[1]["status"] for i in ids]
+        if all(s in ("succeeded", "failed", "cancelled", "interrupted") for s in st):
+            break
+        time.sleep(1)
+    wall = time.time() - t0
+    out = {"wall_s": wall, "ids": ids, "kills": kills, "base": base,
+           "statuses": [http("GET", f"{base}/v1/jobs/{i}")[1]["status"] for i in ids],
+           "results": {i: results(base, i) for i in ids}}
+    _, out["workers"] = http("GET", base + "/v1/workers")
+    for w in workers.values():
+        w.stop()
+    api.stop()
+    return out
+
+
+def check_chaos(db, out, epochs, reference):
+    bad = []
+    ids = out["ids"]
+    for i, s in zip(ids, out["statuses"]):
+        if s != "succeeded":
+            bad.append(f"job {i} is {s}")
+    fin = dict((r[0], int(r[1])) for r in psql(
+        db, "SELECT job_id, COUNT(*) FROM events WHERE kind = 'finished' GROUP BY job_id"))
+    for i in ids:
+        if fin.get(i) != 1:
+            bad.append(f"job {i} finished {fin.get(i)} times")
+    ep = dict((r[0], int(r[1])) for r in psql(db, "SELECT job_id, COUNT(*) FROM epochs GROUP BY job_id"))
+    for i in ids:
+        if ep.get(i) != epochs:
+            bad.append(f"job {i} has {ep.get(i)} epoch rows, want {epochs}")
+    for i, r in out["results"].items():
+        if r != reference:
+            bad.append(f"job {i} metrics differ from the uninterrupted run: {r} vs {reference}")
+    # Lease history: consecutive leases of a job never overlap. A lease ended cleanly
+    # (finished/requeued) ended before the next began; a lease taken back (expired/reclaimed)
+    # belonged to a worker process that was dead (killed) before the next lease began.
+    rows = psql(db, "SELECT l.job_id, l.worker_id, l.acquired_ms, l.renewed_ms, l.ended_ms, "
+                    "COALESCE(l.outcome, ''), w.pid FROM leases l JOIN workers w ON w.id = l.worker_id "
+                    "ORDER BY l.job_id, l.id")
+    killed = {int(pid): ms for _, pid, ms in out["kills"]}
+    by_job = {}
+    for r in rows:
+        by_job.setdefault(r[0], []).append(r)
+    taken_back = 0
+    for jid, ls in by_job.items():
+        for a, b in zip(ls, ls[1:]):
+            acq_b = int(b[2])
+            if a[5] in ("finished", "requeued"):
+                if not int(a[4]) <= acq_b:
+                    bad.append(f"job {jid}: lease {a} ended after {b} began")
+            else:
+                taken_back += 1
+                pid = int(a[6])
+                if pid not in killed or killed[pid] > acq_b:
+                    bad.append(f"job {jid}: lease {a} taken back while its worker (pid {pid}) lived")
+        if ls and ls[-1][5] != "finished":
+            bad.append(f"job {jid}: last lease ended {ls[-1][5]!r}")
+    return bad, len(rows), taken_back
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--metafora", required=True)
+    ap.add_argument("--jobs", type=int, default=12)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--chaos-seconds", type=float, default=60)
+    ap.add_argument("--lease", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--scaling", action="store_true", help="also time 1 vs 2 workers")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    pg = os.environ["METAFORA_PG_URL"]
+    s3 = os.environ.get("METAFORA_S3_URL")
+    work = a.out or tempfile.mkdtemp(prefix="chaos-")
+    os.makedirs(work, exist_ok=True)
+    spec = job(42, a.epochs)
+    summary = {}
+    # Reference: the same spec once, uninterrupted, on its own SQLite server.
+    t = time.time()
+    ref = run_fleet(a.metafora, f"sqlite://{work}/ref.db", None, f"{work}/ref", 1, [spec], 0,
+                    15, a.seed)
+    assert ref["statuses"] == ["succeeded"], ref["statuses"]
+    reference = ref["results"][ref["ids"][0]]
+    summary["reference_s"] = round(time.time() - t, 1)
+    summary["reference_test_f1"] = reference["finetuned"]["f1"]
+    # Chaos on PostgreSQL + S3.
+    db = createdb(pg, f"chaos_{int(time.time())}")
+    os.makedirs(f"{work}/chaos", exist_ok=True)
+    out = run_fleet(a.metafora, db, s3, f"{work}/chaos", 3, [spec] * a.jobs, a.chaos_seconds,
+                    a.lease, a.seed)
+    bad, leases, taken_back = check_chaos(db, out, a.epochs, reference)
+    summary["chaos"] = {"jobs": a.jobs, "epochs": a.epochs, "workers": 3, "kills": len(out["kills"]),
+                        "leases": leases, "leases_taken_back": taken_back,
+                        "wall_s": round(out["wall_s"], 1), "violations": bad,
+                        "all_succeeded_once": not bad}
+    if a.scaling:
+        for n in (1, 2):
+            dbn = createdb(pg, f"scale{n}_{int(time.time())}")
+            os.makedirs(f"{work}/scale{n}", exist_ok=True)
+            o = run_fleet(a.metafora, dbn, s3, f"{work}/scale{n}", n, [spec] * a.jobs, 0, 15, a.seed)
+            assert all(s == "succeeded" for s in o["statuses"]), o["statuses"]
+            summary[f"workers_{n}_wall_s"] = round(o["wall_s"], 1)
+        summary["speedup_2_vs_1"] = round(summary["workers_1_wall_s"] / summary["workers_2_wall_s"], 2)
+    print(json.dumps(summary, indent=1))
+    if bad:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
