@@ -46,7 +46,7 @@ def createdb(base, name):
 def job(seed, epochs):
     return {"model": {"checkpoint": os.path.join(FIX, "tiny-roberta-base")},
             "dataset": {"path": os.path.join(FIX, "data", "synthetic-small")},
-            "training": {"learning_rate": 5e-4, "num_train_epochs": epochs,
+            "training": {"learning_rate": 2e-3, "num_train_epochs": epochs,
                          "save_total_limit": 2},
             "seed": seed}
 
@@ -95,7 +95,7 @@ def results(base, jid):
                                          for x in e["epochs"]]}
 
 
-def run_fleet(bin_, db, s3, work, n_workers, jobs, chaos, lease, seed):
+def run_fleet(bin_, db, s3, work, n_workers, jobs, chaos, lease, seed, outage=0):
     os.makedirs(work, exist_ok=True)
     env = dict(os.environ, METAFORA_LOG="info", RAYON_NUM_THREADS="1")
     port = free_port()
@@ -125,9 +125,18 @@ def run_fleet(bin_, db, s3, work, n_workers, jobs, chaos, lease, seed):
     kills = []  # (worker name, pid, unix ms of the kill)
     rng = random.Random(seed)
     pending = {}  # name -> restart time
+    outage_at = None
     if chaos:
         end = time.time() + chaos
         while time.time() < end:
+            if outage and outage_at is None and time.time() >= end - chaos + 6:
+                # 6 s in, while jobs run: the database goes away (immediate shutdown) and
+                # comes back.
+                outage_at = time.time()
+                pg = os.path.join(ROOT, "scripts", "pg_temp.sh")
+                subprocess.run([pg, "pause", os.environ["METAFORA_PG_DIR"]], check=True)
+                time.sleep(outage)
+                subprocess.run([pg, "resume", os.environ["METAFORA_PG_DIR"]], check=True)
             time.sleep(rng.uniform(2.0, 4.0))
             now = time.time()
             for name, at in list(pending.items()):
@@ -149,12 +158,19 @@ def run_fleet(bin_, db, s3, work, n_workers, jobs, chaos, lease, seed):
             pids[name].append(workers[name].start())
     deadline = time.time() + 900
     while time.time() < deadline:
-        st = [http("GET", f"{base}/v1/jobs/{i}")[1]["status"] for i in ids]
-        if all(s in ("succeeded", "failed", "cancelled", "interrupted") for s in st):
+        try:
+            st = [http("GET", f"{base}/v1/jobs/{i}")[1]["status"] for i in ids]
+        except Exception:
+            st = []
+        if st and all(s in ("succeeded", "failed", "cancelled", "interrupted") for s in st):
             break
         time.sleep(1)
     wall = time.time() - t0
-    out = {"wall_s": wall, "ids": ids, "kills": kills, "base": base,
+    logs = [line for n in workers for line in open(f"{work}/{n}.log", errors="replace")]
+    fenced = sum(1 for line in logs
+                 if "run stopped before writing" in line or "store failed mid-job" in line)
+    out = {"wall_s": wall, "ids": ids, "kills": kills, "base": base, "stopped_by_outage": fenced, "logs": logs,
+           "outage_s": outage if outage_at else 0,
            "statuses": [http("GET", f"{base}/v1/jobs/{i}")[1]["status"] for i in ids],
            "results": {i: results(base, i) for i in ids}}
     _, out["workers"] = http("GET", base + "/v1/workers")
@@ -162,6 +178,9 @@ def run_fleet(bin_, db, s3, work, n_workers, jobs, chaos, lease, seed):
         w.stop()
     api.stop()
     return out
+
+
+STOP_PHRASES = ("run stopped before writing", "store failed mid-job", "lease lost")
 
 
 def check_chaos(db, out, epochs, reference):
@@ -202,8 +221,14 @@ def check_chaos(db, out, epochs, reference):
             else:
                 taken_back += 1
                 pid = int(a[6])
-                if pid not in killed or killed[pid] > acq_b:
-                    bad.append(f"job {jid}: lease {a} taken back while its worker (pid {pid}) lived")
+                dead = pid in killed and killed[pid] <= acq_b
+                # A live worker may lose a lease only to the database outage, and then must
+                # have stopped the run before writing (its log says so for this job).
+                stopped = any(jid in line and any(p in line for p in STOP_PHRASES)
+                              for line in out["logs"])
+                if not dead and not stopped:
+                    bad.append(f"job {jid}: lease {a} taken back while its worker (pid {pid}) "
+                               "lived and kept running")
         if ls and ls[-1][5] != "finished":
             bad.append(f"job {jid}: last lease ended {ls[-1][5]!r}")
     return bad, len(rows), taken_back
@@ -213,11 +238,13 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--metafora", required=True)
     ap.add_argument("--jobs", type=int, default=12)
-    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--chaos-seconds", type=float, default=60)
     ap.add_argument("--lease", type=int, default=3)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--scaling", action="store_true", help="also time 1 vs 2 workers")
+    ap.add_argument("--db-outage", type=float, default=0,
+                    help="after the kill loop, stop PostgreSQL this many seconds (needs METAFORA_PG_DIR)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     pg = os.environ["METAFORA_PG_URL"]
@@ -238,11 +265,13 @@ def main():
     db = createdb(pg, f"chaos_{int(time.time())}")
     os.makedirs(f"{work}/chaos", exist_ok=True)
     out = run_fleet(a.metafora, db, s3, f"{work}/chaos", 3, [spec] * a.jobs, a.chaos_seconds,
-                    a.lease, a.seed)
+                    a.lease, a.seed, a.db_outage)
     bad, leases, taken_back = check_chaos(db, out, a.epochs, reference)
     summary["chaos"] = {"jobs": a.jobs, "epochs": a.epochs, "workers": 3, "kills": len(out["kills"]),
                         "leases": leases, "leases_taken_back": taken_back,
                         "wall_s": round(out["wall_s"], 1), "violations": bad,
+                        "db_outage_s": out["outage_s"],
+                        "runs_stopped_by_the_outage": out["stopped_by_outage"],
                         "all_succeeded_once": not bad}
     if a.scaling:
         for n in (1, 2):

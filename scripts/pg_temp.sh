@@ -3,6 +3,8 @@
 #
 #   eval "$(scripts/pg_temp.sh start DIR)"   # prints: export METAFORA_PG_URL=... METAFORA_PG_DIR=DIR
 #   scripts/pg_temp.sh createdb DIR NAME     # another (fresh) database; prints its URL
+#   scripts/pg_temp.sh pause DIR             # stops the server, keeps its data (outage tests)
+#   scripts/pg_temp.sh resume DIR            # starts it again on the same port
 #   scripts/pg_temp.sh stop DIR              # stops the server and removes DIR
 #
 # The superuser is `metafora` with trust auth on 127.0.0.1 (no password); the unix socket lives
@@ -12,7 +14,7 @@
 set -euo pipefail
 
 die() { echo "pg_temp.sh: $*" >&2; exit 1; }
-usage() { die "usage: $0 start DIR | createdb DIR NAME | stop DIR"; }
+usage() { die "usage: $0 start DIR | createdb DIR NAME | pause DIR | resume DIR | stop DIR"; }
 
 # Newest /usr/lib/postgresql/*/bin, else whatever initdb is on PATH.
 pg_bin() {
@@ -47,6 +49,14 @@ free_port() {
     die "no free port found"
 }
 
+# Starts the server of DIR on PORT. Durability is pointless for a throwaway server: fsync off
+# makes the tests faster.
+pg_start() {
+    as_pg "$1/pg_ctl" -D "$2/data" -l "$2/log" -w -t 60 \
+        -o "-p $3 -k $2 -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
+        start >>"$2/log" 2>&1 || die "pg_ctl start failed, see $2/log"
+}
+
 # Port of a server started by this script in DIR.
 port_of() { [[ -f "$1/port" ]] || die "$1 holds no server started by this script (no $1/port)"; cat "$1/port"; }
 
@@ -68,10 +78,7 @@ start)
     echo "pg_temp.sh: $bin, port $port, log $log" >&2
     as_pg "$bin/initdb" -D "$dir/data" -A trust -U metafora -E UTF8 --locale=C >>"$log" 2>&1 \
         || die "initdb failed, see $log"
-    # Durability is pointless for a throwaway server: fsync off makes the tests faster.
-    as_pg "$bin/pg_ctl" -D "$dir/data" -l "$log" -w -t 60 \
-        -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-        start >>"$log" 2>&1 || die "pg_ctl start failed, see $log"
+    pg_start "$bin" "$dir" "$port"
     echo "$port" >"$dir/port"
     for _ in $(seq 1 60); do
         "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" && break
@@ -89,6 +96,16 @@ createdb)
     [[ "$3" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "database name must match [A-Za-z_][A-Za-z0-9_]*"
     "$bin/createdb" -h 127.0.0.1 -p "$port" -U metafora "$3" || die "createdb $3 failed"
     echo "postgres://metafora@127.0.0.1:$port/$3"
+    ;;
+pause)
+    [[ $# -eq 2 ]] || usage
+    port_of "$2" >/dev/null
+    as_pg "$(pg_bin)/pg_ctl" -D "$2/data" -w -t 60 -m immediate stop >>"$2/log" 2>&1 \
+        || die "pg_ctl stop failed, see $2/log"
+    ;;
+resume)
+    [[ $# -eq 2 ]] || usage
+    pg_start "$(pg_bin)" "$(readlink -f "$2")" "$(port_of "$2")"
     ;;
 stop)
     [[ $# -eq 2 ]] || usage

@@ -46,7 +46,10 @@ pub fn from_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, JsonError> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if inner.is_syntax() || inner.is_eof() {
+        // serde_json reports some shape errors as syntax (an enum given as a number reads as
+        // "expected value"): a document that parses is a field error, named by its path.
+        let well_formed = serde_json::from_slice::<serde::de::IgnoredAny>(bytes).is_ok();
+        if (inner.is_syntax() || inner.is_eof()) && !well_formed {
             return JsonError::Syntax(inner.to_string());
         }
         let msg = inner.to_string();

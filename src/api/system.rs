@@ -79,7 +79,7 @@ struct WorkerLabel {
     device: String,
 }
 
-/// Workers seen within this long are listed by `/v1/workers` and `/metrics`.
+/// `/metrics` reports workers seen within this long.
 const WORKERS_WINDOW_MS: i64 = 24 * 3600 * 1000;
 
 /// A worker as `/v1/workers` shows it.
@@ -100,9 +100,9 @@ pub struct WorkerView {
     pub stopped_at: Option<String>,
 }
 
-async fn worker_views(state: &AppState) -> Result<Vec<WorkerView>, ApiError> {
+async fn worker_views(state: &AppState, window_ms: i64) -> Result<Vec<WorkerView>, ApiError> {
     let now = store::workers::now_ms();
-    let rows = store::workers::list(&state.shared.pool, now - WORKERS_WINDOW_MS).await?;
+    let rows = store::workers::list(&state.shared.pool, now - window_ms).await?;
     Ok(rows
         .into_iter()
         .map(|w| {
@@ -131,9 +131,28 @@ async fn worker_views(state: &AppState) -> Result<Vec<WorkerView>, ApiError> {
         .collect())
 }
 
-/// GET /v1/workers: worker processes seen in the last 24 hours, newest heartbeat first.
-pub async fn workers(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let workers = worker_views(&state).await?;
+/// `GET /v1/workers` query.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkersQuery {
+    /// Workers with a heartbeat within this many hours (1..=8760; default 24).
+    since_hours: Option<i64>,
+}
+
+/// GET /v1/workers: worker processes seen recently, newest heartbeat first.
+pub async fn workers(
+    State(state): State<AppState>,
+    q: Result<axum::extract::Query<WorkersQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let axum::extract::Query(q) = q.map_err(|e| ApiError::invalid("query", e.body_text()))?;
+    let hours = q.since_hours.unwrap_or(24);
+    if !(1..=8760).contains(&hours) {
+        return Err(ApiError::invalid(
+            "since_hours",
+            format!("must be in 1..=8760, got {hours}"),
+        ));
+    }
+    let workers = worker_views(&state, hours * 3600 * 1000).await?;
     Ok(Json(serde_json::json!({ "workers": workers })))
 }
 
@@ -300,7 +319,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     );
     let heartbeat_age = Family::<WorkerLabel, Gauge<f64, AtomicU64>>::default();
     let busy = Family::<WorkerLabel, Gauge>::default();
-    for w in worker_views(&state).await? {
+    for w in worker_views(&state, WORKERS_WINDOW_MS).await? {
         if w.state != "alive" {
             continue;
         }

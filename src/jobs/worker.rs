@@ -556,8 +556,16 @@ impl Worker {
         .into_iter()
         .flatten()
         {
+            // Only what the service itself keeps (a hub id is not a path to fetch).
             let local = sh.localize(p);
-            if local.starts_with(&sh.data_dir) {
+            let kept = local
+                .strip_prefix(&sh.data_dir)
+                .ok()
+                .and_then(|r| r.components().next())
+                .is_some_and(|c| {
+                    ["jobs", "datasets", "projects"].contains(&&*c.as_os_str().to_string_lossy())
+                });
+            if kept {
                 inputs.push(local);
             }
         }

@@ -51,11 +51,13 @@ pub async fn activate_new(
 /// Makes deployment `seq` the active one of its name.
 pub async fn activate(pool: &Pool, name: &str, seq: i64) -> Result<(), StoreError> {
     let mut conn = begin_immediate(pool).await?;
-    sqlx::query("UPDATE deployments SET active = (seq = $1) WHERE name = $2")
-        .bind(seq)
-        .bind(name)
-        .execute(&mut *conn)
-        .await?;
+    sqlx::query(
+        "UPDATE deployments SET active = CASE WHEN seq = $1 THEN 1 ELSE 0 END WHERE name = $2",
+    )
+    .bind(seq)
+    .bind(name)
+    .execute(&mut *conn)
+    .await?;
     commit(conn).await
 }
 

@@ -33,6 +33,8 @@ pub struct Options {
     /// (header read, request) timeouts in seconds.
     pub timeouts: (u64, u64),
     pub cors_origins: Vec<String>,
+    /// `--artifacts` URL.
+    pub artifacts: Option<String>,
 }
 
 impl Default for Options {
@@ -48,6 +50,7 @@ impl Default for Options {
             dir: None,
             timeouts: (10, 60),
             cors_origins: vec![],
+            artifacts: None,
         }
     }
 }
@@ -72,6 +75,7 @@ pub fn serve_args(dir: &std::path::Path, o: &Options) -> ServeArgs {
         header_read_timeout: o.timeouts.0,
         request_timeout: o.timeouts.1,
         cors_origins: o.cors_origins.clone(),
+        artifacts: o.artifacts.clone(),
         ..Default::default()
     }
 }

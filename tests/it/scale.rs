@@ -139,3 +139,57 @@ fn a_database_down_at_start_is_retried_with_backoff_then_a_clear_error() {
         "{took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_best_model_the_artifact_store_refuses_fails_the_job_and_is_not_deployed() {
+    use crate::app::{Options, spawn_app_with, tiny_job};
+    let tmp = tempfile::tempdir().unwrap();
+    let store = tmp.path().join("store");
+    let app = spawn_app_with(Options {
+        artifacts: Some(format!("file://{}", store.display())),
+        ..Default::default()
+    })
+    .await;
+    let mut spec = tiny_job(2);
+    spec["deploy_as"] = serde_json::json!("never");
+    let id = app.create_job(&spec).await;
+    let worker = app.worker.clone();
+    let run = tokio::spawn(async move { worker.try_run_next().await.unwrap() });
+    // After the first epoch (its checkpoint mirrored), the store becomes unwritable: its root
+    // is now a file. The second epoch's upload and the final one fail.
+    let t = std::time::Instant::now();
+    loop {
+        let (_, e) = app.get(&format!("/v1/jobs/{id}/epochs")).await;
+        if e["epochs"].as_array().is_some_and(|a| !a.is_empty()) {
+            break;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(120),
+            "no epoch"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(
+        store.join(format!("jobs/{id}")).is_dir(),
+        "epoch 1 mirrored"
+    );
+    std::fs::remove_dir_all(&store).unwrap();
+    std::fs::write(&store, b"not a directory").unwrap();
+    run.await.unwrap();
+    let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.starts_with("ArtifactError: the best model could not be stored"),
+        "{error}"
+    );
+    assert!(job["best_checkpoint"].is_null(), "{job}");
+    let (code, _) = app
+        .post(
+            "/v1/detect",
+            &serde_json::json!({"text": "El cor.", "model": "never"}),
+        )
+        .await;
+    assert_eq!(code, 404, "a model not stored is not deployed");
+    app.shutdown().await;
+}

@@ -159,6 +159,9 @@ async fn hostile_inputs_get_4xx_json_and_leave_jobs_intact() {
         },
         json_case("missing model", json!({"dataset": {"path": a.join("data")}}), UNPROCESSABLE, Some("model")),
         json_case("model is a number", with("/model", json!(3)), UNPROCESSABLE, Some("model")),
+        json_case("unknown device kind", {let mut s = good.clone(); s["device"] = json!("tpu"); s}, UNPROCESSABLE, Some("device")),
+        json_case("device as a number", {let mut s = good.clone(); s["device"] = json!(0); s}, UNPROCESSABLE, Some("device")),
+        json_case("device with a path", {let mut s = good.clone(); s["device"] = json!("../cuda"); s}, UNPROCESSABLE, Some("device")),
         json_case("hub as an array of its fields", {let mut s = good.clone(); s["hub"] = json!([false, null, true]); s}, UNPROCESSABLE, Some("hub")),
         json_case("unknown focal field", set("training", "loss", json!({"focal": {"gamma": 2.0, "alpha": 1}})), UNPROCESSABLE, Some("training.loss.focal.alpha")),
         json_case("focal loss as an array", set("training", "loss", json!({"focal": [2.0]})), UNPROCESSABLE, Some("training.loss.focal")),
@@ -535,6 +538,12 @@ async fn hostile_inputs_get_4xx_json_and_leave_jobs_intact() {
         "/v1/predictions/00000000-0000-0000-0000-000000000000/output",
         "/v1/models/..%2Fx/versions",
         "/v1/models/nope/versions",
+        "/v1/workers?evil=1",
+        "/v1/workers?since_hours=-1",
+        "/v1/workers?since_hours=0",
+        "/v1/workers?since_hours=abc",
+        "/v1/workers?since_hours=99999999999999999999",
+        "/v1/workers?since_hours=1e3",
     ] {
         let (code, body) = app.get(q).await;
         if !((400..500).contains(&code) && body["error"]["code"].is_string()) {
