@@ -10,7 +10,8 @@ the same 12 jobs with 1 and with 2 workers (RAYON_NUM_THREADS=1 each).
 Needs METAFORA_PG_URL (scripts/pg_temp.sh), AWS_* + METAFORA_S3_URL (scripts/moto_temp.sh),
 psql on PATH. Prints a JSON summary; exits non-zero on any violated property.
 """
-import argparse, json, os, random, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, datetime, json, os, random, shutil, signal, socket, subprocess, sys, tempfile
+import threading, time
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -95,7 +96,19 @@ def results(base, jid):
                                          for x in e["epochs"]]}
 
 
-def run_fleet(bin_, db, s3, work, n_workers, jobs, chaos, lease, seed, outage=0):
+def listen(base, jid, got):
+    """Appends (event id, arrival unix ms) of job `jid`'s SSE stream to `got` until it ends."""
+    try:
+        with urllib.request.urlopen(f"{base}/v1/jobs/{jid}/events", timeout=600) as r:
+            for raw in r:
+                line = raw.decode().strip()
+                if line.startswith("id:"):
+                    got.append((int(line[3:].strip()), time.time() * 1000))
+    except Exception as e:  # the stream's end or the server's stop
+        got.append(("end", str(e)))
+
+
+def run_fleet(bin_, db, s3, work, n_workers, jobs, chaos, lease, seed, outage=0, probe=None):
     os.makedirs(work, exist_ok=True)
     env = dict(os.environ, METAFORA_LOG="info", RAYON_NUM_THREADS="1")
     port = free_port()
@@ -122,6 +135,9 @@ def run_fleet(bin_, db, s3, work, n_workers, jobs, chaos, lease, seed, outage=0)
         code, body = http("POST", base + "/v1/jobs", j)
         assert code == 201, (code, body)
         ids.append(body["id"])
+    heard = []
+    if probe:
+        threading.Thread(target=listen, args=(base, ids[0], heard), daemon=True).start()
     kills = []  # (worker name, pid, unix ms of the kill)
     rng = random.Random(seed)
     pending = {}  # name -> restart time
@@ -174,10 +190,36 @@ def run_fleet(bin_, db, s3, work, n_workers, jobs, chaos, lease, seed, outage=0)
            "statuses": [http("GET", f"{base}/v1/jobs/{i}")[1]["status"] for i in ids],
            "results": {i: results(base, i) for i in ids}}
     _, out["workers"] = http("GET", base + "/v1/workers")
+    if probe:
+        out["probe"] = probe_results(base, db, ids[0], heard, probe)
     for w in workers.values():
         w.stop()
     api.stop()
     return out
+
+
+def probe_results(base, db, jid, heard, model):
+    """SSE latency across processes (event written by a worker, read by the API node's stream)
+    and the deployment a worker made, served by the API node from the artifact store."""
+    created = {int(i): c for i, c in psql(db, f"SELECT id, created_at FROM events WHERE job_id = '{jid}'")}
+    lags = sorted(ms - datetime.datetime.fromisoformat(created[i].replace("Z", "+00:00")).timestamp() * 1000
+                  for i, ms in heard if i != "end" and i in created)
+    res = {"events": len(created), "events_streamed": len(lags)}
+    if lags:
+        res["sse_lag_ms_median"] = round(lags[len(lags) // 2], 1)
+        res["sse_lag_ms_p90"] = round(lags[int(len(lags) * 0.9)], 1)
+        res["sse_lag_ms_max"] = round(lags[-1], 1)
+    version = psql(db, f"SELECT version FROM deployments WHERE name = '{model}' AND active = 1")
+    res["deployed_version"] = version[0][0] if version else None
+    served = None
+    for _ in range(40):
+        code, d = http("POST", base + "/v1/detect", {"text": "El temps vola.", "model": model})
+        if code == 200:
+            served = d.get("model_version")
+            break
+        time.sleep(0.5)
+    res["served_version"] = served
+    return res
 
 
 STOP_PHRASES = ("run stopped before writing", "store failed mid-job", "lease lost")
@@ -264,14 +306,24 @@ def main():
     # Chaos on PostgreSQL + S3.
     db = createdb(pg, f"chaos_{int(time.time())}")
     os.makedirs(f"{work}/chaos", exist_ok=True)
-    out = run_fleet(a.metafora, db, s3, f"{work}/chaos", 3, [spec] * a.jobs, a.chaos_seconds,
-                    a.lease, a.seed, a.db_outage)
+    first = dict(spec, deploy_as="chaos-demo")
+    out = run_fleet(a.metafora, db, s3, f"{work}/chaos", 3, [first] + [spec] * (a.jobs - 1),
+                    a.chaos_seconds, a.lease, a.seed, a.db_outage, probe="chaos-demo")
+    p = out["probe"]
+    bad_probe = []
+    if p["events_streamed"] != p["events"]:
+        bad_probe.append(f"the API node streamed {p['events_streamed']} of {p['events']} events")
+    if not p["deployed_version"] or p["served_version"] != p["deployed_version"]:
+        bad_probe.append(f"deployment made by a worker served as {p['served_version']}, "
+                         f"recorded {p['deployed_version']}")
     bad, leases, taken_back = check_chaos(db, out, a.epochs, reference)
+    bad += bad_probe
     summary["chaos"] = {"jobs": a.jobs, "epochs": a.epochs, "workers": 3, "kills": len(out["kills"]),
                         "leases": leases, "leases_taken_back": taken_back,
                         "wall_s": round(out["wall_s"], 1), "violations": bad,
                         "db_outage_s": out["outage_s"],
                         "runs_stopped_by_the_outage": out["stopped_by_outage"],
+                        "probe": p,
                         "all_succeeded_once": not bad}
     if a.scaling:
         for n in (1, 2):

@@ -1,5 +1,6 @@
-//! The only SQL: an SQLite pool (WAL, busy timeout, foreign keys), migrations embedded from
-//! `migrations/`, and one file per table group.
+//! The only SQL: one pool over SQLite (WAL, busy timeout, foreign keys) or PostgreSQL, the
+//! migrations of each engine embedded from `migrations/` and `migrations/postgres/`, one file
+//! per table group — and the artifact store (`artifacts`), the other place state is kept.
 
 pub mod artifacts;
 pub mod datasets;

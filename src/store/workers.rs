@@ -112,7 +112,7 @@ pub async fn stopped(pool: &Pool, worker_id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Workers that are running or stopped within the last `hours`, newest heartbeat first.
+/// Workers whose last heartbeat is at or after `since_ms`, newest heartbeat first.
 pub async fn list(pool: &Pool, since_ms: i64) -> Result<Vec<WorkerRow>, StoreError> {
     Ok(sqlx::query_as::<_, WorkerRow>(
         "SELECT * FROM workers WHERE heartbeat_ms >= $1 ORDER BY heartbeat_ms DESC, name",
