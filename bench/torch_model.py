@@ -57,6 +57,9 @@ def main():
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--forward-only", action="store_true")
+    ap.add_argument("--reduced", action="store_true",
+                    help="also time the forward in bf16 (weights and activations cast) and int8 "
+                         "(torch.ao.quantization.quantize_dynamic of the Linear layers)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
@@ -80,9 +83,20 @@ def main():
                 model(input_ids=ids, attention_mask=mask).logits.sum().item()
 
         fwd = median_time(forward, args.warmup, args.iters, sync)
+        reduced = {}
+        if args.reduced and dev.type == "cpu":
+            import copy
+            qmodel = torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8)
+            bmodel = copy.deepcopy(model).to(torch.bfloat16)
+            for name, m in (("int8", qmodel), ("bf16", bmodel)):
+                def fwd_reduced(m=m):
+                    with torch.inference_mode():
+                        m(input_ids=ids, attention_mask=mask).logits.float().sum().item()
+                reduced[f"forward_{name}_ms"] = median_time(fwd_reduced, args.warmup, args.iters, sync) * 1000
+            del qmodel, bmodel
         if args.forward_only:
             out["sizes"][size] = {"forward_ms": fwd * 1000, "train_step_ms": None,
-                                  "parameters": sum(p.numel() for p in model.parameters())}
+                                  "parameters": sum(p.numel() for p in model.parameters()), **reduced}
             continue
         opt = torch.optim.AdamW(model.parameters(), lr=2e-5, weight_decay=0.01)
         model.train()
@@ -96,7 +110,7 @@ def main():
 
         st = median_time(step, args.warmup, max(3, args.iters // 2), sync)
         out["sizes"][size] = {"forward_ms": fwd * 1000, "train_step_ms": st * 1000,
-                              "parameters": sum(p.numel() for p in model.parameters())}
+                              "parameters": sum(p.numel() for p in model.parameters()), **reduced}
         del model, opt
     print(json.dumps(out))
 

@@ -31,6 +31,8 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--make-base")
     ap.add_argument("--tokenizer-dir")
+    ap.add_argument("--int8", action="store_true",
+                    help="quantize_dynamic the model's Linear layers to int8 first (PyTorch's CPU int8)")
     args = ap.parse_args()
     if args.make_base:
         make_base(args.make_base, args.tokenizer_dir)
@@ -40,6 +42,8 @@ def main():
     torch.set_num_threads(args.threads)
     tok = AutoTokenizer.from_pretrained(args.model, add_prefix_space=True)
     clf = pipeline("token-classification", model=args.model, tokenizer=tok, aggregation_strategy="simple", device=-1)
+    if args.int8:
+        clf.model = torch.ao.quantization.quantize_dynamic(clf.model, {torch.nn.Linear}, dtype=torch.qint8)
     sents = [" ".join(json.loads(line)["tokens"]) for line in open(args.sentences)][: args.n]
     for s in sents[:10]:
         clf(s)
@@ -52,7 +56,8 @@ def main():
     total = time.perf_counter() - t_all
     lat.sort()
     print(json.dumps({"n": len(lat), "p50_ms": statistics.median(lat), "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
-                      "sentences_per_second": len(lat) / total, "threads": torch.get_num_threads()}))
+                      "sentences_per_second": len(lat) / total, "threads": torch.get_num_threads(),
+                      "int8": args.int8}))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 //! [`Settings`] the server is wired from. Raw flags stay separate from settings: paths are
 //! canonicalised, contradictions refused and defaults resolved once, here.
 
+use crate::infer::Precision;
 use crate::jobs::worker::{WorkerOptions, default_name};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -181,6 +182,11 @@ pub struct ServeArgs {
     /// Tokens shared by consecutive windows when a text exceeds the model's window.
     #[arg(long, env = "METAFORA_WINDOW_STRIDE", default_value_t = 128)]
     pub window_stride: usize,
+    /// Number format of deployed models' dense layers when a deployment names none: f32, bf16
+    /// (CPU with AVX512_BF16) or int8 (dynamic quantisation, CPU with AVX512_VNNI). Evaluation
+    /// during training always runs in f32.
+    #[arg(long, env = "METAFORA_DETECT_PRECISION", value_enum, default_value_t = Precision::F32)]
+    pub detect_precision: Precision,
     /// Job spec started by Label Studio's START_TRAINING webhook (a JSON file).
     #[arg(long, env = "METAFORA_LABELSTUDIO_TRAIN_SPEC")]
     pub labelstudio_train_spec: Option<PathBuf>,
@@ -258,6 +264,9 @@ pub struct WorkerArgs {
     #[arg(long, env = "METAFORA_MAX_CRASHES", default_value_t = 3,
           value_parser = clap::value_parser!(i64).range(1..=1000))]
     pub max_crashes: i64,
+    /// Number format of models this worker deploys for jobs' `deploy_as` (as `serve`'s flag).
+    #[arg(long, env = "METAFORA_DETECT_PRECISION", value_enum, default_value_t = Precision::F32)]
+    pub detect_precision: Precision,
     /// Directory local model and dataset paths in job specs may point into (repeatable).
     #[arg(
         long = "allow-path",
@@ -280,6 +289,7 @@ impl WorkerArgs {
             lease_seconds: self.lease_seconds,
             max_crashes: self.max_crashes,
             allow_paths: self.allow_paths,
+            detect_precision: self.detect_precision,
             ..ServeArgs::default()
         }
     }
@@ -424,6 +434,7 @@ impl Settings {
                 batch_wait: Duration::from_millis(args.batch_wait_ms),
                 stride: args.window_stride,
                 window: None,
+                precision: args.detect_precision,
             },
             labelstudio_train_spec: args.labelstudio_train_spec,
             worker: !args.no_worker,
@@ -497,6 +508,10 @@ pub struct EvalArgs {
     pub max_length: usize,
     #[arg(long, env = "METAFORA_DEVICE", default_value = "auto")]
     pub device: DeviceSpec,
+    /// Number format of the dense layers (bf16 and int8: CPU engine only), to measure what
+    /// reduced-precision inference costs in F1.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 /// `metafora score`
@@ -554,6 +569,16 @@ pub enum BenchCommand {
     Logits(LogitsBench),
     /// The packed dense-layer kernel against a direct `gemm::gemm` call on the same weights.
     Kernels(KernelsBench),
+    /// The CPU's arithmetic peak per core and for all threads: AVX2 and AVX-512 f32 FMAs,
+    /// AVX512_BF16 and AVX512_VNNI dot products (what the inference figures are fractions of).
+    Peak(PeakBench),
+}
+
+#[derive(Debug, Args)]
+pub struct PeakBench {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -596,6 +621,10 @@ pub struct ModelBench {
     /// Device for the PyTorch reference (cpu or cuda).
     #[arg(long, default_value = "cpu")]
     pub torch_device: String,
+    /// Comma-separated number formats of the CPU engine's forward: f32, bf16, int8 (each
+    /// timed and given as a fraction of the CPU's measured peak for that format).
+    #[arg(long, default_value = "f32")]
+    pub precision: String,
 }
 
 #[derive(Debug, Args)]
@@ -628,6 +657,9 @@ pub struct DetectBench {
     pub python: Option<PathBuf>,
     #[arg(long, default_value_t = 1)]
     pub torch_threads: usize,
+    /// Number format the served model runs in (as `serve --detect-precision`).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 /// `metafora bench kernels`

@@ -48,6 +48,10 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
     let pool = store::connect(&settings.database_url, settings.database_wait)
         .await
         .with_context(|| format!("opening {}", store::redact_url(&settings.database_url)))?;
+    crate::infer::engine::check_precision(settings.device, settings.detector.precision)
+        .map_err(|e| anyhow::anyhow!("--detect-precision: {e}"))?;
+    tracing::info!(cpu = %crate::infer::cpu::packed::cpu_summary(),
+        precision = %settings.detector.precision, "inference engine");
     let registry = Arc::new(Registry::new(settings.device, settings.detector.clone()));
     if settings.api {
         deploy_default(&registry, &settings).await?;
@@ -202,7 +206,7 @@ pub async fn start(settings: Settings) -> anyhow::Result<Running> {
 /// not load stops the start.
 async fn deploy_default(registry: &Arc<Registry>, settings: &Settings) -> anyhow::Result<()> {
     let (r, dir) = (registry.clone(), settings.default_model.clone());
-    match tokio::task::spawn_blocking(move || r.deploy("default", &dir, None)).await? {
+    match tokio::task::spawn_blocking(move || r.deploy("default", &dir, None, None, None)).await? {
         Ok(_) => Ok(()),
         Err(e) if settings.default_model_explicit => Err(anyhow::anyhow!(
             "loading --model {}: {e}",
@@ -239,7 +243,7 @@ async fn redeploy_jobs(shared: &Arc<Shared>) {
         }
         let (r, id) = (shared.registry.clone(), row.id.clone());
         let result = tokio::task::spawn_blocking(move || {
-            r.deploy(&name, std::path::Path::new(&dir), Some(id))
+            r.deploy(&name, std::path::Path::new(&dir), Some(id), None, None)
         })
         .await;
         if let Ok(Err(e)) = result {

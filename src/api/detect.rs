@@ -170,7 +170,7 @@ pub async fn deploy_model(
         }
     };
     let paths = state.paths();
-    let info = models::deploy(&state.shared, &req.name, &dir, job_id, "api")
+    let info = models::deploy(&state.shared, &req.name, &dir, job_id, req.precision, "api")
         .await
         .map_err(|e| match e {
             ModelsError::Detect(DetectError::Load(l)) => {
@@ -226,7 +226,9 @@ pub async fn rollback_model(
 
 fn deployment_json(state: &AppState, r: &store::deployments::DeploymentRow) -> serde_json::Value {
     serde_json::json!({"version": r.version, "path": state.paths().public(&r.path), "job_id": r.job_id,
-        "deployed_by": r.deployed_by, "active": r.active != 0, "created_at": r.created_at})
+        "deployed_by": r.deployed_by, "active": r.active != 0, "created_at": r.created_at,
+        "precision": r.precision,
+        "quality": r.quality.as_deref().and_then(|q| serde_json::from_str::<serde_json::Value>(q).ok())})
 }
 
 /// GET /v1/models/{name}/versions — every deployment of the name, newest first.

@@ -298,6 +298,9 @@ pub struct DeployRequest {
     pub job_id: Option<String>,
     #[serde(default, deserialize_with = "non_null")]
     pub path: Option<String>,
+    /// Number format of the dense layers (`f32`, `bf16`, `int8`); absent: `--detect-precision`.
+    #[serde(default, deserialize_with = "non_null")]
+    pub precision: Option<crate::infer::Precision>,
 }
 
 /// `Option` that may be absent but not `null` (absent -> None, null -> error), so a body
@@ -355,6 +358,11 @@ pub struct ModelResponse {
     /// here, `simple` otherwise) and the words it groups sub-tokens into.
     pub aggregation_strategy: crate::infer::aggregate::Strategy,
     pub words: crate::infer::WordMode,
+    /// Number format of the dense layers; `version` ends in `-bf16` / `-int8` when reduced.
+    pub precision: crate::infer::Precision,
+    /// Reduced precision: the model against itself in f32 on its job's validation split.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<crate::infer::PrecisionComparison>,
 }
 
 impl ModelResponse {
@@ -369,6 +377,8 @@ impl ModelResponse {
             job_id: m.job_id,
             aggregation_strategy: m.aggregation_strategy,
             words: m.words,
+            precision: m.precision,
+            quality: m.quality,
         }
     }
 }

@@ -29,20 +29,29 @@ pub fn detect_bench(d: DetectBench, assets: &Path) -> anyhow::Result<()> {
     if sentences.is_empty() {
         bail!("no sentences in {}", d.sentences.display());
     }
-    let python = match &d.python {
-        Some(py) => Some(run_python(
-            py,
-            "torch_pipeline.py",
-            &[
-                "--model".into(),
-                d.model.display().to_string(),
-                "--sentences".into(),
-                d.sentences.display().to_string(),
-                "--threads".into(),
-                d.torch_threads.to_string(),
-            ],
-        )?),
-        None => None,
+    let pipeline = |int8: bool| -> anyhow::Result<Option<Value>> {
+        let Some(py) = &d.python else {
+            return Ok(None);
+        };
+        let mut args = vec![
+            "--model".into(),
+            d.model.display().to_string(),
+            "--sentences".into(),
+            d.sentences.display().to_string(),
+            "--threads".into(),
+            d.torch_threads.to_string(),
+        ];
+        if int8 {
+            args.push("--int8".into());
+        }
+        Ok(Some(run_python(py, "torch_pipeline.py", &args)?))
+    };
+    let python = pipeline(false)?;
+    // PyTorch's own int8 (quantize_dynamic) pipeline, when metafora runs int8.
+    let python_int8 = if d.precision == crate::infer::Precision::Int8 {
+        pipeline(true)?
+    } else {
+        None
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -56,6 +65,7 @@ pub fn detect_bench(d: DetectBench, assets: &Path) -> anyhow::Result<()> {
         model: Some(d.model.clone()),
         detect_queue: 48,
         no_worker: true,
+        detect_precision: d.precision,
         ..Default::default()
     };
     let settings = crate::config::Settings::from_args(args, assets)?;
@@ -63,19 +73,23 @@ pub fn detect_bench(d: DetectBench, assets: &Path) -> anyhow::Result<()> {
     let url = format!("http://{}/v1/detect", running.addr);
     let sentences = Arc::new(sentences);
     println!(
-        "metafora bench detect: model {}, device {}, {} s per level; queue bound 48",
+        "metafora bench detect: model {}, device {}, precision {}, {} s per level; queue bound 48; CPU {}",
         d.model.display(),
         running.shared.device,
-        d.seconds
+        d.precision,
+        d.seconds,
+        crate::infer::cpu::packed::cpu_summary()
     );
-    if let Some(p) = &python {
-        println!(
-            "pipeline (PyTorch, sequential, {} threads): p50 {:.2} ms, p99 {:.2} ms, {:.1} sentences/s",
-            p["threads"],
-            p["p50_ms"].as_f64().unwrap_or(0.0),
-            p["p99_ms"].as_f64().unwrap_or(0.0),
-            p["sentences_per_second"].as_f64().unwrap_or(0.0)
-        );
+    for (p, what) in [(&python, "f32"), (&python_int8, "int8")] {
+        if let Some(p) = p {
+            println!(
+                "pipeline {what} (PyTorch, sequential, {} threads): p50 {:.2} ms, p99 {:.2} ms, {:.1} sentences/s",
+                p["threads"],
+                p["p50_ms"].as_f64().unwrap_or(0.0),
+                p["p99_ms"].as_f64().unwrap_or(0.0),
+                p["sentences_per_second"].as_f64().unwrap_or(0.0)
+            );
+        }
     }
     println!(
         "{:>8} {:>10} {:>10} {:>12} {:>8} {:>8}",
@@ -109,7 +123,19 @@ pub fn detect_bench(d: DetectBench, assets: &Path) -> anyhow::Result<()> {
         python.as_ref().and_then(|p| p["p50_ms"].as_f64()),
         at(1, "p50_ms"),
     ) {
-        ratios.push(format!("p50 at 1 client / pipeline p50 = {:.2}x", p50 / pp));
+        ratios.push(format!(
+            "p50 at 1 client / pipeline f32 p50 = {:.2}x",
+            p50 / pp
+        ));
+    }
+    if let (Some(pp), Some(p50)) = (
+        python_int8.as_ref().and_then(|p| p["p50_ms"].as_f64()),
+        at(1, "p50_ms"),
+    ) {
+        ratios.push(format!(
+            "p50 at 1 client / pipeline int8 p50 = {:.2}x",
+            p50 / pp
+        ));
     }
     for c in [16u64, 64] {
         if let Some(rps) = at(c, "requests_per_second") {
@@ -130,7 +156,10 @@ pub fn detect_bench(d: DetectBench, assets: &Path) -> anyhow::Result<()> {
     if !ratios.is_empty() {
         println!("{}", ratios.join("; "));
     }
-    println!("{}", json!({"pipeline": python, "metafora": rows}));
+    println!(
+        "{}",
+        json!({"precision": d.precision, "pipeline": python, "pipeline_int8": python_int8, "metafora": rows})
+    );
     Ok(())
 }
 

@@ -6,7 +6,7 @@
 use serde_json::json;
 
 use crate::config::KernelsBench;
-use crate::infer::cpu::kernels::{PackedLinear, packed_kernels_available};
+use crate::infer::cpu::packed::{Isa, PackedLinear, Precision};
 
 use super::time_it;
 
@@ -59,9 +59,9 @@ fn gemm_linear(
 }
 
 pub fn kernels_bench(k: KernelsBench) -> anyhow::Result<()> {
-    if !packed_kernels_available() {
+    let Some(best) = Isa::detect() else {
         anyhow::bail!("this CPU has no AVX2/FMA: the packed kernel is not used here");
-    }
+    };
     let rows: Vec<usize> = parse_list(&k.rows);
     let shapes: Vec<(usize, usize)> = k
         .shapes
@@ -71,15 +71,29 @@ pub fn kernels_bench(k: KernelsBench) -> anyhow::Result<()> {
             Some((a.parse().ok()?, b.parse().ok()?))
         })
         .collect();
+    // Every (instruction set, format) this CPU runs, f32 on AVX2 first (the baseline).
+    let mut variants = vec![(Isa::Avx2, Precision::F32)];
+    if best == Isa::Avx512 {
+        variants.extend(
+            Precision::ALL
+                .into_iter()
+                .filter(|p| Isa::Avx512.supports(*p))
+                .map(|p| (Isa::Avx512, p)),
+        );
+    }
+    let name = |(isa, p): (Isa, Precision)| format!("{} {p}", isa.as_str());
     println!(
-        "metafora bench kernels: rayon threads {}; median of {} calls",
+        "metafora bench kernels: {}; rayon threads {}; median of {} calls; gemm 0.19 (x86-v4: \
+         AVX-512 where present) packs the weights in every call",
+        crate::infer::cpu::packed::cpu_summary(),
         rayon::current_num_threads(),
         k.iters
     );
-    println!(
-        "{:>5} {:>11} {:>11} {:>11} {:>12} {:>12} {:>11}",
-        "rows", "d_in x d_out", "packed ms", "gemm ms", "packed GF/s", "gemm GF/s", "gemm/packed"
-    );
+    print!("{:>5} {:>11}", "rows", "d_in x d_out");
+    for v in &variants {
+        print!(" {:>16}", format!("{} ms", name(*v)));
+    }
+    println!(" {:>9} {:>11}", "gemm ms", "best GF/s");
     let mut report = Vec::new();
     let mut state = 7u64;
     let mut rnd = move || {
@@ -91,34 +105,48 @@ pub fn kernels_bench(k: KernelsBench) -> anyhow::Result<()> {
     for &(d_in, d_out) in &shapes {
         let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
         let b: Vec<f32> = (0..d_out).map(|_| rnd()).collect();
-        let packed = PackedLinear::new(&w, Some(&b), d_in, d_out);
+        let packed: Vec<PackedLinear> = variants
+            .iter()
+            .map(|(isa, p)| PackedLinear::with(&w, Some(&b), d_in, d_out, *isa, *p))
+            .collect();
         for &r in &rows {
             let x: Vec<f32> = (0..r * d_in).map(|_| rnd()).collect();
-            let got = packed.forward(&x, r);
             let want = gemm_linear(&x, &w, &b, r, d_in, d_out);
-            let diff = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            anyhow::ensure!(diff < 1e-3, "results differ by {diff}");
-            let tp = time_it(k.warmup, k.iters, || {
-                std::hint::black_box(packed.forward(&x, r));
-            });
+            let mut times = Vec::new();
+            for (v, layer) in variants.iter().zip(&packed) {
+                let got = layer.forward(&x, r);
+                let diff = got
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                // Values here are ~sqrt(d_in)/6: f32 agrees to rounding, bf16/int8 to their
+                // steps.
+                let tol = match v.1 {
+                    Precision::F32 => 1e-3,
+                    _ => 0.05 * (d_in as f32).sqrt(),
+                };
+                anyhow::ensure!(diff < tol, "{}: results differ by {diff}", name(*v));
+                times.push(time_it(k.warmup, k.iters, || {
+                    std::hint::black_box(layer.forward(&x, r));
+                }));
+            }
             let tg = time_it(k.warmup, k.iters, || {
                 std::hint::black_box(gemm_linear(&x, &w, &b, r, d_in, d_out));
             });
             let flops = 2.0 * (r * d_in * d_out) as f64;
-            println!(
-                "{r:>5} {:>11} {:>11.3} {:>11.3} {:>12.1} {:>12.1} {:>10.2}x",
-                format!("{d_in}x{d_out}"),
-                tp * 1e3,
-                tg * 1e3,
-                flops / tp / 1e9,
-                flops / tg / 1e9,
-                tg / tp
-            );
-            report.push(json!({"rows": r, "d_in": d_in, "d_out": d_out, "packed_ms": tp * 1e3, "gemm_ms": tg * 1e3}));
+            print!("{r:>5} {:>11}", format!("{d_in}x{d_out}"));
+            for t in &times {
+                print!(" {:>16.3}", t * 1e3);
+            }
+            let best_t = times.iter().copied().fold(f64::INFINITY, f64::min);
+            println!(" {:>9.3} {:>11.1}", tg * 1e3, flops / best_t / 1e9);
+            let per: serde_json::Map<String, serde_json::Value> = variants
+                .iter()
+                .zip(&times)
+                .map(|(v, t)| (name(*v).replace(' ', "_") + "_ms", json!(t * 1e3)))
+                .collect();
+            report.push(json!({"rows": r, "d_in": d_in, "d_out": d_out, "gemm_ms": tg * 1e3, "variants": per}));
         }
     }
     println!(

@@ -1,5 +1,5 @@
 //! `metafora bench`: model forward/train-step timings, parity on a device, /detect under load,
-//! the dense-layer kernels. Figures are printed next to the reference measured in the same run
+//! the dense-layer kernels, the CPU's arithmetic peak. Figures are printed next to the reference measured in the same run
 //! (PyTorch with `--python`; `gemm` for the kernels).
 
 mod detect;
@@ -7,6 +7,7 @@ mod kernels;
 mod logits;
 mod model;
 mod parity;
+pub mod peak;
 
 use std::path::Path;
 use std::process::Command;
@@ -24,6 +25,7 @@ pub fn run(args: BenchArgs, assets: &Path) -> anyhow::Result<()> {
         BenchCommand::Detect(d) => detect::detect_bench(d, assets),
         BenchCommand::Logits(l) => logits::logits_bench(l),
         BenchCommand::Kernels(k) => kernels::kernels_bench(k),
+        BenchCommand::Peak(p) => peak::peak_bench(p.json),
     }
 }
 

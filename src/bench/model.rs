@@ -8,6 +8,7 @@ use burn::tensor::{ElementConversion, Int, Tensor, TensorData};
 use serde_json::{Value, json};
 
 use crate::config::ModelBench;
+use crate::infer::Precision;
 use crate::infer::engine::Engine;
 use crate::model::backend::{BackendTask, Resolved, dispatch};
 use crate::model::{DebertaV2Config, ModelConfig, RobertaConfig};
@@ -54,13 +55,36 @@ fn random_batch(batch: usize, seq: usize, vocab: usize, cls: u32) -> (Vec<Vec<u3
     (ids, labels)
 }
 
-/// (forward ms, train step ms, parameters) on backend `B`.
+/// Multiply-adds ×2 of the encoder's dense layers for `tokens` tokens (what the issue's
+/// figures count: 2 × non-embedding parameters × tokens; attention's score and context
+/// products, 4 × seq × hidden per token and layer, are left out, as are DeBERTa's relative
+/// terms).
+fn dense_flops(cfg: &ModelConfig, tokens: usize) -> f64 {
+    let (h, layers, ff) = match cfg {
+        ModelConfig::Roberta(c) => (c.hidden_size, c.num_hidden_layers, c.intermediate_size),
+        ModelConfig::DebertaV2(c) => (c.hidden_size, c.num_hidden_layers, c.intermediate_size),
+    };
+    2.0 * (layers * (4 * h * h + 2 * h * ff)) as f64 * tokens as f64
+}
+
+/// The peak kernel a precision's dense layers run on.
+fn peak_kernel(precision: Precision) -> &'static str {
+    match (precision, crate::infer::cpu::packed::Isa::detect()) {
+        (Precision::F32, Some(crate::infer::cpu::packed::Isa::Avx512)) => "avx512_f32",
+        (Precision::F32, _) => "avx2_f32",
+        (Precision::Bf16, _) => "avx512_bf16",
+        (Precision::Int8, _) => "avx512_vnni_int8",
+    }
+}
+
+/// (forward ms per precision, train step ms, parameters) on backend `B`.
 fn time_model<B: AutodiffBackend>(
     cfg: &ModelConfig,
     m: &ModelBench,
+    precisions: &[Precision],
     device: &B::Device,
     resolved: Resolved,
-) -> (f64, f64, usize) {
+) -> anyhow::Result<(Vec<f64>, f64, usize)> {
     let model = cfg.init_token_classifier::<B>(2, device);
     let params = model.num_params();
     let cls = match cfg {
@@ -70,14 +94,18 @@ fn time_model<B: AutodiffBackend>(
     let (seqs, labels) = random_batch(m.batch, m.seq, cfg.vocab_size(), cls);
     // Inference as /v1/detect and evaluation run it (on the CPU: the host engine, weights
     // packed once, at load).
-    let engine = Engine::new(model.valid(), cfg, resolved, device);
     let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
-    let forward = time_it(m.warmup, m.iters, || {
-        let _ = engine.logits(&refs);
-    });
-    drop(engine);
+    let mut forward = Vec::new();
+    for &p in precisions {
+        let engine = Engine::with_precision(model.valid(), cfg, resolved, device, p)?;
+        forward.push(
+            time_it(m.warmup, m.iters, || {
+                let _ = engine.logits(&refs);
+            }) * 1000.0,
+        );
+    }
     if m.forward_only {
-        return (forward * 1000.0, f64::NAN, params);
+        return Ok((forward, f64::NAN, params));
     }
     let flat: Vec<i32> = seqs.iter().flatten().map(|x| *x as i32).collect();
     let ids = Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [m.batch, m.seq]), device);
@@ -111,11 +139,26 @@ fn time_model<B: AutodiffBackend>(
             .into_scalar()
             .elem::<f32>();
     });
-    (forward * 1000.0, step * 1000.0, params)
+    Ok((forward, step * 1000.0, params))
 }
 
 pub fn model_bench(m: ModelBench) -> anyhow::Result<()> {
     let device = m.device.resolve().map_err(anyhow::Error::msg)?;
+    let precisions = m
+        .precision
+        .split(',')
+        .map(|p| {
+            Precision::parse(p.trim()).ok_or_else(|| {
+                anyhow::anyhow!("--precision: unknown format {p:?} (f32, bf16, int8)")
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    // The CPU's peak, measured first (a quiet machine is assumed for the whole run).
+    let peaks = if device == Resolved::Cpu {
+        super::peak::measure()
+    } else {
+        Vec::new()
+    };
     let sizes: Vec<String> = m.sizes.split(',').map(|s| s.trim().to_string()).collect();
     let torch = match &m.python {
         Some(py) => {
@@ -141,35 +184,97 @@ pub fn model_bench(m: ModelBench) -> anyhow::Result<()> {
             if m.forward_only {
                 args.push("--forward-only".into());
             }
+            if precisions.iter().any(|p| p.reduced()) {
+                args.push("--reduced".into());
+            }
             Some(run_python(py, "torch_model.py", &args)?)
         }
         None => None,
     };
-    struct Task<'a>(&'a ModelBench, &'a [String]);
+    struct Task<'a>(&'a ModelBench, &'a [String], &'a [Precision]);
     impl BackendTask for Task<'_> {
-        type Output = anyhow::Result<Vec<(String, f64, f64, usize)>>;
+        type Output = anyhow::Result<Vec<(String, Vec<f64>, f64, usize)>>;
         fn run<B: AutodiffBackend>(self, device: B::Device, resolved: Resolved) -> Self::Output {
             self.1
                 .iter()
                 .map(|s| {
-                    let (f, t, p) = time_model::<B>(&size_config(s)?, self.0, &device, resolved);
+                    let (f, t, p) =
+                        time_model::<B>(&size_config(s)?, self.0, self.2, &device, resolved)?;
                     Ok((s.clone(), f, t, p))
                 })
                 .collect()
         }
     }
-    let ours = dispatch(device, Task(&m, &sizes))?;
+    let ours = dispatch(device, Task(&m, &sizes, &precisions))?;
+    let threads_n = rayon::current_num_threads();
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all cores".into());
     println!(
         "metafora bench model: batch {} x {} tokens, device {device}, rayon threads {threads}; PyTorch threads {} on {}",
         m.batch, m.seq, m.torch_threads, m.torch_device
     );
+    if !peaks.is_empty() {
+        println!(
+            "CPU {}; peak GOP/s (1 thread / {threads_n} threads): {}",
+            crate::infer::cpu::packed::cpu_summary(),
+            peaks
+                .iter()
+                .map(|p| format!(
+                    "{} {:.0}/{:.0}",
+                    p.kernel, p.per_core_gops, p.all_cores_gops
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     println!(
         "{:<6} {:>11} {:>12} {:>9} {:>14} {:>15} {:>9}",
         "size", "params", "forward ms", "torch ms", "ratio", "train step ms", "torch ms"
     );
     let mut report = Vec::new();
-    for (size, f, t, p) in ours {
+    for (size, fs, t, p) in ours {
+        let cfg = size_config(&size)?;
+        let flops = dense_flops(&cfg, m.batch * m.seq);
+        let mut per_precision = Vec::new();
+        for (precision, f) in precisions.iter().zip(&fs) {
+            let kernel = peak_kernel(*precision);
+            let peak = peaks.iter().find(|p| p.kernel == kernel).map(|p| {
+                if threads_n > 1 {
+                    p.all_cores_gops
+                } else {
+                    p.per_core_gops
+                }
+            });
+            let gops = flops / (f / 1000.0) / 1e9;
+            let fraction = peak.map(|p| gops / p);
+            let key = match precision {
+                Precision::F32 => "forward_ms".to_string(),
+                p => format!("forward_{p}_ms"),
+            };
+            let torch_f32 = torch
+                .as_ref()
+                .and_then(|j| j["sizes"][&size]["forward_ms"].as_f64());
+            let torch_same = torch
+                .as_ref()
+                .and_then(|j| j["sizes"][&size][&key].as_f64());
+            let vs = |t: Option<f64>| {
+                t.map(|t| format!("{:.2}x", f / t))
+                    .unwrap_or_else(|| "-".into())
+            };
+            println!(
+                "  {size} {precision}: forward {f:.2} ms = {} of PyTorch f32, {} of PyTorch {precision}; dense layers {gops:.1} GFLOP/s = {} of the {kernel} peak",
+                vs(torch_f32),
+                vs(torch_same),
+                fraction
+                    .map(|x| format!("{:.0} %", x * 100.0))
+                    .unwrap_or_else(|| "-".into())
+            );
+            per_precision.push(
+                json!({"precision": precision, "forward_ms": f, "dense_gflops": gops,
+                "peak_kernel": kernel, "peak_gops": peak, "fraction_of_peak": fraction,
+                "torch_f32_forward_ms": torch_f32, "torch_same_precision_forward_ms": torch_same}),
+            );
+        }
+        let f = fs[0];
         let pick = |j: &Value, k: &str| j["sizes"][&size][k].as_f64();
         let (tf, tt) = torch
             .as_ref()
@@ -186,11 +291,12 @@ pub fn model_bench(m: ModelBench) -> anyhow::Result<()> {
             tt.map(|x| format!("{x:.1}")).unwrap_or_else(|| "-".into()),
             ratio(t, tt)
         );
-        report.push(json!({"size": size, "parameters": p, "forward_ms": f, "train_step_ms": t, "torch_forward_ms": tf, "torch_train_step_ms": tt}));
+        report.push(json!({"size": size, "parameters": p, "forward_ms": f, "train_step_ms": t, "torch_forward_ms": tf, "torch_train_step_ms": tt,
+            "precisions": per_precision}));
     }
     println!(
         "{}",
-        json!({"device": device.to_string(), "results": report})
+        json!({"device": device.to_string(), "rayon_threads": threads_n, "peaks": peaks, "results": report})
     );
     Ok(())
 }

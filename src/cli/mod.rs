@@ -269,7 +269,16 @@ fn eval_on<B: burn::tensor::backend::Backend>(
     let max_len = max_len(&config, &tokenizer, args.max_length);
     let (examples, dropped) = encode_split(&split, &tokenizer, max_len)?;
     let gold: Vec<Vec<i64>> = split.sentences.iter().map(|s| s.tags.clone()).collect();
-    let engine = Engine::new(model, &config, resolved, device);
+    let engine = Engine::with_precision(model, &config, resolved, device, args.precision)?;
+    eprintln!(
+        "metafora eval: device {resolved}, precision {}, engine {}",
+        args.precision,
+        if engine.unpadded() {
+            format!("cpu ({})", crate::infer::cpu::packed::cpu_summary())
+        } else {
+            "burn".to_string()
+        }
+    );
     let out =
         crate::train::evaluate::evaluate(&engine, &examples, &gold, &scheme, args.batch_size)?;
     if dropped > 0 {

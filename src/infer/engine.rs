@@ -8,7 +8,42 @@ use crate::data::batch::HostBatch;
 use crate::model::backend::Resolved;
 use crate::model::{ModelConfig, TokenClassifier};
 
+use super::cpu::packed::Precision;
 use super::cpu::{self, CpuModel};
+
+/// A precision this machine cannot run.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{precision} inference needs {needs}; this machine: {has}")]
+pub struct Unsupported {
+    pub precision: Precision,
+    pub needs: &'static str,
+    pub has: String,
+}
+
+/// Whether models on `resolved` can run in `precision` here: f32 everywhere; bf16 and int8
+/// only on the CPU engine, with AVX512_BF16 and AVX512_VNNI respectively.
+pub fn check_precision(resolved: Resolved, precision: Precision) -> Result<(), Unsupported> {
+    let needs = match precision {
+        Precision::F32 => return Ok(()),
+        Precision::Bf16 => "the CPU engine on a CPU with AVX512_BF16",
+        Precision::Int8 => "the CPU engine on a CPU with AVX512_VNNI",
+    };
+    if resolved == Resolved::Cpu && cpu::runs(precision) {
+        return Ok(());
+    }
+    let has = if resolved != Resolved::Cpu {
+        format!("device {resolved}")
+    } else if !cpu::available() {
+        "the CPU engine is off (no AVX2/FMA, or METAFORA_CPU_KERNELS=off)".to_string()
+    } else {
+        cpu::packed::cpu_summary()
+    };
+    Err(Unsupported {
+        precision,
+        needs,
+        has,
+    })
+}
 
 /// A model ready for inference.
 // One engine per deployed model or evaluation pass, never moved in a loop: no boxing.
@@ -25,16 +60,38 @@ pub enum Engine<B: Backend> {
 }
 
 impl<B: Backend> Engine<B> {
-    /// The engine for `model` on `resolved`.
+    /// The engine for `model` on `resolved`, in f32 (what evaluation always uses).
     pub fn new(
         model: TokenClassifier<B>,
         config: &ModelConfig,
         resolved: Resolved,
         device: &B::Device,
     ) -> Self {
+        Self::build(model, config, resolved, device, Precision::F32)
+    }
+
+    /// The engine for `model` on `resolved` with its dense layers in `precision`.
+    pub fn with_precision(
+        model: TokenClassifier<B>,
+        config: &ModelConfig,
+        resolved: Resolved,
+        device: &B::Device,
+        precision: Precision,
+    ) -> Result<Self, Unsupported> {
+        check_precision(resolved, precision)?;
+        Ok(Self::build(model, config, resolved, device, precision))
+    }
+
+    fn build(
+        model: TokenClassifier<B>,
+        config: &ModelConfig,
+        resolved: Resolved,
+        device: &B::Device,
+        precision: Precision,
+    ) -> Self {
         let pad_id = config.pad_token_id() as u32;
         if resolved == Resolved::Cpu && cpu::available() {
-            match CpuModel::new(model, config) {
+            match CpuModel::new(model, config, precision) {
                 Ok(m) => return Engine::Cpu(m),
                 Err(model) => {
                     return Engine::Burn {

@@ -18,6 +18,7 @@ use tokio::sync::oneshot;
 use crate::model::backend::{BackendTask, Resolved, dispatch};
 use crate::model::{HeadInit, LoadError, load_token_classifier};
 
+use super::cpu::packed::Precision;
 use super::engine::Engine;
 
 /// Per sequence, per token, the softmax over labels.
@@ -73,6 +74,7 @@ pub fn spawn(
     dir: &Path,
     device: Resolved,
     batching: Batching,
+    precision: Precision,
     health: Arc<Mutex<Health>>,
 ) -> Result<(mpsc::Sender<Cmd>, Loaded), LoadError> {
     let (tx, rx) = mpsc::channel::<Cmd>();
@@ -82,6 +84,7 @@ pub fn spawn(
         rx,
         ready: ready_tx,
         batching,
+        precision,
         health,
     };
     std::thread::Builder::new()
@@ -103,6 +106,7 @@ struct Supervisor {
     rx: mpsc::Receiver<Cmd>,
     ready: mpsc::Sender<Result<Loaded, LoadError>>,
     batching: Batching,
+    precision: Precision,
     health: Arc<Mutex<Health>>,
 }
 
@@ -111,7 +115,8 @@ impl BackendTask for Supervisor {
     fn run<B: AutodiffBackend>(self, device: B::Device, resolved: Resolved) {
         let mut first = true;
         loop {
-            let engine = match load::<B::InnerBackend>(&self.dir, resolved, &device) {
+            let engine = match load::<B::InnerBackend>(&self.dir, resolved, &device, self.precision)
+            {
                 Ok((engine, loaded)) => {
                     if first {
                         let _ = self.ready.send(Ok(loaded));
@@ -156,6 +161,7 @@ fn load<B: Backend>(
     dir: &Path,
     resolved: Resolved,
     device: &B::Device,
+    precision: Precision,
 ) -> Result<(Engine<B>, Loaded), LoadError> {
     let (model, config, _) =
         load_token_classifier::<B>(dir, None, HeadInit::FromCheckpoint, device)?;
@@ -164,7 +170,14 @@ fn load<B: Backend>(
         max_tokens: config.max_tokens(),
         vocab_size: config.vocab_size(),
     };
-    Ok((Engine::new(model, &config, resolved, device), loaded))
+    let engine =
+        Engine::with_precision(model, &config, resolved, device, precision).map_err(|e| {
+            LoadError::Format {
+                path: dir.to_path_buf(),
+                message: e.to_string(),
+            }
+        })?;
+    Ok((engine, loaded))
 }
 
 fn softmax_row(logits: &[f32]) -> Vec<f32> {

@@ -29,6 +29,7 @@ use crate::model::backend::Resolved;
 use aggregate::{Entity, Strategy, TokenScores, aggregate};
 use executor::{Batching, Cmd, Health, Probs};
 
+pub use cpu::packed::Precision;
 pub use registry::Registry;
 
 /// Longest text accepted (code points); longer texts are windowed, this only bounds work.
@@ -57,6 +58,8 @@ pub struct DetectorOptions {
     pub stride: usize,
     /// Window size in tokens (special tokens included); `None`: the model's maximum.
     pub window: Option<usize>,
+    /// Number format of the dense layers of models deployed without one (`--detect-precision`).
+    pub precision: Precision,
 }
 
 impl Default for DetectorOptions {
@@ -67,6 +70,7 @@ impl Default for DetectorOptions {
             batch_wait: Duration::ZERO,
             stride: 128,
             window: None,
+            precision: Precision::F32,
         }
     }
 }
@@ -215,8 +219,11 @@ pub enum DetectError {
 pub struct ModelInfo {
     pub name: String,
     pub path: PathBuf,
-    /// Content fingerprint of config + weights (changes when a model is replaced).
+    /// Content fingerprint of config + weights (changes when a model is replaced), with
+    /// `-bf16` / `-int8` appended when the model runs in reduced precision.
     pub version: String,
+    /// Number format of the dense layers.
+    pub precision: Precision,
     pub labels: Vec<String>,
     pub device: String,
     /// Window of the model, special tokens included.
@@ -229,6 +236,29 @@ pub struct ModelInfo {
     /// Aggregation when a request names none: `first` for models trained here (labels on each
     /// word's first sub-token), the pipeline's `simple` for other checkpoints.
     pub aggregation_strategy: Strategy,
+    /// Reduced precision only: the model against itself in f32 on its job's validation split
+    /// (`None` when there is no such split, or for f32).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quality: Option<PrecisionComparison>,
+}
+
+/// How a model in reduced precision scores against itself in f32 on one split (the quality
+/// guard of reduced-precision deployments; `metafora eval --precision` prints the same).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct PrecisionComparison {
+    pub precision: Precision,
+    /// Split name (`validation` for a deployment's guard).
+    pub split: String,
+    pub sentences: usize,
+    /// Word-level micro F1 (seqeval) in f32 and in `precision`.
+    pub f1_f32: f64,
+    pub f1: f64,
+    /// `f1 − f1_f32`.
+    pub f1_delta: f64,
+    /// Words whose predicted label differs between the two.
+    pub words_changed: usize,
+    pub words: usize,
+    pub seconds: f64,
 }
 
 /// Words that `first`/`average`/`max` aggregate over.
@@ -320,6 +350,16 @@ pub fn fingerprint(dir: &Path) -> String {
         .collect()
 }
 
+/// A model's version string: its content hash, with the precision appended when reduced
+/// (`c28080c9c0f8-int8`), so that predictions say what produced them.
+pub fn versioned(hash: &str, precision: Precision) -> String {
+    if precision.reduced() {
+        format!("{hash}-{precision}")
+    } else {
+        hash.to_string()
+    }
+}
+
 /// One text or word list of an input.
 #[derive(Clone, Copy)]
 enum Item<'a> {
@@ -360,13 +400,18 @@ impl Detector {
         device: Resolved,
         opts: DetectorOptions,
     ) -> Result<Self, DetectError> {
+        engine::check_precision(device, opts.precision).map_err(|e| DetectError::Invalid {
+            field: "precision".into(),
+            message: e.to_string(),
+        })?;
         let tokenizer = Tokenizer::from_dir(dir)?;
         let health = Arc::new(Mutex::new(Health::default()));
         let batching = Batching {
             budget: opts.batch_tokens,
             wait: opts.batch_wait,
         };
-        let (tx, loaded) = executor::spawn(name, dir, device, batching, health.clone())?;
+        let (tx, loaded) =
+            executor::spawn(name, dir, device, batching, opts.precision, health.clone())?;
         let invalid = |message: String| DetectError::Invalid {
             field: "model".into(),
             message,
@@ -392,7 +437,8 @@ impl Detector {
         let info = ModelInfo {
             name: name.into(),
             path: dir.to_path_buf(),
-            version: fingerprint(dir),
+            version: versioned(&fingerprint(dir), opts.precision),
+            precision: opts.precision,
             labels: loaded.labels,
             device: device.to_string(),
             max_tokens,
@@ -407,6 +453,7 @@ impl Detector {
             } else {
                 Strategy::Simple
             },
+            quality: None,
         };
         Ok(Detector {
             info,

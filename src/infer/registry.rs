@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 
 use crate::model::backend::Resolved;
 
-use super::{DetectError, Detector, DetectorOptions, ModelInfo};
+use super::{DetectError, Detector, DetectorOptions, ModelInfo, Precision, PrecisionComparison};
 
 /// The deployed models.
 pub struct Registry {
@@ -44,16 +44,23 @@ impl Registry {
             .collect()
     }
 
-    /// Loads `dir` and deploys it under `name`, replacing any model of that name once the new
-    /// one is ready (blocking: call from a blocking thread).
+    /// Loads `dir` and deploys it under `name` in `precision` (`None`: the registry's default,
+    /// `--detect-precision`), replacing any model of that name once the new one is ready
+    /// (blocking: call from a blocking thread). `quality`: the reduced-precision guard's
+    /// result, shown with the model.
     pub fn deploy(
         &self,
         name: &str,
         dir: &Path,
         job_id: Option<String>,
+        precision: Option<Precision>,
+        quality: Option<PrecisionComparison>,
     ) -> Result<ModelInfo, DetectError> {
-        let mut detector = Detector::load(name, dir, self.device, self.opts.clone())?;
+        let mut opts = self.opts.clone();
+        opts.precision = precision.unwrap_or(opts.precision);
+        let mut detector = Detector::load(name, dir, self.device, opts)?;
         detector.info.job_id = job_id;
+        detector.info.quality = quality;
         let info = detector.info.clone();
         self.models
             .write()
@@ -61,6 +68,11 @@ impl Registry {
             .insert(name.to_string(), Arc::new(detector));
         tracing::info!(model = name, version = %info.version, path = %dir.display(), "model deployed");
         Ok(info)
+    }
+
+    /// The device models run on.
+    pub fn device(&self) -> Resolved {
+        self.device
     }
 
     /// The executor settings every model gets.

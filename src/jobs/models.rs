@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::infer::{DetectError, ModelInfo};
+use crate::infer::{DetectError, ModelInfo, Precision, PrecisionComparison};
 use crate::store::deployments::{self, DeploymentRow};
 use crate::store::{self, StoreError};
 
@@ -25,15 +25,25 @@ pub enum ModelsError {
     Mismatch(String),
 }
 
-/// Loads `dir`, serves it as `name` and records the deployment (`by`: api, job, study,
-/// project:<id>, startup).
+/// Loads `dir`, serves it as `name` in `precision` (`None`: `--detect-precision`) and records
+/// the deployment (`by`: api, job, study, project:<id>, startup). A reduced precision is first
+/// checked against f32 on the job's validation split (the quality guard, recorded with the
+/// deployment).
 pub async fn deploy(
     sh: &Shared,
     name: &str,
     dir: &Path,
     job_id: Option<String>,
+    precision: Option<Precision>,
     by: &str,
 ) -> Result<ModelInfo, ModelsError> {
+    let precision = precision.unwrap_or(sh.registry.options().precision);
+    crate::infer::engine::check_precision(sh.registry.device(), precision).map_err(|e| {
+        DetectError::Invalid {
+            field: "precision".into(),
+            message: e.to_string(),
+        }
+    })?;
     let _one_at_a_time = sh.deployments.lock().await;
     // A job's best model may have been trained on another machine: this machine's copy,
     // fetched from the artifact store when missing.
@@ -44,17 +54,74 @@ pub async fn deploy(
             .map_err(|e| StoreError::Conflict(format!("fetching the model: {e}")))?;
     }
     let dir = local.as_path();
-    let info = load(sh, name, dir, job_id).await?;
+    let quality = guard(sh, dir, job_id.as_deref(), precision).await;
+    let info = load(sh, name, dir, job_id, precision, quality).await?;
+    let quality = match &info.quality {
+        Some(q) => Some(serde_json::to_string(q).map_err(|e| {
+            StoreError::Conflict(format!("quality guard result not serialisable: {e}"))
+        })?),
+        None => None,
+    };
     deployments::activate_new(
         &sh.pool,
-        name,
-        &info.version,
-        &dir.display().to_string(),
-        info.job_id.as_deref(),
-        by,
+        deployments::NewDeployment {
+            name,
+            version: &info.version,
+            path: &dir.display().to_string(),
+            job_id: info.job_id.as_deref(),
+            by,
+            precision: precision.as_str(),
+            quality: quality.as_deref(),
+        },
     )
     .await?;
     Ok(info)
+}
+
+/// The quality guard of a reduced-precision deployment: the model against itself in f32 on
+/// the validation split of the job that trained it. `None` for f32, for a model from no job,
+/// a job whose dataset has no validation sentences, or when the evaluation fails (logged).
+async fn guard(
+    sh: &Shared,
+    dir: &Path,
+    job_id: Option<&str>,
+    precision: Precision,
+) -> Option<PrecisionComparison> {
+    if !precision.reduced() {
+        return None;
+    }
+    let job = store::jobs::get(&sh.pool, job_id?).await.ok()??;
+    let spec: super::spec::JobSpec = serde_json::from_str(&job.spec).ok()?;
+    let (ctx, dir) = (sh.ctx.clone(), dir.to_path_buf());
+    let result = tokio::task::spawn_blocking(move || {
+        let data = ctx
+            .dataset_dir(&spec, &mut |_| {})
+            .map_err(|e| format!("dataset: {e}"))?;
+        let ds = crate::data::Dataset::load(&data, &super::resolve::dataset_options(&spec))
+            .map_err(|e| format!("dataset: {e}"))?;
+        if ds.validation.sentences.is_empty() {
+            return Ok(None);
+        }
+        crate::train::evaluate::compare_precision(&dir, &ds.validation, precision, 8).map(Some)
+    })
+    .await;
+    match result {
+        Ok(Ok(q)) => {
+            if let Some(q) = &q {
+                tracing::info!(job = %job.id, precision = %precision, f1_f32 = q.f1_f32, f1 = q.f1,
+                    delta = q.f1_delta, sentences = q.sentences, "reduced-precision quality guard");
+            }
+            q
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(job = %job.id, error = %e, "quality guard could not evaluate; deploying without it");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "quality guard task failed");
+            None
+        }
+    }
 }
 
 async fn load(
@@ -62,9 +129,11 @@ async fn load(
     name: &str,
     dir: &Path,
     job_id: Option<String>,
+    precision: Precision,
+    quality: Option<PrecisionComparison>,
 ) -> Result<ModelInfo, ModelsError> {
     let (r, name, dir) = (sh.registry.clone(), name.to_string(), dir.to_path_buf());
-    tokio::task::spawn_blocking(move || r.deploy(&name, &dir, job_id))
+    tokio::task::spawn_blocking(move || r.deploy(&name, &dir, job_id, Some(precision), quality))
         .await
         .map_err(|e| StoreError::Conflict(format!("deploy task failed: {e}")))?
         .map_err(ModelsError::from)
@@ -86,18 +155,23 @@ async fn redeploy(sh: &Shared, row: &DeploymentRow) -> Result<ModelInfo, ModelsE
         dir.clone(),
         row.job_id.clone(),
     );
+    let precision = Precision::parse(&row.precision).unwrap_or_default();
+    let quality = row
+        .quality
+        .as_deref()
+        .and_then(|q| serde_json::from_str::<PrecisionComparison>(q).ok());
     // A copy from the artifact store must be the recorded bytes.
     let verify = sh.artifacts.is_some().then(|| row.version.clone());
     tokio::task::spawn_blocking(move || {
         if let Some(version) = verify {
-            let v = crate::infer::fingerprint(&d);
+            let v = crate::infer::versioned(&crate::infer::fingerprint(&d), precision);
             if v != version {
                 return Err(ModelsError::Mismatch(format!(
                     "model {name:?}: the files' content hash {v} is not the deployed version {version}"
                 )));
             }
         }
-        Ok(r.deploy(&name, &d, job)?)
+        Ok(r.deploy(&name, &d, job, Some(precision), quality)?)
     })
     .await
     .map_err(|e| StoreError::Conflict(format!("deploy task failed: {e}")))?
@@ -201,8 +275,19 @@ pub async fn restore(sh: &Shared) -> Result<(), StoreError> {
             .as_ref()
             .is_some_and(|a| a.version == info.version && a.path == path);
         if !same && active.as_ref().is_none_or(|a| a.deployed_by == "startup") {
-            deployments::activate_new(&sh.pool, "default", &info.version, &path, None, "startup")
-                .await?;
+            deployments::activate_new(
+                &sh.pool,
+                deployments::NewDeployment {
+                    name: "default",
+                    version: &info.version,
+                    path: &path,
+                    job_id: None,
+                    by: "startup",
+                    precision: info.precision.as_str(),
+                    quality: None,
+                },
+            )
+            .await?;
         }
     }
     Ok(())

@@ -568,6 +568,7 @@ async fn decide(
         &p.model_name,
         Path::new(&best),
         Some(job_id.into()),
+        None,
         &format!("project:{project_id}"),
     )
     .await

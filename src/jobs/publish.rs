@@ -19,7 +19,7 @@ pub async fn deploy(
     dir: &Path,
     by: &str,
 ) -> Result<(), StoreError> {
-    match super::models::deploy(sh, name, dir, Some(id.to_string()), by).await {
+    match super::models::deploy(sh, name, dir, Some(id.to_string()), None, by).await {
         Ok(info) => {
             sh.emit(
                 id,

@@ -17,24 +17,41 @@ pub struct DeploymentRow {
     pub deployed_by: String,
     pub active: i64,
     pub created_at: String,
+    /// `f32`, `bf16` or `int8`.
+    pub precision: String,
+    /// Reduced precision: the quality guard's comparison with f32 (JSON), when there was one.
+    pub quality: Option<String>,
 }
 
-/// Records a deployment of `name` and makes it the active one.
-pub async fn activate_new(
-    pool: &Pool,
-    name: &str,
-    version: &str,
-    path: &str,
-    job_id: Option<&str>,
-    by: &str,
-) -> Result<DeploymentRow, StoreError> {
+/// What a new deployment records.
+pub struct NewDeployment<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub path: &'a str,
+    pub job_id: Option<&'a str>,
+    pub by: &'a str,
+    pub precision: &'a str,
+    pub quality: Option<&'a str>,
+}
+
+/// Records a deployment and makes it the active one of its name.
+pub async fn activate_new(pool: &Pool, d: NewDeployment<'_>) -> Result<DeploymentRow, StoreError> {
+    let NewDeployment {
+        name,
+        version,
+        path,
+        job_id,
+        by,
+        precision,
+        quality,
+    } = d;
     let mut conn = begin_immediate(pool).await?;
     sqlx::query("UPDATE deployments SET active = 0 WHERE name = $1")
         .bind(name)
         .execute(&mut *conn)
         .await?;
     let row = sqlx::query_as::<_, DeploymentRow>(
-        "INSERT INTO deployments (name, version, path, job_id, deployed_by, active, created_at) VALUES ($1, $2, $3, $4, $5, 1, $6) RETURNING *",
+        "INSERT INTO deployments (name, version, path, job_id, deployed_by, active, created_at, precision, quality) VALUES ($1, $2, $3, $4, $5, 1, $6, $7, $8) RETURNING *",
     )
     .bind(name)
     .bind(version)
@@ -42,6 +59,8 @@ pub async fn activate_new(
     .bind(job_id)
     .bind(by)
     .bind(now())
+    .bind(precision)
+    .bind(quality)
     .fetch_one(&mut *conn)
     .await?;
     commit(conn).await?;

@@ -107,3 +107,72 @@ pub fn evaluate<B: Backend>(
         sentence_counts: Metrics::sentence_counts_from_ids(scheme, &g_all, &p_all),
     })
 }
+
+/// Evaluates the model in `dir` on `split` on the CPU engine in f32 and in `precision`.
+pub fn compare_precision(
+    dir: &std::path::Path,
+    split: &crate::data::dataset::Split,
+    precision: crate::infer::Precision,
+    batch_size: usize,
+) -> Result<crate::infer::PrecisionComparison, String> {
+    use crate::model::backend::{BackendTask, Resolved, dispatch};
+    struct Task<'a>(
+        &'a std::path::Path,
+        &'a crate::data::dataset::Split,
+        crate::infer::Precision,
+        usize,
+    );
+    impl BackendTask for Task<'_> {
+        type Output = Result<crate::infer::PrecisionComparison, String>;
+        fn run<B: burn::tensor::backend::AutodiffBackend>(
+            self,
+            device: B::Device,
+            resolved: Resolved,
+        ) -> Self::Output {
+            let Task(dir, split, precision, batch) = self;
+            let t = std::time::Instant::now();
+            let (model, config, _) = crate::model::load_token_classifier::<B::InnerBackend>(
+                dir,
+                None,
+                crate::model::HeadInit::FromCheckpoint,
+                &device,
+            )
+            .map_err(|e| e.to_string())?;
+            let labels = config
+                .labels()
+                .ok_or_else(|| "the model's config.json has no id2label".to_string())?;
+            let tokenizer = crate::data::Tokenizer::from_dir(dir).map_err(|e| e.to_string())?;
+            let max_len = super::trainer::max_len(&config, &tokenizer, 512);
+            let (examples, _) = super::trainer::encode_split(split, &tokenizer, max_len)
+                .map_err(|e| e.to_string())?;
+            let gold: Vec<Vec<i64>> = split.sentences.iter().map(|s| s.tags.clone()).collect();
+            let scheme = LabelScheme::new(&labels).map_err(|e| e.to_string())?;
+            let run = |p| -> Result<EvalOutput, String> {
+                let engine = Engine::with_precision(model.clone(), &config, resolved, &device, p)
+                    .map_err(|e| e.to_string())?;
+                evaluate(&engine, &examples, &gold, &scheme, batch).map_err(|e| e.to_string())
+            };
+            let full = run(crate::infer::Precision::F32)?;
+            let reduced = run(precision)?;
+            let (mut words, mut changed) = (0, 0);
+            for (a, b) in full.word_preds.iter().zip(&reduced.word_preds) {
+                for (x, y) in a.iter().zip(b) {
+                    words += 1;
+                    changed += (x != y) as usize;
+                }
+            }
+            Ok(crate::infer::PrecisionComparison {
+                precision,
+                split: split.name.clone(),
+                sentences: split.sentences.len(),
+                f1_f32: full.metrics.f1,
+                f1: reduced.metrics.f1,
+                f1_delta: reduced.metrics.f1 - full.metrics.f1,
+                words_changed: changed,
+                words,
+                seconds: t.elapsed().as_secs_f64(),
+            })
+        }
+    }
+    dispatch(Resolved::Cpu, Task(dir, split, precision, batch_size))
+}

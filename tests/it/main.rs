@@ -11,6 +11,7 @@ mod families;
 mod hardening;
 mod hub;
 mod parity;
+mod precision;
 mod scale;
 mod seqeval;
 mod service;

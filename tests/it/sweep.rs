@@ -393,6 +393,40 @@ async fn hostile_inputs_get_4xx_json_and_leave_jobs_intact() {
             field: None,
         },
         Case {
+            what: "models: unknown precision",
+            path: "/v1/models",
+            content_type: "application/json",
+            body: br#"{"name": "x", "path": "m", "precision": "fp16"}"#.to_vec(),
+            status: UNPROCESSABLE,
+            field: Some("precision"),
+        },
+        Case {
+            what: "models: precision as a number",
+            path: "/v1/models",
+            content_type: "application/json",
+            body: br#"{"name": "x", "path": "m", "precision": 8}"#.to_vec(),
+            status: UNPROCESSABLE,
+            field: Some("precision"),
+        },
+        Case {
+            what: "models: precision null",
+            path: "/v1/models",
+            content_type: "application/json",
+            body: br#"{"name": "x", "path": "m", "precision": null}"#.to_vec(),
+            status: UNPROCESSABLE,
+            field: Some("precision"),
+        },
+        Case {
+            what: "models: huge precision string",
+            path: "/v1/models",
+            content_type: "application/json",
+            body: json!({"name": "x", "path": "m", "precision": "i".repeat(50_000)})
+                .to_string()
+                .into_bytes(),
+            status: UNPROCESSABLE,
+            field: Some("precision"),
+        },
+        Case {
             what: "models: revision-like path",
             path: "/v1/models",
             content_type: "application/json",

@@ -13,6 +13,7 @@ use crate::model::config::log_bucket;
 use crate::model::{DebertaV2Config, DebertaV2ForTokenClassification};
 
 use super::kernels::{BiasAt, PackedLinear, matmul_transposed};
+use super::packed::Precision;
 use super::{Layer, Norm, host, packed, split_logits};
 
 /// The relative-position side of one layer, projected once.
@@ -50,6 +51,7 @@ impl CpuDeberta {
     pub fn new<B: Backend>(
         model: DebertaV2ForTokenClassification<B>,
         config: &DebertaV2Config,
+        precision: Precision,
     ) -> Self {
         let eps = config.layer_norm_eps;
         let hidden = config.hidden_size;
@@ -81,11 +83,11 @@ impl CpuDeberta {
         for l in enc.layer {
             let a = l.attention;
             let sa = a.self_attn;
-            let query = packed(sa.query_proj);
-            let key = packed(sa.key_proj);
+            let query = packed(sa.query_proj, precision);
+            let key = packed(sa.key_proj, precision);
             if let Some(rel) = &rel {
-                let pos_key_proj = sa.pos_key_proj.map(packed);
-                let pos_query_proj = sa.pos_query_proj.map(packed);
+                let pos_key_proj = sa.pos_key_proj.map(|l| packed(l, precision));
+                let pos_query_proj = sa.pos_query_proj.map(|l| packed(l, precision));
                 let project = |own: &Option<PackedLinear>, shared: &PackedLinear| {
                     own.as_ref().unwrap_or(shared).forward(rel, rel_rows)
                 };
@@ -97,17 +99,17 @@ impl CpuDeberta {
             layers.push(Layer {
                 query,
                 key,
-                value: packed(sa.value_proj),
-                attention_output: packed(a.output.dense),
+                value: packed(sa.value_proj, precision),
+                attention_output: packed(a.output.dense, precision),
                 attention_norm: Norm::new(a.output.layer_norm, eps),
-                intermediate: packed(l.intermediate.dense),
-                output: packed(l.output.dense),
+                intermediate: packed(l.intermediate.dense, precision),
+                output: packed(l.output.dense, precision),
                 output_norm: Norm::new(l.output.layer_norm, eps),
                 heads,
             });
         }
         let factor = 1 + config.c2p() as usize + config.p2c() as usize;
-        let classifier = packed(classifier);
+        let classifier = packed(classifier, Precision::F32);
         CpuDeberta {
             hidden,
 

@@ -1,6 +1,6 @@
 //! Host kernels of the CPU inference engine, where burn-flex's generic ops cost more than the
 //! arithmetic:
-//! - dense layers on weights packed once per loaded model ([`PackedLinear`]): burn-flex's GEMM
+//! - dense layers on weights packed once per loaded model ([`PackedLinear`], in [`super::packed`]): burn-flex's GEMM
 //!   repacks the whole weight matrix on every call, which for the few rows of a single
 //!   sentence costs more than the multiply (figures: README, "CPU inference engine");
 //! - scaled-dot-product attention that reads heads in place from the `[batch, seq, heads,
@@ -10,6 +10,8 @@
 //! - the exact-erf GELU.
 
 use rayon::prelude::*;
+
+pub use super::packed::{Isa, PackedLinear, Precision};
 
 /// `exp(x)` for f32, branch-free so loops over it vectorise: Cody-Waite range reduction and a
 /// degree-6 polynomial (Cephes `expf`), within 2 ulp of libm over the normal range; 0 below
@@ -147,222 +149,10 @@ fn softmax_rows(rows: &mut [f32], bias: &[f32]) {
     })
 }
 
-/// Output columns per panel of a packed weight: two 8-lane AVX registers.
-const PANEL: usize = 16;
-/// Rows of activations per micro-kernel call: 6 × 2 accumulator registers + 2 weight rows + 1
-/// broadcast fit the 16 AVX registers.
-const ROWS: usize = 6;
-
-/// Whether this CPU runs the packed kernels (x86-64 with AVX2 and FMA).
+/// Whether this CPU runs the packed kernels (x86-64 with AVX2 and FMA; AVX-512 used when
+/// present).
 pub fn packed_kernels_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// A Linear layer `y = x · W + b` (W `[d_in, d_out]`, burn's layout) with W repacked as
-/// column panels `[ceil(d_out / 16)][d_in][16]` (the last one zero-padded): the micro-kernel
-/// then reads each panel as one sequential stream.
-#[derive(Debug, Clone)]
-pub struct PackedLinear {
-    d_in: usize,
-    d_out: usize,
-    panels: Vec<f32>,
-    /// Bias padded to whole panels (zeros when the layer has none).
-    bias: Vec<f32>,
-}
-
-impl PackedLinear {
-    /// Packs `weight` `[d_in, d_out]` (row-major) and `bias` `[d_out]`.
-    pub fn new(weight: &[f32], bias: Option<&[f32]>, d_in: usize, d_out: usize) -> Self {
-        assert_eq!(weight.len(), d_in * d_out, "weight is not [d_in, d_out]");
-        let n_panels = d_out.div_ceil(PANEL);
-        let mut panels = vec![0.0f32; n_panels * d_in * PANEL];
-        for (p, panel) in panels.chunks_exact_mut(d_in * PANEL).enumerate() {
-            let (c0, c1) = (p * PANEL, ((p + 1) * PANEL).min(d_out));
-            for (k, row) in panel.chunks_exact_mut(PANEL).enumerate() {
-                row[..c1 - c0].copy_from_slice(&weight[k * d_out + c0..k * d_out + c1]);
-            }
-        }
-        let mut padded = vec![0.0f32; n_panels * PANEL];
-        if let Some(b) = bias {
-            assert_eq!(b.len(), d_out, "bias is not [d_out]");
-            padded[..d_out].copy_from_slice(b);
-        }
-        Self {
-            d_in,
-            d_out,
-            panels,
-            bias: padded,
-        }
-    }
-
-    /// Output width.
-    pub fn d_out(&self) -> usize {
-        self.d_out
-    }
-
-    /// `x` `[rows, d_in]` -> `[rows, d_out]`. Needs [`packed_kernels_available`].
-    ///
-    /// Blocked like a BLAS GEMM: `KC` weight rows × 16 columns of a panel stay in cache while up
-    /// to `MC` activation rows (`MC × KC`, in L2) stream past them; column panels are shared out
-    /// over the rayon pool when the product is big enough to pay for it. (`KC` = 1024 leaves
-    /// roberta-base's 768-wide layers unblocked: smaller blocks measured slower for a single
-    /// sentence; `metafora bench kernels` times the shapes.)
-    pub fn forward(&self, x: &[f32], rows: usize) -> Vec<f32> {
-        const KC: usize = 1024;
-        const MC: usize = 96;
-        let (k, n) = (self.d_in, self.d_out);
-        assert_eq!(x.len(), rows * k, "input is not [rows, d_in]");
-        assert!(
-            packed_kernels_available(),
-            "packed kernels need AVX2 and FMA"
-        );
-        let n_panels = n.div_ceil(PANEL);
-        // Output rows padded to whole panels; compacted at the end when d_out is not a
-        // multiple of 16 (a classifier head).
-        let ldc = n_panels * PANEL;
-        let mut out = vec![0.0f32; rows * ldc];
-        let out_ptr = OutPtr(out.as_mut_ptr());
-        let panels = |range: std::ops::Range<usize>| {
-            for k0 in (0..k).step_by(KC) {
-                let kc = KC.min(k - k0);
-                for r0 in (0..rows).step_by(MC) {
-                    let r1 = (r0 + MC).min(rows);
-                    for p in range.clone() {
-                        let w = &self.panels[(p * k + k0) * PANEL..(p * k + k0 + kc) * PANEL];
-                        let mut r = r0;
-                        while r < r1 {
-                            let m = ROWS.min(r1 - r);
-                            let a = &x[r * k + k0..(r + m - 1) * k + k0 + kc];
-                            // SAFETY: AVX2/FMA checked above. `a` spans `m` rows of `kc` at
-                            // stride `k`; `w` is `kc` × 16; `dst` is `m` rows of 16 at stride
-                            // `ldc` inside `out`, in the columns of panel `p`, which only this
-                            // task writes; `init` is the bias (16) or `dst` itself.
-                            unsafe {
-                                let dst = out_ptr.get().add(r * ldc + p * PANEL);
-                                let (init, init_rs) = if k0 == 0 {
-                                    (self.bias.as_ptr().add(p * PANEL), 0)
-                                } else {
-                                    (dst as *const f32, ldc)
-                                };
-                                #[cfg(target_arch = "x86_64")]
-                                micro_kernel(
-                                    m,
-                                    kc,
-                                    a.as_ptr(),
-                                    k,
-                                    w.as_ptr(),
-                                    init,
-                                    init_rs,
-                                    dst,
-                                    ldc,
-                                );
-                                #[cfg(not(target_arch = "x86_64"))]
-                                unreachable!(
-                                    "packed kernels are x86-64 only: {:?}",
-                                    (dst, init, init_rs, a, w)
-                                );
-                            }
-                            r += m;
-                        }
-                    }
-                }
-            }
-        };
-        let threads = rayon::current_num_threads().min(n_panels);
-        // About a millisecond of work per extra thread before splitting is worth it.
-        if threads > 1 && rows * k * n >= 1 << 20 {
-            let per = n_panels.div_ceil(threads);
-            (0..threads)
-                .into_par_iter()
-                .for_each(|t| panels(t * per..((t + 1) * per).min(n_panels)));
-        } else {
-            panels(0..n_panels);
-        }
-        if ldc != n {
-            for r in 1..rows {
-                out.copy_within(r * ldc..r * ldc + n, r * n);
-            }
-            out.truncate(rows * n);
-        }
-        out
-    }
-}
-
-/// `m` (1..=6) rows of `a` (row stride `lda`) times `k` rows of one packed panel, added to
-/// `init` (row stride `init_rs`: 0 for a bias row), into `dst` (row stride `ldc`).
-///
-/// # Safety
-/// AVX2 and FMA present; pointers valid as described in [`PackedLinear::forward`].
-#[cfg(target_arch = "x86_64")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro_kernel(
-    m: usize,
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    w: *const f32,
-    init: *const f32,
-    init_rs: usize,
-    dst: *mut f32,
-    ldc: usize,
-) {
-    unsafe {
-        match m {
-            6 => micro_kernel_rows::<6>(k, a, lda, w, init, init_rs, dst, ldc),
-            5 => micro_kernel_rows::<5>(k, a, lda, w, init, init_rs, dst, ldc),
-            4 => micro_kernel_rows::<4>(k, a, lda, w, init, init_rs, dst, ldc),
-            3 => micro_kernel_rows::<3>(k, a, lda, w, init, init_rs, dst, ldc),
-            2 => micro_kernel_rows::<2>(k, a, lda, w, init, init_rs, dst, ldc),
-            _ => micro_kernel_rows::<1>(k, a, lda, w, init, init_rs, dst, ldc),
-        }
-    }
-}
-
-/// The `MR` × 16 register tile: for each of the `k` steps, two loads of the weight row, one
-/// broadcast per activation row and two FMAs per row.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn micro_kernel_rows<const MR: usize>(
-    k: usize,
-    a: *const f32,
-    lda: usize,
-    w: *const f32,
-    init: *const f32,
-    init_rs: usize,
-    dst: *mut f32,
-    ldc: usize,
-) {
-    use std::arch::x86_64::*;
-    unsafe {
-        let mut lo = [_mm256_setzero_ps(); MR];
-        let mut hi = [_mm256_setzero_ps(); MR];
-        for r in 0..MR {
-            lo[r] = _mm256_loadu_ps(init.add(r * init_rs));
-            hi[r] = _mm256_loadu_ps(init.add(r * init_rs + 8));
-        }
-        let mut wp = w;
-        for p in 0..k {
-            let (w0, w1) = (_mm256_loadu_ps(wp), _mm256_loadu_ps(wp.add(8)));
-            for r in 0..MR {
-                let x = _mm256_broadcast_ss(&*a.add(r * lda + p));
-                lo[r] = _mm256_fmadd_ps(x, w0, lo[r]);
-                hi[r] = _mm256_fmadd_ps(x, w1, hi[r]);
-            }
-            wp = wp.add(PANEL);
-        }
-        for r in 0..MR {
-            _mm256_storeu_ps(dst.add(r * ldc), lo[r]);
-            _mm256_storeu_ps(dst.add(r * ldc + 8), hi[r]);
-        }
-    }
+    Isa::detect().is_some()
 }
 
 /// A raw output pointer shared by tasks that write disjoint parts of one buffer.
@@ -646,83 +436,6 @@ mod tests {
             }
         }
         out
-    }
-
-    #[test]
-    fn packed_linear_matches_reference() {
-        if !packed_kernels_available() {
-            eprintln!("no AVX2/FMA: packed kernels not used on this CPU");
-            return;
-        }
-        let mut state = 3u64;
-        let mut rnd = move || {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-        };
-        // Row counts around the 6-row tile, widths around the 16-column panel (a 2-label head).
-        // Also past the blocking edges production hits: more than MC = 96 activation rows
-        // (a batch of sentences) and d_in > KC = 1024 (the feed-forward output layer of base
-        // and large models, d_in 3072 / 4096), with a remainder block.
-        for (rows, d_in, d_out) in [
-            (1, 8, 16),
-            (7, 33, 2),
-            (13, 64, 40),
-            (35, 96, 128),
-            (70, 128, 512),
-            (97, 64, 24),
-            (200, 48, 17),
-            (5, 1025, 16),
-            (31, 3072, 40),
-            (103, 2100, 33),
-        ] {
-            let x: Vec<f32> = (0..rows * d_in).map(|_| rnd()).collect();
-            let w: Vec<f32> = (0..d_in * d_out).map(|_| rnd()).collect();
-            let b: Vec<f32> = (0..d_out).map(|_| rnd()).collect();
-            let want: Vec<f64> = (0..rows * d_out)
-                .map(|i| {
-                    let (r, c) = (i / d_out, i % d_out);
-                    b[c] as f64
-                        + (0..d_in)
-                            .map(|k| x[r * d_in + k] as f64 * w[k * d_out + c] as f64)
-                            .sum::<f64>()
-                })
-                .collect();
-            // f32 accumulation error grows with the dot product's length: allow 4× the typical
-            // rounding error sqrt(d_in)·ε·|y|, with |y| ≈ sqrt(d_in)/3 for these uniform
-            // inputs (4.9e-4 at d_in 3072), never less than 1e-4. A wrong panel, block or
-            // remainder is off by whole values (~1).
-            let tol = (4.0 / 3.0 * d_in as f64 * f32::EPSILON as f64).max(1e-4);
-            let packed = PackedLinear::new(&w, Some(&b), d_in, d_out);
-            for threads in [1, 2] {
-                let pool = rayon::ThreadPoolBuilder::new()
-                    .num_threads(threads)
-                    .build()
-                    .unwrap();
-                let got = pool.install(|| packed.forward(&x, rows));
-                let diff = got
-                    .iter()
-                    .zip(&want)
-                    .map(|(g, w)| (*g as f64 - w).abs())
-                    .fold(0.0, f64::max);
-                assert!(
-                    diff < tol,
-                    "{rows}x{d_in}x{d_out}, threads {threads}: max |diff| {diff} (tolerance {tol})"
-                );
-            }
-            let no_bias = PackedLinear::new(&w, None, d_in, d_out).forward(&x, rows);
-            let diff = no_bias
-                .iter()
-                .zip(&want)
-                .enumerate()
-                .map(|(i, (g, w))| (*g as f64 - (w - b[i % d_out] as f64)).abs())
-                .fold(0.0, f64::max);
-            assert!(
-                diff < tol,
-                "{rows}x{d_in}x{d_out} without bias: max |diff| {diff} (tolerance {tol})"
-            );
-        }
     }
 
     #[test]

@@ -9,6 +9,7 @@
 
 pub mod deberta_v2;
 pub mod kernels;
+pub mod packed;
 pub mod roberta;
 
 use burn::nn::{LayerNorm, Linear};
@@ -18,11 +19,12 @@ use burn::tensor::backend::Backend;
 use crate::model::{ModelConfig, TokenClassifier};
 
 use deberta_v2::CpuDeberta;
-use kernels::PackedLinear;
+use packed::{Isa, PackedLinear, Precision};
 use roberta::CpuRoberta;
 
-/// Whether this CPU runs the engine (x86-64 with AVX2 and FMA); otherwise inference uses
-/// burn's ops. `METAFORA_CPU_KERNELS=off` turns it off (to compare, or to rule it out).
+/// Whether this CPU runs the engine (x86-64 with AVX2 and FMA; AVX-512 when present, see
+/// [`packed::Isa`]); otherwise inference uses burn's ops. `METAFORA_CPU_KERNELS=off` turns it
+/// off (to compare, or to rule it out).
 pub fn available() -> bool {
     kernels::packed_kernels_available()
         && std::env::var("METAFORA_CPU_KERNELS").map_or(true, |v| v != "off")
@@ -35,18 +37,21 @@ pub enum CpuModel {
 }
 
 impl CpuModel {
-    /// Takes over `model` when the engine implements its family; gives it back otherwise.
+    /// Takes over `model` when the engine implements its family, its encoder's dense layers
+    /// packed in `precision` (the classifier head stays f32); gives it back otherwise.
+    /// `precision` must be one this CPU runs ([`Isa::supports`]).
     #[allow(clippy::result_large_err)]
     pub fn new<B: Backend>(
         model: TokenClassifier<B>,
         config: &ModelConfig,
+        precision: Precision,
     ) -> Result<Self, TokenClassifier<B>> {
         match (model, config) {
             (TokenClassifier::Roberta(m), ModelConfig::Roberta(c)) => {
-                Ok(CpuModel::Roberta(CpuRoberta::new(m, c)))
+                Ok(CpuModel::Roberta(CpuRoberta::new(m, c, precision)))
             }
             (TokenClassifier::DebertaV2(m), ModelConfig::DebertaV2(c)) => {
-                Ok(CpuModel::DebertaV2(CpuDeberta::new(m, c)))
+                Ok(CpuModel::DebertaV2(CpuDeberta::new(m, c, precision)))
             }
             (model, _) => Err(model),
         }
@@ -115,12 +120,19 @@ impl Norm {
     }
 }
 
-/// Packs a Linear, consuming it (its weights are freed as the packed copy is made).
-pub(crate) fn packed<B: Backend>(l: Linear<B>) -> PackedLinear {
+/// Packs a Linear in `precision` for this CPU's instruction set, consuming it (its weights
+/// are freed as the packed copy is made).
+pub(crate) fn packed<B: Backend>(l: Linear<B>, precision: Precision) -> PackedLinear {
     let [d_in, d_out] = l.weight.dims();
     let w = host(l.weight.into_value());
     let b = l.bias.map(|b| host(b.into_value()));
-    PackedLinear::new(&w, b.as_deref(), d_in, d_out)
+    let isa = Isa::detect().expect("the CPU engine needs AVX2 and FMA: this is a bug");
+    PackedLinear::with(&w, b.as_deref(), d_in, d_out, isa, precision)
+}
+
+/// Whether this machine's CPU engine runs `precision` (f32: always when the engine runs).
+pub fn runs(precision: Precision) -> bool {
+    available() && Isa::detect().is_some_and(|isa| isa.supports(precision))
 }
 
 /// One encoder layer of a post-LayerNorm transformer (`RobertaLayer`, `DebertaV2Layer`): the

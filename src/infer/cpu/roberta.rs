@@ -6,6 +6,7 @@ use burn::tensor::backend::Backend;
 use crate::model::{RobertaConfig, RobertaForTokenClassification};
 
 use super::kernels::PackedLinear;
+use super::packed::Precision;
 use super::{Layer, Norm, host, packed, split_logits};
 
 /// RoBERTa token classifier on host memory.
@@ -30,6 +31,7 @@ impl CpuRoberta {
     pub fn new<B: Backend>(
         model: RobertaForTokenClassification<B>,
         config: &RobertaConfig,
+        precision: Precision,
     ) -> Self {
         let eps = config.layer_norm_eps;
         let hidden = config.hidden_size;
@@ -51,19 +53,19 @@ impl CpuRoberta {
             .map(|l| {
                 let a = l.attention;
                 Layer {
-                    query: packed(a.self_attn.query),
-                    key: packed(a.self_attn.key),
-                    value: packed(a.self_attn.value),
-                    attention_output: packed(a.output.dense),
+                    query: packed(a.self_attn.query, precision),
+                    key: packed(a.self_attn.key, precision),
+                    value: packed(a.self_attn.value, precision),
+                    attention_output: packed(a.output.dense, precision),
                     attention_norm: Norm::new(a.output.layer_norm, eps),
-                    intermediate: packed(l.intermediate.dense),
-                    output: packed(l.output.dense),
+                    intermediate: packed(l.intermediate.dense, precision),
+                    output: packed(l.output.dense, precision),
                     output_norm: Norm::new(l.output.layer_norm, eps),
                     heads: config.num_attention_heads,
                 }
             })
             .collect();
-        let classifier = packed(classifier);
+        let classifier = packed(classifier, Precision::F32);
         CpuRoberta {
             hidden,
             heads: config.num_attention_heads,

@@ -278,8 +278,10 @@ pub async fn recover(sh: &Shared) -> Result<(), StoreError> {
                     std::path::PathBuf::from(dir),
                     job_id.clone(),
                 );
-                let res =
-                    tokio::task::spawn_blocking(move || r.deploy(&name, &dir, Some(id))).await;
+                let res = tokio::task::spawn_blocking(move || {
+                    r.deploy(&name, &dir, Some(id), None, None)
+                })
+                .await;
                 if let Ok(Err(e)) = res {
                     tracing::warn!(study = %row.id, error = %e, "could not redeploy the study's best model");
                 }
