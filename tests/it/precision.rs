@@ -215,7 +215,10 @@ fn the_avx2_path_forced_by_the_environment_runs_and_agrees() {
         .args(["serve", "--bind", "127.0.0.1:0", "--device", "cpu"])
         .args(["--detect-precision", "bf16", "--no-worker"])
         .arg("--database-url")
-        .arg(format!("sqlite://{}", dir.path().join("db.sqlite").display()))
+        .arg(format!(
+            "sqlite://{}",
+            dir.path().join("db.sqlite").display()
+        ))
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .env("METAFORA_CPU_ISA", "avx2")

@@ -104,6 +104,24 @@ impl Norm {
     /// `x = LayerNorm(x + residual)` row by row (`residual` `None`: plain LayerNorm).
     pub(crate) fn apply(&self, x: &mut [f32], residual: Option<&[f32]>) {
         let h = self.gamma.len();
+        match residual {
+            // Rows split over the pool for big batches; each piece with its own rows of the
+            // residual.
+            Some(res)
+                if x.len() >= kernels::PARALLEL_ELEMENTS && rayon::current_num_threads() > 1 =>
+            {
+                use rayon::prelude::*;
+                let per = (x.len() / h).div_ceil(rayon::current_num_threads()) * h;
+                x.par_chunks_mut(per)
+                    .zip(res.par_chunks(per))
+                    .for_each(|(x, res)| self.rows(x, Some(res)));
+            }
+            _ => kernels::for_rows(x, h, kernels::PARALLEL_ELEMENTS, |x| self.rows(x, residual)),
+        }
+    }
+
+    fn rows(&self, x: &mut [f32], residual: Option<&[f32]>) {
+        let h = self.gamma.len();
         for (r, row) in x.chunks_exact_mut(h).enumerate() {
             if let Some(res) = residual {
                 for (v, a) in row.iter_mut().zip(&res[r * h..(r + 1) * h]) {
@@ -190,4 +208,78 @@ pub(crate) fn split_logits(logits: &[f32], lengths: &[usize], labels: usize) -> 
             s
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed;
+        (0..n)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) as f32 / (1u64 << 31) as f32) * 6.0 - 3.0
+            })
+            .collect()
+    }
+
+    fn pool(threads: usize) -> rayon::ThreadPool {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+    }
+
+    /// LayerNorm (with and without residual), GELU and the int8/bf16 input conversions split
+    /// over the pool for big batches (here 200 × 768, above `PARALLEL_ELEMENTS`) give the
+    /// same bits as on one thread, including a last piece shorter than the others.
+    #[test]
+    fn parallel_elementwise_work_equals_one_thread() {
+        let (rows, h) = (203, 768);
+        let norm = Norm {
+            gamma: values(h, 1),
+            beta: values(h, 2),
+            eps: 1e-5,
+        };
+        let x = values(rows * h, 3);
+        let res = values(rows * h, 4);
+        assert!(x.len() >= kernels::PARALLEL_ELEMENTS);
+        let run = |threads: usize| {
+            pool(threads).install(|| {
+                let mut a = x.clone();
+                norm.apply(&mut a, Some(&res));
+                let mut b = x.clone();
+                norm.apply(&mut b, None);
+                let mut g = x.clone();
+                kernels::gelu_in_place(&mut g);
+                (a, b, g)
+            })
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            assert!(run(threads) == one, "{threads} threads differ from one");
+        }
+        // LayerNorm of one row by hand.
+        let row: Vec<f32> = x[..h].iter().zip(&res[..h]).map(|(a, b)| a + b).collect();
+        let mean = row.iter().sum::<f32>() / h as f32;
+        let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / h as f32;
+        let want = (row[5] - mean) / (var + 1e-5).sqrt() * norm.gamma[5] + norm.beta[5];
+        assert!((one.0[5] - want).abs() < 1e-5);
+        // The packed layers' input conversions, through a layer that uses them.
+        if let Some(isa) = Isa::best() {
+            for p in [Precision::Bf16, Precision::Int8] {
+                if !isa.supports(p) {
+                    continue;
+                }
+                let w = values(h * 64, 5);
+                let layer = PackedLinear::with(&w, None, h, 64, isa, p);
+                let y1 = pool(1).install(|| layer.forward(&x, rows));
+                let y2 = pool(2).install(|| layer.forward(&x, rows));
+                assert!(y1 == y2, "{p}: 2 threads differ from one");
+            }
+        }
+    }
 }

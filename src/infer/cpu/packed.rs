@@ -610,6 +610,8 @@ impl OutPtr {
 mod x86 {
     use std::arch::x86_64::*;
 
+    use rayon::prelude::*;
+
     use super::{F32Tile, Int8Epilogue, Isa, WordTile};
 
     /// Dispatches `m` rows to the tile of that height for `isa`.
@@ -793,12 +795,26 @@ mod x86 {
         }
     }
 
+    /// Rows per rayon task when converting `rows` rows of `k` inputs: all of them below
+    /// [`crate::infer::cpu::kernels::PARALLEL_ELEMENTS`] values, else a share per thread.
+    fn rows_per_task(rows: usize, k: usize) -> usize {
+        let threads = rayon::current_num_threads();
+        if threads < 2 || rows * k < crate::infer::cpu::kernels::PARALLEL_ELEMENTS {
+            rows.max(1)
+        } else {
+            rows.div_ceil(threads).max(1)
+        }
+    }
+
     /// `x` `[rows, k]` rounded to bf16 (nearest even, `vcvtne2ps2bf16`), two per word (`kp`
     /// words per row, a missing last value 0). Needs AVX512_BF16 (checked when packing).
     pub(super) fn bf16_rows(x: &[f32], rows: usize, k: usize, kp: usize) -> Vec<u32> {
         let mut out = vec![0u32; rows * kp];
-        // SAFETY: only bf16-packed layers call this, and packing checked AVX512_BF16.
-        unsafe { bf16_rows_512(x, k, kp, &mut out) };
+        let per = rows_per_task(rows, k);
+        out.par_chunks_mut((per * kp).max(1))
+            .zip(x.par_chunks((per * k).max(1)))
+            // SAFETY: only bf16-packed layers call this, and packing checked AVX512_BF16.
+            .for_each(|(out, x)| unsafe { bf16_rows_512(x, k, kp, out) });
         out
     }
 
@@ -838,14 +854,24 @@ mod x86 {
         kq: usize,
     ) -> (Vec<u32>, Vec<f32>, Vec<i32>) {
         let mut a = vec![0u32; rows * kq];
-        let mut scales = Vec::with_capacity(rows);
-        let mut zeros = Vec::with_capacity(rows);
-        for (row, dst) in x.chunks_exact(k).zip(a.chunks_exact_mut(kq)) {
-            // SAFETY: as above.
-            let (scale, zero) = unsafe { quantize_row_512(row, dst) };
-            scales.push(scale);
-            zeros.push(zero);
-        }
+        let mut scales = vec![0.0f32; rows];
+        let mut zeros = vec![0i32; rows];
+        let per = rows_per_task(rows, k);
+        a.par_chunks_mut((per * kq).max(1))
+            .zip(x.par_chunks((per * k).max(1)))
+            .zip(scales.par_chunks_mut(per).zip(zeros.par_chunks_mut(per)))
+            .for_each(|((a, x), (scales, zeros))| {
+                for (((row, dst), s), z) in x
+                    .chunks_exact(k)
+                    .zip(a.chunks_exact_mut(kq))
+                    .zip(scales.iter_mut())
+                    .zip(zeros.iter_mut())
+                {
+                    // SAFETY: only int8-packed layers call this, and packing checked
+                    // AVX-512F + BW.
+                    (*s, *z) = unsafe { quantize_row_512(row, dst) };
+                }
+            });
         (a, scales, zeros)
     }
 
