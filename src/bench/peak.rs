@@ -46,7 +46,7 @@ pub fn measure() -> Vec<Peak> {
         // Start the pool's threads before the first multi-thread measurement.
         if let Some((_, f, _)) = kernels.first() {
             (0..threads).into_par_iter().for_each(|_| {
-                std::hint::black_box(f(std::hint::black_box(1000)));
+                std::hint::black_box(f(std::hint::black_box(2_000_000)));
             });
         }
         kernels

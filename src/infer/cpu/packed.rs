@@ -395,6 +395,14 @@ impl PackedLinear {
                                     } else {
                                         (dst as *const f32, ldc)
                                     };
+                                    // The first tile of a panel block pulls the next panel's
+                                    // block towards the caches while it computes (a sentence's
+                                    // few rows would otherwise wait on memory for each panel).
+                                    let prefetch = if r == r0 && p + 1 < range.end {
+                                        panels.as_ptr().add(((p + 1) * k + k0) * w)
+                                    } else {
+                                        std::ptr::null()
+                                    };
                                     let tile = F32Tile {
                                         k: kc,
                                         a: a.as_ptr(),
@@ -404,6 +412,7 @@ impl PackedLinear {
                                         init_rs,
                                         dst,
                                         ldc,
+                                        prefetch,
                                     };
                                     x86::f32_tile(self.isa, m, tile);
                                 }
@@ -438,6 +447,11 @@ impl PackedLinear {
                                         } else {
                                             (dst as *const f32, ldc)
                                         };
+                                        let prefetch = if r == r0 && p + 1 < range.end {
+                                            panels.as_ptr().add(((p + 1) * kp + q0) * w * 2).cast()
+                                        } else {
+                                            std::ptr::null()
+                                        };
                                         x86::bf16_tile(
                                             m,
                                             WordTile {
@@ -448,6 +462,7 @@ impl PackedLinear {
                                                 init_rs,
                                                 dst,
                                                 ldc,
+                                                prefetch,
                                             },
                                             wp.as_ptr(),
                                         );
@@ -483,6 +498,11 @@ impl PackedLinear {
                                         } else {
                                             (dst as *const f32, ldc)
                                         };
+                                        let prefetch = if r == r0 && p + 1 < range.end {
+                                            q.as_ptr().add(((p + 1) * kq + q0) * w * 4).cast()
+                                        } else {
+                                            std::ptr::null()
+                                        };
                                         x86::int8_tile(
                                             m,
                                             WordTile {
@@ -493,6 +513,7 @@ impl PackedLinear {
                                                 init_rs,
                                                 dst,
                                                 ldc,
+                                                prefetch,
                                             },
                                             wp.as_ptr(),
                                             Int8Epilogue {
@@ -566,6 +587,9 @@ struct F32Tile {
     init_rs: usize,
     dst: *mut f32,
     ldc: usize,
+    /// `k` × W values to prefetch into L2 while the tile runs (the next panel's block), or
+    /// null.
+    prefetch: *const f32,
 }
 
 /// A bf16 or int8 register tile's operands: `m` rows of packed inputs `a` (pairs or quads
@@ -580,6 +604,9 @@ struct WordTile {
     init_rs: usize,
     dst: *mut f32,
     ldc: usize,
+    /// The next panel's block to prefetch into L2 while the tile runs (`k` × 128 bytes), or
+    /// null.
+    prefetch: *const u8,
 }
 
 /// Per-row and per-column terms of an int8 tile's block:
@@ -674,6 +701,11 @@ mod x86 {
             let mut wp = t.w;
             for p in 0..t.k {
                 let (w0, w1) = (_mm512_loadu_ps(wp), _mm512_loadu_ps(wp.add(16)));
+                if !t.prefetch.is_null() {
+                    // Two 64-byte lines: one row of the next panel per step.
+                    _mm_prefetch::<_MM_HINT_T1>(t.prefetch.add(p * 32).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(t.prefetch.add(p * 32 + 16).cast());
+                }
                 for r in 0..MR {
                     let x = _mm512_set1_ps(*t.a.add(r * t.lda + p));
                     lo[r] = _mm512_fmadd_ps(x, w0, lo[r]);
@@ -717,6 +749,10 @@ mod x86 {
             for q in 0..t.k {
                 let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.cast()));
                 let w1: __m512bh = std::mem::transmute(_mm512_loadu_si512(wp.add(32).cast()));
+                if !t.prefetch.is_null() {
+                    _mm_prefetch::<_MM_HINT_T1>(t.prefetch.add(q * 128).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(t.prefetch.add(q * 128 + 64).cast());
+                }
                 for r in 0..MR {
                     let x: __m512bh =
                         std::mem::transmute(_mm512_set1_epi32(*t.a.add(r * t.lda + q) as i32));
@@ -759,6 +795,10 @@ mod x86 {
             for q in 0..t.k {
                 let w0 = _mm512_loadu_si512(wp.cast());
                 let w1 = _mm512_loadu_si512(wp.add(64).cast());
+                if !t.prefetch.is_null() {
+                    _mm_prefetch::<_MM_HINT_T1>(t.prefetch.add(q * 128).cast());
+                    _mm_prefetch::<_MM_HINT_T1>(t.prefetch.add(q * 128 + 64).cast());
+                }
                 for r in 0..MR {
                     let x = _mm512_set1_epi32(*t.a.add(r * t.lda + q) as i32);
                     lo[r] = _mm512_dpbusd_epi32(lo[r], x, w0);
