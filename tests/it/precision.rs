@@ -271,7 +271,18 @@ async fn deploying_in_reduced_precision_records_the_quality_guard() {
         let q = &m["quality"];
         assert_eq!(q["split"], "validation", "{m}");
         assert_eq!(q["precision"], p.as_str());
-        assert!(q["sentences"].as_u64().unwrap() > 0, "{q}");
+        // The whole validation split (under the guard's 500-sentence cap).
+        let validation = std::fs::read_to_string(fixture("data/synthetic-small/validation.jsonl"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .count();
+        assert!(validation > 0);
+        assert_eq!(
+            q["sentences"].as_u64().unwrap() as usize,
+            validation.min(metafora::jobs::models::GUARD_SENTENCES),
+            "{q}"
+        );
         let (f1, f1_f32) = (q["f1"].as_f64().unwrap(), q["f1_f32"].as_f64().unwrap());
         assert!((q["f1_delta"].as_f64().unwrap() - (f1 - f1_f32)).abs() < 1e-12);
         assert!(q["words"].as_u64().unwrap() >= q["words_changed"].as_u64().unwrap());
