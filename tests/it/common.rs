@@ -57,3 +57,26 @@ pub fn database_url(dir: &std::path::Path) -> String {
     std::fs::write(&marker, &url).unwrap();
     url
 }
+
+/// Every number of a (nested) JSON array, in order (reference logits, hidden states).
+pub fn floats(v: &serde_json::Value) -> Vec<f32> {
+    fn walk(v: &serde_json::Value, out: &mut Vec<f32>) {
+        match v {
+            serde_json::Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
+            serde_json::Value::Number(n) => out.push(n.as_f64().unwrap() as f32),
+            _ => panic!("not a number: {v}"),
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out);
+    out
+}
+
+/// A JSON array of token ids.
+pub fn u32s(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}

@@ -5,15 +5,7 @@
 use metafora::data::Tokenizer;
 use serde_json::Value;
 
-use crate::common::{fixture, json};
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+use crate::common::{fixture, floats, json, u32s};
 
 fn words(s: &Value) -> Vec<String> {
     s["words"]
@@ -164,19 +156,6 @@ use metafora::model::{HeadInit, load_token_classifier};
 /// Logit tolerance: the reference rounds to 6 decimals and f32 matmul order differs from
 /// PyTorch's; the budget is the 1e-4.
 const TOL: f32 = 1e-4;
-
-fn floats(v: &Value) -> Vec<f32> {
-    let mut out = Vec::new();
-    fn walk(v: &Value, out: &mut Vec<f32>) {
-        match v {
-            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            Value::Number(n) => out.push(n.as_f64().unwrap() as f32),
-            _ => {}
-        }
-    }
-    walk(v, &mut out);
-    out
-}
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());

@@ -10,7 +10,7 @@ use metafora::model::backend::Resolved;
 use metafora::model::{HeadInit, load_token_classifier};
 use serde_json::Value;
 
-use crate::common::{fixture, json};
+use crate::common::{fixture, floats, json, u32s};
 
 /// Logit tolerance: the reference rounds to 6 decimals and f32 matmul order differs from
 /// PyTorch's; observed differences are ~1e-6, the budget is 1e-4.
@@ -26,11 +26,7 @@ fn words(s: &Value) -> Vec<String> {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    u32s(v)
 }
 
 fn word_ids(v: &Value) -> Vec<Option<usize>> {
@@ -39,19 +35,6 @@ fn word_ids(v: &Value) -> Vec<Option<usize>> {
         .iter()
         .map(|x| x.as_u64().map(|w| w as usize))
         .collect()
-}
-
-fn floats(v: &Value) -> Vec<f32> {
-    fn walk(v: &Value, out: &mut Vec<f32>) {
-        match v {
-            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            Value::Number(n) => out.push(n.as_f64().unwrap() as f32),
-            _ => panic!("not a number: {v}"),
-        }
-    }
-    let mut out = Vec::new();
-    walk(v, &mut out);
-    out
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -12,28 +12,7 @@ use metafora::model::{HeadInit, load_token_classifier};
 use serde_json::{Value, json};
 
 use crate::app::{TestApp, spawn_app, tiny_job};
-use crate::common::{fixture, json as fixture_json};
-
-fn floats(v: &Value) -> Vec<f32> {
-    fn walk(v: &Value, out: &mut Vec<f32>) {
-        match v {
-            Value::Array(a) => a.iter().for_each(|x| walk(x, out)),
-            Value::Number(n) => out.push(n.as_f64().unwrap() as f32),
-            _ => panic!("not a number: {v}"),
-        }
-    }
-    let mut out = Vec::new();
-    walk(v, &mut out);
-    out
-}
-
-fn u32s(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+use crate::common::{fixture, floats, json as fixture_json, u32s};
 
 /// Whether this machine runs `p` on the CPU engine.
 fn runs(p: Precision) -> bool {

@@ -185,16 +185,18 @@ pub fn packed_kernels_available() -> bool {
     Isa::detect().is_some()
 }
 
-/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
+/// A raw output pointer shared by tasks that write disjoint parts of one buffer (attention's
+/// (sequence, head) columns here, a packed layer's panels in [`super::packed`]).
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each task writes only its own (sequence, head) columns; see `attention`.
+pub(super) struct OutPtr(pub(super) *mut f32);
+// SAFETY: every user writes only its own task's part of the buffer (`attention`'s
+// (sequence, head) columns, `PackedLinear::forward`'s panels).
 unsafe impl Send for OutPtr {}
 unsafe impl Sync for OutPtr {}
 
 impl OutPtr {
     /// The pointer (a method, so that closures capture the `Send` wrapper, not its field).
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

@@ -24,6 +24,8 @@
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
+use super::kernels::OutPtr;
+
 /// The number format of a model's dense layers at inference. Attention scores, softmax,
 /// LayerNorm, GELU and the accumulators stay f32 in every format.
 #[derive(
@@ -427,108 +429,36 @@ impl PackedLinear {
                 // Activations rounded to bf16, two per 32-bit word (the pair one `vdpbf16ps`
                 // lane multiplies), rows padded to whole pairs with zeros.
                 let a = x86::bf16_rows(x, rows, k, kp);
+                assert_eq!(panels.len() * 2, n_panels * kp * w * 4);
                 split_panels(n_panels, parallel, |range| {
-                    for q0 in (0..kp).step_by(KW) {
-                        let qc = KW.min(kp - q0);
-                        for r0 in (0..rows).step_by(MC) {
-                            let r1 = (r0 + MC).min(rows);
-                            for p in range.clone() {
-                                let wp = &panels[(p * kp + q0) * w * 2..(p * kp + q0 + qc) * w * 2];
-                                let mut r = r0;
-                                while r < r1 {
-                                    let m = X512_ROWS.min(r1 - r);
-                                    // SAFETY: AVX512_BF16 checked when packing; `a` rows
-                                    // r..r+m from word q0, `qc` words each at stride `kp`; `wp`
-                                    // `qc` × W pairs; `init`/`dst` as for f32.
-                                    unsafe {
-                                        let dst = out_ptr.get().add(r * ldc + p * w);
-                                        let (init, init_rs) = if q0 == 0 {
-                                            (self.bias.as_ptr().add(p * w), 0)
-                                        } else {
-                                            (dst as *const f32, ldc)
-                                        };
-                                        let prefetch = if r == r0 && p + 1 < range.end {
-                                            panels.as_ptr().add(((p + 1) * kp + q0) * w * 2).cast()
-                                        } else {
-                                            std::ptr::null()
-                                        };
-                                        x86::bf16_tile(
-                                            m,
-                                            WordTile {
-                                                k: qc,
-                                                a: a.as_ptr().add(r * kp + q0),
-                                                lda: kp,
-                                                init,
-                                                init_rs,
-                                                dst,
-                                                ldc,
-                                                prefetch,
-                                            },
-                                            wp.as_ptr(),
-                                        );
-                                    }
-                                    r += m;
-                                }
-                            }
-                        }
-                    }
+                    self.word_tiles(rows, kp, &a, panels.as_ptr().cast(), range, out_ptr, ldc, {
+                        // SAFETY: AVX512_BF16 checked when packing; operands from `word_tiles`.
+                        |_, _, m, t, wp| unsafe { x86::bf16_tile(m, t, wp.cast()) }
+                    })
                 })
             }
             Weights::Int8 { q, scale, colsum } => {
                 let kq = k.div_ceil(4);
                 let (a, row_scale, zero) = x86::quantize_rows(x, rows, k, kq);
+                assert_eq!(q.len(), n_panels * kq * w * 4);
+                assert_eq!(colsum.len(), kq.div_ceil(KW) * ldc);
                 split_panels(n_panels, parallel, |range| {
-                    for (b, q0) in (0..kq).step_by(KW).enumerate() {
-                        let qc = KW.min(kq - q0);
-                        for r0 in (0..rows).step_by(MC) {
-                            let r1 = (r0 + MC).min(rows);
-                            for p in range.clone() {
-                                let wp = &q[(p * kq + q0) * w * 4..(p * kq + q0 + qc) * w * 4];
-                                let mut r = r0;
-                                while r < r1 {
-                                    let m = X512_ROWS.min(r1 - r);
-                                    // SAFETY: AVX512_VNNI checked when packing; `a` rows r..r+m
-                                    // from word q0, `qc` words each at stride `kq`; `wp` `qc` ×
-                                    // W quads; per-row and per-column vectors in bounds;
-                                    // `init`/`dst` as for f32.
-                                    unsafe {
-                                        let dst = out_ptr.get().add(r * ldc + p * w);
-                                        let (init, init_rs) = if q0 == 0 {
-                                            (self.bias.as_ptr().add(p * w), 0)
-                                        } else {
-                                            (dst as *const f32, ldc)
-                                        };
-                                        let prefetch = if r == r0 && p + 1 < range.end {
-                                            q.as_ptr().add(((p + 1) * kq + q0) * w * 4).cast()
-                                        } else {
-                                            std::ptr::null()
-                                        };
-                                        x86::int8_tile(
-                                            m,
-                                            WordTile {
-                                                k: qc,
-                                                a: a.as_ptr().add(r * kq + q0),
-                                                lda: kq,
-                                                init,
-                                                init_rs,
-                                                dst,
-                                                ldc,
-                                                prefetch,
-                                            },
-                                            wp.as_ptr(),
-                                            Int8Epilogue {
-                                                row_scale: row_scale.as_ptr().add(r),
-                                                row_zero: zero.as_ptr().add(r),
-                                                col_scale: scale.as_ptr().add(p * w),
-                                                col_sum: colsum.as_ptr().add(b * ldc + p * w),
-                                            },
-                                        );
-                                    }
-                                    r += m;
-                                }
+                    self.word_tiles(rows, kq, &a, q.as_ptr().cast(), range, out_ptr, ldc, {
+                        |block, (p, r), m, t, wp| {
+                            // SAFETY: AVX512_VNNI checked when packing; operands from
+                            // `word_tiles`; rows r..r+m of the row vectors and the 32 columns
+                            // of panel `p` in block `block` of the column vectors are in bounds.
+                            unsafe {
+                                let e = Int8Epilogue {
+                                    row_scale: row_scale.as_ptr().add(r),
+                                    row_zero: zero.as_ptr().add(r),
+                                    col_scale: scale.as_ptr().add(p * w),
+                                    col_sum: colsum.as_ptr().add(block * ldc + p * w),
+                                };
+                                x86::int8_tile(m, t, wp.cast(), e)
                             }
                         }
-                    }
+                    })
                 })
             }
         }
@@ -539,6 +469,70 @@ impl PackedLinear {
             out.truncate(rows * n);
         }
         out
+    }
+
+    /// The K-blocked tile loops of the bf16 and int8 paths over the panels in `range`: per block
+    /// of `KW` words of the packed inputs `a` (`words` per row), per `MC` rows, per panel and
+    /// per tile of up to 12 rows, `tile(block, (panel, first row), rows, operands, weights)`,
+    /// where `weights` is the panel's block in `panels` (4 bytes per column and word: bf16
+    /// pairs or int8 quads, `[panel][words][W]`). The first block starts from the bias, later
+    /// ones from the output; the first tile of a panel block prefetches the next panel's.
+    #[allow(clippy::too_many_arguments)]
+    fn word_tiles(
+        &self,
+        rows: usize,
+        words: usize,
+        a: &[u32],
+        panels: *const u8,
+        range: std::ops::Range<usize>,
+        out: OutPtr,
+        ldc: usize,
+        tile: impl Fn(usize, (usize, usize), usize, WordTile, *const u8),
+    ) {
+        let w = self.isa.panel(self.precision);
+        debug_assert_eq!(a.len(), rows * words);
+        for (block, q0) in (0..words).step_by(KW).enumerate() {
+            let qc = KW.min(words - q0);
+            for r0 in (0..rows).step_by(MC) {
+                let r1 = (r0 + MC).min(rows);
+                for p in range.clone() {
+                    let mut r = r0;
+                    while r < r1 {
+                        let m = X512_ROWS.min(r1 - r);
+                        // SAFETY: the callers checked that `panels` holds all `n_panels` panels
+                        // of `words` × W words (4 bytes each) and `a` `rows` × `words`; `p` and
+                        // `p + 1` (when in `range`) are panels, rows r..r+m exist, and `dst` is
+                        // `m` rows of W at stride `ldc` in the columns of panel `p`, which
+                        // only this task writes.
+                        unsafe {
+                            let dst = out.get().add(r * ldc + p * w);
+                            let (init, init_rs) = if q0 == 0 {
+                                (self.bias.as_ptr().add(p * w), 0)
+                            } else {
+                                (dst as *const f32, ldc)
+                            };
+                            let prefetch = if r == r0 && p + 1 < range.end {
+                                panels.add(((p + 1) * words + q0) * w * 4)
+                            } else {
+                                std::ptr::null()
+                            };
+                            let t = WordTile {
+                                k: qc,
+                                a: a.as_ptr().add(r * words + q0),
+                                lda: words,
+                                init,
+                                init_rs,
+                                dst,
+                                ldc,
+                                prefetch,
+                            };
+                            tile(block, (p, r), m, t, panels.add((p * words + q0) * w * 4));
+                        }
+                        r += m;
+                    }
+                }
+            }
+        }
     }
 
     /// Activation rows per register tile.
@@ -617,20 +611,6 @@ struct Int8Epilogue {
     row_zero: *const i32,
     col_scale: *const f32,
     col_sum: *const i32,
-}
-
-/// A raw output pointer shared by tasks that write disjoint parts of one buffer.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: each task writes only its own panels' columns; see `PackedLinear::forward`.
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so that closures capture the `Send` wrapper, not its field).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
